@@ -1,0 +1,178 @@
+//! The model file: a directory holding `model.json` (what the model is) and `weights.bpk`
+//! (burn's burnpack weights). `model.json` records the architecture, input size and channels,
+//! classes, the full pre-processing, the training settings, the data fingerprint, metrics and the
+//! oncolens version, plus the SHA-256 of the weights so a mismatched pair is refused at load.
+
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use burn::tensor::Device;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::model::{Classifier, ModelSpec};
+use crate::preprocess::Preprocessing;
+use crate::train::config::TrainConfig;
+
+pub const FORMAT: &str = "oncolens-model";
+pub const FORMAT_VERSION: u32 = 1;
+pub const MANIFEST_FILE: &str = "model.json";
+pub const WEIGHTS_FILE: &str = "weights.bpk";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassInfo {
+    /// Folder name in the training data, e.g. `glioma_tumor`.
+    pub id: String,
+    /// Name shown to people, e.g. "Glioma". A tumour type, never a stage or grade.
+    pub display: String,
+}
+
+/// Where the training data came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataProvenance {
+    pub root: String,
+    /// [`crate::data::ImageFolder::fingerprint`] of the training folder.
+    pub fingerprint: String,
+    pub train_images: usize,
+    pub validation_images: usize,
+    /// Files that could not be read and were skipped.
+    pub skipped: Vec<String>,
+    pub class_counts: Vec<usize>,
+}
+
+/// Validation figures of the saved weights (the best epoch).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ValidationSummary {
+    pub epoch: usize,
+    pub loss: f64,
+    pub accuracy: f64,
+    pub macro_f1: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: String,
+    pub format_version: u32,
+    pub oncolens_version: String,
+    pub name: String,
+    pub created_unix: u64,
+    pub spec: ModelSpec,
+    pub classes: Vec<ClassInfo>,
+    pub preprocessing: Preprocessing,
+    pub training: TrainConfig,
+    pub data: DataProvenance,
+    pub validation: Option<ValidationSummary>,
+    /// Below this top-class probability a result is shown as "uncertain".
+    pub uncertainty_threshold: f32,
+    pub weights_sha256: String,
+}
+
+impl Manifest {
+    /// Checks that the pieces agree with each other.
+    pub fn validate(&self, path: &Path) -> Result<()> {
+        if self.format != FORMAT {
+            return Err(Error::model(path, format!("not an oncolens model (format {:?})", self.format)));
+        }
+        if self.format_version > FORMAT_VERSION {
+            return Err(Error::model(
+                path,
+                format!(
+                    "model format version {} is newer than this oncolens understands ({FORMAT_VERSION})",
+                    self.format_version
+                ),
+            ));
+        }
+        self.spec.validate().map_err(|e| Error::model(path, e))?;
+        self.preprocessing.validate().map_err(|e| Error::model(path, e))?;
+        if self.classes.len() != self.spec.num_classes {
+            return Err(Error::model(
+                path,
+                format!("{} class names for a {}-class network", self.classes.len(), self.spec.num_classes),
+            ));
+        }
+        if self.preprocessing.input_size as usize != self.spec.input_size {
+            return Err(Error::model(path, "pre-processing and network disagree on the input size"));
+        }
+        if !(0.0..=1.0).contains(&self.uncertainty_threshold) {
+            return Err(Error::model(path, "uncertainty threshold must be in [0, 1]"));
+        }
+        Ok(())
+    }
+
+    pub fn display_names(&self) -> Vec<String> {
+        self.classes.iter().map(|c| c.display.clone()).collect()
+    }
+
+    pub fn class_ids(&self) -> Vec<String> {
+        self.classes.iter().map(|c| c.id.clone()).collect()
+    }
+}
+
+/// Accepts the model directory or its `model.json`.
+pub fn model_dir(path: &Path) -> PathBuf {
+    if path.file_name().is_some_and(|n| n == MANIFEST_FILE) {
+        path.parent().map(Path::to_path_buf).unwrap_or_default()
+    } else {
+        path.to_path_buf()
+    }
+}
+
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    Ok(hex::encode(Sha256::digest(bytes)))
+}
+
+/// Writes weights then manifest into `dir` (created if needed). The manifest is written last and
+/// atomically, so a crash mid-save never leaves a manifest pointing at other weights.
+pub fn save(dir: &Path, model: &Classifier, manifest: &mut Manifest) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::output(dir, e))?;
+    let weights = dir.join(WEIGHTS_FILE);
+    let tmp_weights = dir.join(format!("{WEIGHTS_FILE}.tmp"));
+    model
+        .clone()
+        .save_file(&tmp_weights)
+        .map_err(|e| Error::output(&tmp_weights, format!("{e:?}")))?;
+    std::fs::rename(&tmp_weights, &weights).map_err(|e| Error::output(&weights, e))?;
+    manifest.weights_sha256 = sha256_file(&weights)?;
+    write_json_atomic(&dir.join(MANIFEST_FILE), manifest)
+}
+
+/// Reads and checks a manifest without loading weights.
+pub fn read_manifest(path: &Path) -> Result<Manifest> {
+    let dir = model_dir(path);
+    let file = dir.join(MANIFEST_FILE);
+    let text = std::fs::read_to_string(&file).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::model(&dir, format!("no {MANIFEST_FILE} here; is this a model directory?")),
+        _ => Error::io(&file, e),
+    })?;
+    let manifest: Manifest = serde_json::from_str(&text)
+        .map_err(|e| Error::model(&file, format!("{MANIFEST_FILE} is missing a piece or malformed: {e}")))?;
+    manifest.validate(&file)?;
+    Ok(manifest)
+}
+
+/// Loads manifest and weights onto `device`, checking that they belong together.
+pub fn load(path: &Path, device: &Device) -> Result<(Manifest, Classifier)> {
+    let dir = model_dir(path);
+    let manifest = read_manifest(&dir)?;
+    let weights = dir.join(WEIGHTS_FILE);
+    if !weights.is_file() {
+        return Err(Error::model(&dir, format!("{WEIGHTS_FILE} is missing")));
+    }
+    let digest = sha256_file(&weights)?;
+    if digest != manifest.weights_sha256 {
+        return Err(Error::model(&dir, format!("{WEIGHTS_FILE} does not match {MANIFEST_FILE} (checksum differs)")));
+    }
+    let model = Classifier::init(&manifest.spec, device)
+        .try_load_file(&weights)
+        .map_err(|e| Error::model(&weights, format!("weights do not fit the architecture: {e:?}")))?;
+    Ok((manifest, model.valid()))
+}
+
+pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| Error::output(path, e))?;
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, text + "\n").map_err(|e| Error::output(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::output(path, e))
+}

@@ -1,0 +1,147 @@
+//! Decoding scans into one grey channel of `f32` in `[0, 1]`.
+//!
+//! PNG (8/16-bit, grey/RGB/RGBA) and JPEG. MRI is grey; colour inputs are converted to luma
+//! (the JPEGs of the shared data carry three equal channels). Decoding is bounded, and a file that
+//! is cut short is an error rather than a half-grey picture.
+
+use std::io::Cursor;
+use std::path::Path;
+
+use image::{ImageBuffer, ImageFormat, ImageReader, Limits, Luma};
+
+use crate::error::{Error, Result};
+
+/// A grey image with intensities in `[0, 1]`.
+pub type GreyImage = ImageBuffer<Luma<f32>, Vec<f32>>;
+
+/// Largest side accepted, in pixels: protects memory against hostile headers.
+pub const MAX_SIDE: u32 = 16_384;
+/// Largest decoded size accepted, in pixels.
+pub const MAX_PIXELS: u64 = 64 * 1024 * 1024;
+
+/// Image file extensions scanned in data folders.
+pub const IMAGE_EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
+
+/// Whether a path names a file we try to read as an image (by extension, case-insensitive).
+pub fn has_image_extension(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
+}
+
+/// Reads and decodes a file.
+pub fn load_grey(path: &Path) -> Result<GreyImage> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    decode_grey(&bytes).map_err(|reason| {
+        Error::UnreadableImage(format!("{}: {reason}", path.display()))
+    })
+}
+
+/// Decodes PNG or JPEG bytes. The error is a plain sentence fit to show a user.
+pub fn decode_grey(bytes: &[u8]) -> std::result::Result<GreyImage, String> {
+    let format = image::guess_format(bytes)
+        .map_err(|_| "not a PNG or JPEG image (unrecognised file content)".to_string())?;
+    match format {
+        ImageFormat::Png => {}
+        ImageFormat::Jpeg => {
+            if !jpeg_is_complete(bytes) {
+                return Err("the JPEG file is truncated (no end-of-image marker)".into());
+            }
+        }
+        other => {
+            return Err(format!(
+                "{} images are not supported; use PNG or JPEG",
+                other.extensions_str().first().unwrap_or(&"this kind of")
+            ));
+        }
+    }
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+    let mut limits = Limits::default();
+    limits.max_image_width = Some(MAX_SIDE);
+    limits.max_image_height = Some(MAX_SIDE);
+    limits.max_alloc = Some(MAX_PIXELS * 8);
+    reader.limits(limits);
+    let (w, h) = reader
+        .into_dimensions()
+        .map_err(|e| format!("cannot read the image header: {e}"))?;
+    if u64::from(w) * u64::from(h) > MAX_PIXELS {
+        return Err(format!("the image is too large ({w}x{h} pixels)"));
+    }
+    if w < 8 || h < 8 {
+        return Err(format!("the image is too small ({w}x{h} pixels)"));
+    }
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+    let mut limits = Limits::default();
+    limits.max_image_width = Some(MAX_SIDE);
+    limits.max_image_height = Some(MAX_SIDE);
+    limits.max_alloc = Some(MAX_PIXELS * 8);
+    reader.limits(limits);
+    let img = reader
+        .decode()
+        .map_err(|e| format!("the image cannot be decoded: {e}"))?;
+    Ok(img.to_luma32f())
+}
+
+/// A JPEG is complete when an end-of-image marker follows its last start-of-scan marker.
+/// Entropy-coded data stuffs every 0xFF with 0x00, so 0xFFD9 there is always a real marker.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let last_sos = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]);
+    match last_sos {
+        Some(sos) => bytes[sos..].windows(2).any(|w| w == [0xFF, 0xD9]),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encode(img: &image::DynamicImage, format: ImageFormat) -> Vec<u8> {
+        let mut out = Cursor::new(Vec::new());
+        img.write_to(&mut out, format).unwrap();
+        out.into_inner()
+    }
+
+    fn gradient() -> image::GrayImage {
+        image::GrayImage::from_fn(64, 48, |x, y| Luma([((x * 3 + y) % 256) as u8]))
+    }
+
+    #[test]
+    fn png_and_jpeg_decode_to_unit_range() {
+        let img = image::DynamicImage::ImageLuma8(gradient());
+        for format in [ImageFormat::Png, ImageFormat::Jpeg] {
+            let grey = decode_grey(&encode(&img, format)).unwrap();
+            assert_eq!(grey.dimensions(), (64, 48));
+            assert!(grey.pixels().all(|p| (0.0..=1.0).contains(&p.0[0])));
+        }
+    }
+
+    #[test]
+    fn sixteen_bit_and_rgba_png_decode() {
+        let g16 = image::ImageBuffer::<Luma<u16>, _>::from_fn(32, 32, |x, _| Luma([x as u16 * 2000]));
+        let grey = decode_grey(&encode(&image::DynamicImage::ImageLuma16(g16), ImageFormat::Png)).unwrap();
+        assert!((grey.get_pixel(31, 0).0[0] - 62000.0 / 65535.0).abs() < 1e-3);
+        let rgba = image::RgbaImage::from_pixel(16, 16, image::Rgba([200, 200, 200, 255]));
+        let grey = decode_grey(&encode(&image::DynamicImage::ImageRgba8(rgba), ImageFormat::Png)).unwrap();
+        assert!((grey.get_pixel(3, 3).0[0] - 200.0 / 255.0).abs() < 1e-2);
+    }
+
+    #[test]
+    fn truncated_files_are_errors() {
+        let img = image::DynamicImage::ImageLuma8(gradient());
+        for format in [ImageFormat::Png, ImageFormat::Jpeg] {
+            let bytes = encode(&img, format);
+            let cut = &bytes[..bytes.len() * 2 / 3];
+            assert!(decode_grey(cut).is_err(), "{format:?} cut short must not decode");
+        }
+        assert!(decode_grey(b"hello, not an image").is_err());
+        assert!(decode_grey(&[]).is_err());
+    }
+
+    #[test]
+    fn other_formats_are_refused_with_a_sentence() {
+        // A GIF header is enough for the sniffing to refuse it.
+        let err = decode_grey(b"GIF89a\x10\x00\x10\x00").unwrap_err();
+        assert!(err.contains("not supported"), "{err}");
+    }
+}

@@ -1,0 +1,175 @@
+//! Evaluation on a labelled folder, leak-free by default: test images whose bytes also occur in
+//! the training folder are excluded from the headline figures (and counted); the inflated
+//! figure with them is reported on request.
+
+pub mod metrics;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::bundle::ClassInfo;
+use crate::data::folder::ImageFolder;
+use crate::data::image_io::GreyImage;
+use crate::data::loader::prepare_samples;
+use crate::error::{Error, Result};
+use crate::inference::{Predictor, probabilities};
+use metrics::Metrics;
+
+pub const DISCLAIMER: &str = "Research and decision-support tool, not a diagnostic device. Classes are tumour types \
+(glioma, meningioma, pituitary, no tumour); nothing here indicates stage or grade.";
+
+#[derive(Debug, Clone)]
+pub struct EvalOptions {
+    pub data: PathBuf,
+    /// Training folder for the leak check; `None` looks for a `Training` folder beside `data`.
+    pub train_data: Option<PathBuf>,
+    pub include_leaks: bool,
+    pub progress: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LeakCheck {
+    /// Training folder compared against, if any was found.
+    pub train_data: Option<String>,
+    /// Test images byte-identical to a training image, excluded from `leak_free`.
+    pub excluded: usize,
+    pub excluded_per_class: Vec<usize>,
+    pub excluded_files: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EvaluationReport {
+    pub model: String,
+    pub model_architecture: String,
+    pub oncolens_version: String,
+    pub data: String,
+    pub classes: Vec<ClassInfo>,
+    pub images_found: usize,
+    pub unreadable: Vec<String>,
+    pub leak_check: LeakCheck,
+    /// Figures on test images with no copy in training: the ones to quote.
+    pub leak_free: Metrics,
+    /// Figures on every readable test image (inflated by leaked copies), with `--include-leaks`.
+    pub with_leaks: Option<Metrics>,
+    pub note: String,
+}
+
+/// A `Training` folder beside a `Testing` folder, if there is one.
+pub fn sibling_training_folder(test: &Path) -> Option<PathBuf> {
+    let parent = test.canonicalize().ok()?.parent()?.to_path_buf();
+    ["Training", "training", "train"].iter().map(|n| parent.join(n)).find(|p| p.is_dir())
+}
+
+pub fn evaluate(predictor: &Predictor, opts: &EvalOptions) -> Result<EvaluationReport> {
+    let manifest = &predictor.manifest;
+    let folder = ImageFolder::scan(&opts.data)?;
+    // Map the folder's classes onto the model's, by id.
+    let model_ids = manifest.class_ids();
+    let mut class_map = Vec::with_capacity(folder.classes.len());
+    for c in &folder.classes {
+        match model_ids.iter().position(|m| m == c) {
+            Some(i) => class_map.push(i),
+            None => {
+                return Err(Error::Dataset {
+                    path: opts.data.clone(),
+                    reason: format!("class folder {c:?} is not one of the model's classes {model_ids:?}"),
+                });
+            }
+        }
+    }
+    let train_root = opts.train_data.clone().or_else(|| sibling_training_folder(&opts.data));
+    let train_hashes: HashSet<String> = match &train_root {
+        Some(root) => ImageFolder::scan(root)?.samples.into_iter().map(|s| s.sha256).collect(),
+        None => {
+            eprintln!("warning: no training folder given or found beside the test folder; the leak check is skipped");
+            HashSet::new()
+        }
+    };
+    let k = model_ids.len();
+    let mut excluded_per_class = vec![0; k];
+    let mut excluded_files = Vec::new();
+    let mut leaked = vec![false; folder.samples.len()];
+    for (i, s) in folder.samples.iter().enumerate() {
+        if train_hashes.contains(&s.sha256) {
+            leaked[i] = true;
+            excluded_per_class[class_map[s.label]] += 1;
+            excluded_files.push(folder.relative_path(i));
+        }
+    }
+    let all: Vec<usize> = (0..folder.samples.len()).collect();
+    let pre = &manifest.preprocessing;
+    let bar = if opts.progress {
+        indicatif::ProgressBar::new(all.len() as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let prepared = prepare_samples(&folder, &all, pre, Some(&bar));
+    bar.finish_and_clear();
+    let refs: Vec<&GreyImage> = prepared.images.iter().collect();
+    let probs = probabilities(predictor.model(), &refs, pre, predictor.device());
+    let labels: Vec<usize> = prepared.labels.iter().map(|&l| class_map[l]).collect();
+    let (mut lf_labels, mut lf_probs) = (Vec::new(), Vec::new());
+    for ((&idx, &l), p) in prepared.sample_indices.iter().zip(&labels).zip(&probs) {
+        if !leaked[idx] {
+            lf_labels.push(l);
+            lf_probs.push(p.clone());
+        }
+    }
+    let leak_free = metrics::compute(&lf_labels, &lf_probs, &model_ids);
+    let with_leaks = opts.include_leaks.then(|| metrics::compute(&labels, &probs, &model_ids));
+    Ok(EvaluationReport {
+        model: manifest.name.clone(),
+        model_architecture: manifest.spec.architecture.name().into(),
+        oncolens_version: env!("CARGO_PKG_VERSION").into(),
+        data: opts.data.display().to_string(),
+        classes: manifest.classes.clone(),
+        images_found: folder.samples.len(),
+        unreadable: prepared.skipped,
+        leak_check: LeakCheck {
+            train_data: train_root.map(|p| p.display().to_string()),
+            excluded: excluded_files.len(),
+            excluded_per_class,
+            excluded_files,
+        },
+        leak_free,
+        with_leaks,
+        note: DISCLAIMER.into(),
+    })
+}
+
+impl EvaluationReport {
+    pub fn to_text(&self) -> String {
+        let names: Vec<String> = self.classes.iter().map(|c| c.display.clone()).collect();
+        let mut s = format!(
+            "model {} ({}) on {}\n{} images found, {} unreadable\n",
+            self.model,
+            self.model_architecture,
+            self.data,
+            self.images_found,
+            self.unreadable.len()
+        );
+        match &self.leak_check.train_data {
+            Some(t) => s.push_str(&format!(
+                "leak check against {t}: {} test images are byte-identical copies of training images and are excluded ({})\n",
+                self.leak_check.excluded,
+                names
+                    .iter()
+                    .zip(&self.leak_check.excluded_per_class)
+                    .map(|(n, c)| format!("{n} {c}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+            None => s.push_str("leak check: skipped (no training folder)\n"),
+        }
+        s.push_str("\n== leak-free ==\n");
+        s.push_str(&self.leak_free.to_table(&names));
+        if let Some(m) = &self.with_leaks {
+            s.push_str("\n== with leaked copies included (inflated) ==\n");
+            s.push_str(&m.to_table(&names));
+        }
+        s.push_str(&format!("\n{}\n", self.note));
+        s
+    }
+}

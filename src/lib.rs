@@ -1,0 +1,33 @@
+//! # oncolens
+//!
+//! Brain MRI slice classification by tumour type (glioma, meningioma, pituitary, no tumour) with
+//! leak-free evaluation and one pre-processing pipeline shared by training and inference.
+//! A research and decision-support tool, not a diagnostic device; classes are tumour types,
+//! never stages or grades.
+//!
+//! Layout, in the order data flows:
+//! - [`data`]: decoding scans (PNG/JPEG, 8/16-bit, grey/RGB/RGBA), image-folder data sets,
+//!   leak-free stratified splits, augmentation and batching;
+//! - [`preprocess`]: the pipeline stored in every model file (rescale, crop to the brain, resize,
+//!   optional CLAHE and denoise, standardisation);
+//! - [`model`]: the networks (`paper-cnn`, the seed's CNN; `resnet-mini`, the default), free of
+//!   backend specifics;
+//! - [`train`]: the training loop, checkpoints, history and curves;
+//! - [`bundle`]: the self-describing model file;
+//! - [`inference`]: [`inference::Predictor`], used by `predict`, `evaluate` and serving;
+//! - [`evaluate`]: metrics and leak-free reports; [`plot`]: PNG figures.
+//!
+//! Features: `cuda` and `wgpu` add GPU devices through burn; the default build is CPU only
+//! (burn's `flex` backend).
+
+pub mod bundle;
+pub mod data;
+pub mod error;
+pub mod evaluate;
+pub mod inference;
+pub mod model;
+pub mod plot;
+pub mod preprocess;
+pub mod train;
+
+pub use error::{Error, Result};

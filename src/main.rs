@@ -1,0 +1,386 @@
+//! `oncolens`: the command line, a thin shell over the library.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use oncolens::data::image_io::has_image_extension;
+use oncolens::data::load_grey;
+use oncolens::evaluate::{self, EvalOptions};
+use oncolens::inference::{Prediction, Predictor};
+use oncolens::model::{Architecture, ModelSpec};
+use oncolens::train::config::{Balance, Schedule, TrainConfig};
+use oncolens::train::{TrainOptions, train};
+
+#[derive(Parser)]
+#[command(
+    name = "oncolens",
+    version,
+    about = "Brain MRI tumour-type classification with leak-free evaluation.\n\
+             Research and decision support only, not a diagnostic device; classes are tumour types, never stages."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a model on an image folder (ROOT/<class>/<images>).
+    Train(TrainArgs),
+    /// Evaluate a model on a labelled folder, excluding test images copied from training.
+    Evaluate(EvaluateArgs),
+    /// Classify scans (files or folders).
+    Predict(PredictArgs),
+    /// Inspect architectures.
+    Model {
+        #[command(subcommand)]
+        command: ModelCommand,
+    },
+}
+
+#[derive(clap::Args)]
+struct TrainArgs {
+    /// Training folder, e.g. ../shared/data/brain-tumor-mri/Training
+    #[arg(long)]
+    data: PathBuf,
+    /// Output model directory.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, value_enum, default_value = "resnet-mini")]
+    arch: Architecture,
+    #[arg(long, default_value_t = 20)]
+    epochs: usize,
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 150)]
+    input_size: usize,
+    /// Input channels of the network (3 replicates the grey channel, as the seed's Keras model).
+    #[arg(long, default_value_t = 1)]
+    channels: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    #[arg(long, default_value_t = 1e-4)]
+    weight_decay: f64,
+    #[arg(long, default_value_t = 0.0)]
+    label_smoothing: f32,
+    #[arg(long, value_enum, default_value = "cosine")]
+    schedule: Schedule,
+    /// Early stopping: epochs without a lower validation loss.
+    #[arg(long, default_value_t = 6)]
+    patience: usize,
+    #[arg(long, default_value_t = 0.15)]
+    val_fraction: f64,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    #[arg(long, value_enum, default_value = "weighted-loss")]
+    balance: Balance,
+    /// Train without augmentation.
+    #[arg(long)]
+    no_augment: bool,
+    #[arg(long)]
+    clahe: bool,
+    #[arg(long)]
+    denoise: bool,
+    #[arg(long, default_value_t = 0.2)]
+    dropout: f64,
+    /// At most this many training images per class (quick experiments).
+    #[arg(long)]
+    max_per_class: Option<usize>,
+    /// Continue from OUT/checkpoint (only --epochs may change).
+    #[arg(long)]
+    resume: bool,
+    /// No progress bars.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(clap::Args)]
+struct EvaluateArgs {
+    #[arg(long)]
+    model: PathBuf,
+    /// Labelled test folder, e.g. ../shared/data/brain-tumor-mri/Testing
+    #[arg(long)]
+    data: PathBuf,
+    /// Training folder for the leak check (default: a Training folder beside --data).
+    #[arg(long)]
+    train_data: Option<PathBuf>,
+    /// Also report the inflated figure that counts leaked copies.
+    #[arg(long)]
+    include_leaks: bool,
+    /// Write the full report as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write the leak-free confusion matrix as PNG.
+    #[arg(long)]
+    confusion_png: Option<PathBuf>,
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Table,
+    Json,
+    Csv,
+}
+
+#[derive(clap::Args)]
+struct PredictArgs {
+    #[arg(long)]
+    model: PathBuf,
+    /// Image files or folders (searched recursively for PNG/JPEG).
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
+    #[arg(long, value_enum, default_value = "table")]
+    format: Format,
+}
+
+#[derive(Subcommand)]
+enum ModelCommand {
+    /// Layer table with output shapes and parameter counts.
+    Summary {
+        #[arg(long, value_enum, default_value = "resnet-mini")]
+        arch: Architecture,
+        #[arg(long, default_value_t = 150)]
+        input_size: usize,
+        #[arg(long, default_value_t = 1)]
+        channels: usize,
+        #[arg(long, default_value_t = 4)]
+        classes: usize,
+    },
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Train(a) => cmd_train(a),
+        Command::Evaluate(a) => cmd_evaluate(a),
+        Command::Predict(a) => cmd_predict(a),
+        Command::Model { command: ModelCommand::Summary { arch, input_size, channels, classes } } => {
+            let mut spec = ModelSpec::new(arch, input_size, classes);
+            spec.in_channels = channels;
+            spec.validate()?;
+            let (rows, total) = oncolens::model::summary(&spec, &burn::tensor::Device::flex());
+            println!("Model: {} ({}x{}x{} input, {} classes)", arch.name(), channels, input_size, input_size, classes);
+            println!("{:<10} {:<26} {:<18} {:>12}", "layer", "type", "output shape", "params");
+            println!("{}", "-".repeat(69));
+            for r in rows {
+                let shape = r.output_shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x");
+                println!("{:<10} {:<26} {:<18} {:>12}", r.name, r.kind, shape, group_digits(r.params));
+            }
+            println!("{}", "-".repeat(69));
+            println!("Total params: {}", group_digits(total));
+            Ok(())
+        }
+    }
+}
+
+fn group_digits(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn cmd_train(a: TrainArgs) -> Result<()> {
+    let config = TrainConfig {
+        architecture: a.arch,
+        input_size: a.input_size,
+        in_channels: a.channels,
+        epochs: a.epochs,
+        batch_size: a.batch_size,
+        learning_rate: a.lr,
+        weight_decay: a.weight_decay,
+        label_smoothing: a.label_smoothing,
+        schedule: a.schedule,
+        patience: a.patience,
+        validation_fraction: a.val_fraction,
+        seed: a.seed,
+        balance: a.balance,
+        augmentation: (!a.no_augment).then(Default::default),
+        grad_clip_norm: Some(5.0),
+        dropout: a.dropout,
+        clahe: a.clahe,
+        denoise: a.denoise,
+        max_per_class: a.max_per_class,
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        ctrlc::set_handler(move || {
+            if stop.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+            eprintln!("\nstopping after this batch; a checkpoint will be saved (Ctrl-C again to quit now)");
+        })
+        .context("installing the Ctrl-C handler")?;
+    }
+    let opts = TrainOptions {
+        data: a.data,
+        out: a.out,
+        config,
+        resume: a.resume,
+        progress: !a.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        links: Vec::new(),
+    };
+    let started = std::time::Instant::now();
+    let report = train(&opts, &stop)?;
+    let best = report.history.iter().find(|r| r.epoch == report.best_epoch);
+    eprintln!(
+        "{} after {} epochs in {:.0} s; best epoch {}{}",
+        if report.interrupted { "interrupted" } else if report.stopped_early { "stopped early" } else { "finished" },
+        report.history.len(),
+        started.elapsed().as_secs_f64(),
+        report.best_epoch,
+        best.map(|b| format!(" (val loss {:.4}, acc {:.4}, macro-F1 {:.4})", b.val_loss, b.val_accuracy, b.val_macro_f1))
+            .unwrap_or_default()
+    );
+    if report.best_epoch > 0 {
+        eprintln!("model written to {}", report.model_dir.display());
+    } else {
+        eprintln!("no epoch completed; resume with --resume");
+    }
+    Ok(())
+}
+
+fn cmd_evaluate(a: EvaluateArgs) -> Result<()> {
+    let predictor = Predictor::load(&a.model)?;
+    let opts = EvalOptions {
+        data: a.data,
+        train_data: a.train_data,
+        include_leaks: a.include_leaks,
+        progress: !a.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
+    let report = evaluate::evaluate(&predictor, &opts)?;
+    print!("{}", report.to_text());
+    if let Some(path) = &a.json {
+        oncolens::bundle::write_json_atomic(path, &report)?;
+    }
+    if let Some(path) = &a.confusion_png {
+        let names = predictor.manifest.display_names();
+        oncolens::plot::confusion_matrix(path, "Confusion matrix (leak-free)", &names, &report.leak_free.confusion)?;
+    }
+    Ok(())
+}
+
+/// Files under the inputs: files as given, folders searched recursively for PNG/JPEG.
+fn collect_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        entries.sort();
+        for p in entries {
+            if p.is_dir() {
+                walk(&p, out)?;
+            } else if has_image_extension(&p) {
+                out.push(p);
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    for input in inputs {
+        if input.is_dir() {
+            walk(input, &mut out).with_context(|| format!("reading {}", input.display()))?;
+        } else if input.exists() {
+            out.push(input.clone());
+        } else {
+            bail!("{} does not exist", input.display());
+        }
+    }
+    Ok(out)
+}
+
+fn cmd_predict(a: PredictArgs) -> Result<()> {
+    let predictor = Predictor::load(&a.model)?;
+    let files = collect_inputs(&a.inputs)?;
+    let results: Vec<(PathBuf, Result<Prediction, String>)> = files
+        .into_iter()
+        .map(|f| {
+            let r = load_grey(&f).map(|img| predictor.predict_images(&[img]).remove(0)).map_err(|e| e.to_string());
+            (f, r)
+        })
+        .collect();
+    let names = predictor.manifest.display_names();
+    match a.format {
+        Format::Json => {
+            let items: Vec<serde_json::Value> = results
+                .iter()
+                .map(|(f, r)| match r {
+                    Ok(p) => serde_json::json!({"file": f, "prediction": p}),
+                    Err(e) => serde_json::json!({"file": f, "error": e}),
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&serde_json::json!({
+                "model": predictor.manifest.name,
+                "note": evaluate::DISCLAIMER,
+                "results": items,
+            }))?);
+        }
+        Format::Csv => {
+            let mut w = csv::Writer::from_writer(std::io::stdout());
+            let mut header = vec!["file".to_string(), "class".into(), "confidence".into(), "uncertain".into()];
+            header.extend(predictor.manifest.class_ids().iter().map(|c| format!("p_{c}")));
+            header.push("error".into());
+            w.write_record(&header)?;
+            for (f, r) in &results {
+                let mut row = vec![f.display().to_string()];
+                match r {
+                    Ok(p) => {
+                        row.extend([p.class_id.clone(), format!("{:.4}", p.confidence), p.uncertain.to_string()]);
+                        row.extend(p.probabilities.iter().map(|v| format!("{v:.4}")));
+                        row.push(String::new());
+                    }
+                    Err(e) => {
+                        row.extend([String::new(), String::new(), String::new()]);
+                        row.extend(names.iter().map(|_| String::new()));
+                        row.push(e.clone());
+                    }
+                }
+                w.write_record(&row)?;
+            }
+            w.flush()?;
+        }
+        Format::Table => {
+            for (f, r) in &results {
+                match r {
+                    Ok(p) => {
+                        let label = if p.uncertain { format!("uncertain (most likely {})", p.class_name) } else { p.class_name.clone() };
+                        let probs = names
+                            .iter()
+                            .zip(&p.probabilities)
+                            .map(|(n, v)| format!("{n} {:.1}%", v * 100.0))
+                            .collect::<Vec<_>>()
+                            .join(", ");
+                        println!("{}\t{label}\t{probs}", f.display());
+                    }
+                    Err(e) => println!("{}\terror: {e}", f.display()),
+                }
+            }
+            eprintln!("{}", evaluate::DISCLAIMER);
+        }
+    }
+    if results.iter().all(|(_, r)| r.is_err()) && !results.is_empty() {
+        bail!("no input could be read");
+    }
+    Ok(())
+}

@@ -1,0 +1,121 @@
+//! `paper-cnn`: the seed project's Keras network, layer for layer (valid padding, ReLU,
+//! dropout 0.3). 4,447,044 parameters at 150x150 with 3 input channels; 4,446,468 with one.
+
+use burn::module::Module;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
+use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
+use burn::tensor::Device;
+use burn::tensor::Tensor;
+use burn::tensor::activation::relu;
+
+use super::trace::Trace;
+
+#[derive(Module, Debug)]
+pub struct PaperCnn {
+    in_channels: usize,
+    convs: Vec<Conv2d>,
+    pool: MaxPool2d,
+    dropout: Dropout,
+    dense1: Linear,
+    dense2: Linear,
+    output: Linear,
+}
+
+/// Conv widths in order; a max-pool follows the convs whose index is listed in `POOL_AFTER`.
+const WIDTHS: [usize; 9] = [32, 64, 64, 64, 128, 128, 128, 128, 256];
+const POOL_AFTER: [usize; 4] = [1, 3, 6, 8];
+
+/// Spatial side after the conv stack for a square input of `input_size`.
+pub fn feature_side(input_size: usize) -> usize {
+    let mut side = input_size;
+    for i in 0..WIDTHS.len() {
+        side = side.saturating_sub(2);
+        if POOL_AFTER.contains(&i) {
+            side /= 2;
+        }
+    }
+    side
+}
+
+pub fn he_init() -> Initializer {
+    // He-normal keeps ReLU activations from dying at the start (a collapse to a constant
+    // ln(K) loss was seen with the framework default on this network).
+    Initializer::KaimingNormal {
+        gain: std::f64::consts::SQRT_2,
+        fan_out_only: false,
+    }
+}
+
+impl PaperCnn {
+    pub fn new(in_channels: usize, num_classes: usize, input_size: usize, device: &Device) -> Self {
+        let mut convs = Vec::new();
+        let mut c_in = in_channels;
+        for &c_out in &WIDTHS {
+            convs.push(
+                Conv2dConfig::new([c_in, c_out], [3, 3])
+                    .with_initializer(he_init())
+                    .init(device),
+            );
+            c_in = c_out;
+        }
+        let side = feature_side(input_size).max(1);
+        let dense = |i, o| LinearConfig::new(i, o).with_initializer(he_init()).init(device);
+        Self {
+            in_channels,
+            convs,
+            pool: MaxPool2dConfig::new([2, 2]).with_strides([2, 2]).init(),
+            dropout: DropoutConfig::new(0.3).init(),
+            dense1: dense(side * side * 256, 512),
+            dense2: dense(512, 512),
+            output: LinearConfig::new(512, num_classes)
+                .with_initializer(Initializer::XavierUniform { gain: 1.0 })
+                .init(device),
+        }
+    }
+
+    pub fn in_channels(&self) -> usize {
+        self.in_channels
+    }
+
+    /// The conv stack up to the last convolution's activation (the Grad-CAM layer).
+    pub fn features(&self, x: Tensor<4>, trace: &mut Trace) -> Tensor<4> {
+        let mut x = x;
+        let last = self.convs.len() - 1;
+        for (i, conv) in self.convs.iter().enumerate() {
+            x = relu(conv.forward(x));
+            trace.record(&format!("conv{}", i + 1), "Conv2D 3x3 + ReLU", &x, conv.num_params());
+            if i == last {
+                break;
+            }
+            // Seed order: Drop after conv2's pool, after conv4 (before and after its pool), after
+            // conv7's pool.
+            if i == 3 {
+                x = self.dropout.forward(x);
+            }
+            if POOL_AFTER.contains(&i) {
+                x = self.pool.forward(x);
+                trace.record(&format!("pool{}", i + 1), "MaxPool2D 2x2", &x, 0);
+                x = self.dropout.forward(x);
+            }
+        }
+        x
+    }
+
+    /// From the last conv activation to class logits.
+    pub fn head(&self, features: Tensor<4>, trace: &mut Trace) -> Tensor<2> {
+        let x = self.pool.forward(features);
+        trace.record("pool9", "MaxPool2D 2x2", &x, 0);
+        let x = self.dropout.forward(x);
+        let x: Tensor<2> = x.flatten(1, 3);
+        trace.record("flatten", "Flatten", &x, 0);
+        let x = relu(self.dense1.forward(x));
+        trace.record("dense1", "Dense + ReLU", &x, self.dense1.num_params());
+        let x = relu(self.dense2.forward(x));
+        trace.record("dense2", "Dense + ReLU", &x, self.dense2.num_params());
+        let x = self.dropout.forward(x);
+        let x = self.output.forward(x);
+        trace.record("logits", "Dense", &x, self.output.num_params());
+        x
+    }
+}

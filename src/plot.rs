@@ -1,0 +1,146 @@
+//! PNG figures: the training curves (accuracy and loss, train vs validation) and the confusion
+//! matrix. Text is drawn with a system TrueType font (DejaVu Sans from Debian's
+//! `fonts-dejavu-core`, or any font named by `ONCOLENS_FONT`).
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use plotters::prelude::*;
+use plotters::style::FontStyle;
+
+use crate::error::{Error, Result};
+
+const FONT_CANDIDATES: [&str; 4] = [
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+];
+
+/// Registers a font with plotters once; an error names what to install.
+fn ensure_font() -> Result<()> {
+    static FONT: OnceLock<std::result::Result<(), String>> = OnceLock::new();
+    FONT.get_or_init(|| {
+        let env = std::env::var("ONCOLENS_FONT").ok();
+        let bytes = env
+            .iter()
+            .map(String::as_str)
+            .chain(FONT_CANDIDATES)
+            .find_map(|p| std::fs::read(p).ok())
+            .ok_or_else(|| "no TrueType font found (install fonts-dejavu-core or set ONCOLENS_FONT)".to_string())?;
+        let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+        plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
+            .map_err(|_| "the font file could not be parsed".to_string())
+    })
+    .clone()
+    .map_err(|e| Error::Config(e))
+}
+
+fn draw_err(path: &Path, e: impl std::fmt::Debug) -> Error {
+    Error::output(path, format!("{e:?}"))
+}
+
+/// One line chart of `series` (name, colour index, values per epoch).
+pub fn line_chart(path: &Path, title: &str, y_label: &str, series: &[(&str, &[f64])]) -> Result<()> {
+    ensure_font()?;
+    let root = BitMapBackend::new(path, (800, 500)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| draw_err(path, e))?;
+    let n = series.iter().map(|(_, v)| v.len()).max().unwrap_or(0).max(2);
+    let values = series.iter().flat_map(|(_, v)| v.iter().copied()).filter(|v| v.is_finite());
+    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    let (lo, hi) = if lo.is_finite() { (lo.min(0.0), hi.max(lo + 1e-3) * 1.05) } else { (0.0, 1.0) };
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 24))
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(1f64..n as f64, lo..hi)
+        .map_err(|e| draw_err(path, e))?;
+    chart
+        .configure_mesh()
+        .x_desc("epoch")
+        .y_desc(y_label)
+        .draw()
+        .map_err(|e| draw_err(path, e))?;
+    let colours = [BLUE, RED, GREEN, MAGENTA];
+    for (i, (name, v)) in series.iter().enumerate() {
+        let colour = colours[i % colours.len()];
+        chart
+            .draw_series(LineSeries::new(
+                v.iter().enumerate().map(|(e, y)| ((e + 1) as f64, *y)),
+                colour.stroke_width(2),
+            ))
+            .map_err(|e| draw_err(path, e))?
+            .label(*name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2)));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| draw_err(path, e))?;
+    root.present().map_err(|e| draw_err(path, e))
+}
+
+/// Confusion matrix as a heat-map grid with counts; rows are true classes.
+pub fn confusion_matrix(path: &Path, title: &str, names: &[String], matrix: &[Vec<usize>]) -> Result<()> {
+    ensure_font()?;
+    let k = names.len();
+    let cell = 110i32;
+    let (left, top) = (150i32, 70i32);
+    let size = ((left + cell * k as i32 + 30) as u32, (top + cell * k as i32 + 60) as u32);
+    let root = BitMapBackend::new(path, size).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| draw_err(path, e))?;
+    let text = |s: &str, x: i32, y: i32, px: i32| Text::new(s.to_string(), (x, y), ("sans-serif", px).into_font());
+    root.draw(&text(title, 10, 10, 22)).map_err(|e| draw_err(path, e))?;
+    root.draw(&text("rows: true class, columns: predicted", 10, 38, 15)).map_err(|e| draw_err(path, e))?;
+    for r in 0..k {
+        let row_total: usize = matrix[r].iter().sum::<usize>().max(1);
+        for c in 0..k {
+            let share = matrix[r][c] as f64 / row_total as f64;
+            let shade = (255.0 * (1.0 - 0.85 * share)) as u8;
+            let (x, y) = (left + c as i32 * cell, top + r as i32 * cell);
+            root.draw(&Rectangle::new([(x, y), (x + cell, y + cell)], RGBColor(shade, shade, 255).filled()))
+                .map_err(|e| draw_err(path, e))?;
+            root.draw(&Rectangle::new([(x, y), (x + cell, y + cell)], BLACK.stroke_width(1)))
+                .map_err(|e| draw_err(path, e))?;
+            let colour = if share > 0.55 { WHITE } else { BLACK };
+            root.draw(&Text::new(
+                format!("{}", matrix[r][c]),
+                (x + cell / 2 - 14, y + cell / 2 - 10),
+                ("sans-serif", 22).into_font().color(&colour),
+            ))
+            .map_err(|e| draw_err(path, e))?;
+        }
+        root.draw(&text(&names[r], 8, top + r as i32 * cell + cell / 2 - 8, 16)).map_err(|e| draw_err(path, e))?;
+    }
+    for (c, name) in names.iter().enumerate() {
+        root.draw(&text(name, left + c as i32 * cell + 6, top + cell * k as i32 + 12, 15))
+            .map_err(|e| draw_err(path, e))?;
+    }
+    root.present().map_err(|e| draw_err(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn charts_are_written_as_png() {
+        if ensure_font().is_err() {
+            // The font is a system package; .ci/run installs it. Without it, the error says so.
+            let err = line_chart(Path::new("/nonexistent/x.png"), "t", "y", &[]).unwrap_err();
+            assert!(err.to_string().contains("font"), "{err}");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("loss.png");
+        line_chart(&p, "Loss", "loss", &[("train", &[1.0, 0.5, 0.3]), ("validation", &[1.1, 0.7, 0.6])]).unwrap();
+        let img = image::open(&p).unwrap();
+        assert_eq!((img.width(), img.height()), (800, 500));
+        let q = dir.path().join("cm.png");
+        confusion_matrix(&q, "Confusion", &["A".into(), "B".into()], &[vec![3, 1], vec![0, 4]]).unwrap();
+        assert!(image::open(&q).is_ok());
+    }
+}
