@@ -72,7 +72,10 @@ impl Manifest {
     /// Checks that the pieces agree with each other.
     pub fn validate(&self, path: &Path) -> Result<()> {
         if self.format != FORMAT {
-            return Err(Error::model(path, format!("not an oncolens model (format {:?})", self.format)));
+            return Err(Error::model(
+                path,
+                format!("not an oncolens model (format {:?})", self.format),
+            ));
         }
         if self.format_version > FORMAT_VERSION {
             return Err(Error::model(
@@ -84,18 +87,30 @@ impl Manifest {
             ));
         }
         self.spec.validate().map_err(|e| Error::model(path, e))?;
-        self.preprocessing.validate().map_err(|e| Error::model(path, e))?;
+        self.preprocessing
+            .validate()
+            .map_err(|e| Error::model(path, e))?;
         if self.classes.len() != self.spec.num_classes {
             return Err(Error::model(
                 path,
-                format!("{} class names for a {}-class network", self.classes.len(), self.spec.num_classes),
+                format!(
+                    "{} class names for a {}-class network",
+                    self.classes.len(),
+                    self.spec.num_classes
+                ),
             ));
         }
         if self.preprocessing.input_size as usize != self.spec.input_size {
-            return Err(Error::model(path, "pre-processing and network disagree on the input size"));
+            return Err(Error::model(
+                path,
+                "pre-processing and network disagree on the input size",
+            ));
         }
         if !(0.0..=1.0).contains(&self.uncertainty_threshold) {
-            return Err(Error::model(path, "uncertainty threshold must be in [0, 1]"));
+            return Err(Error::model(
+                path,
+                "uncertainty threshold must be in [0, 1]",
+            ));
         }
         Ok(())
     }
@@ -143,11 +158,18 @@ pub fn read_manifest(path: &Path) -> Result<Manifest> {
     let dir = model_dir(path);
     let file = dir.join(MANIFEST_FILE);
     let text = std::fs::read_to_string(&file).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => Error::model(&dir, format!("no {MANIFEST_FILE} here; is this a model directory?")),
+        std::io::ErrorKind::NotFound => Error::model(
+            &dir,
+            format!("no {MANIFEST_FILE} here; is this a model directory?"),
+        ),
         _ => Error::io(&file, e),
     })?;
-    let manifest: Manifest = serde_json::from_str(&text)
-        .map_err(|e| Error::model(&file, format!("{MANIFEST_FILE} is missing a piece or malformed: {e}")))?;
+    let manifest: Manifest = serde_json::from_str(&text).map_err(|e| {
+        Error::model(
+            &file,
+            format!("{MANIFEST_FILE} is missing a piece or malformed: {e}"),
+        )
+    })?;
     manifest.validate(&file)?;
     Ok(manifest)
 }
@@ -162,11 +184,19 @@ pub fn load(path: &Path, device: &Device) -> Result<(Manifest, Classifier)> {
     }
     let digest = sha256_file(&weights)?;
     if digest != manifest.weights_sha256 {
-        return Err(Error::model(&dir, format!("{WEIGHTS_FILE} does not match {MANIFEST_FILE} (checksum differs)")));
+        return Err(Error::model(
+            &dir,
+            format!("{WEIGHTS_FILE} does not match {MANIFEST_FILE} (checksum differs)"),
+        ));
     }
     let model = Classifier::init(&manifest.spec, device)
         .try_load_file(&weights)
-        .map_err(|e| Error::model(&weights, format!("weights do not fit the architecture: {e:?}")))?;
+        .map_err(|e| {
+            Error::model(
+                &weights,
+                format!("weights do not fit the architecture: {e:?}"),
+            )
+        })?;
     Ok((manifest, model.valid()))
 }
 

@@ -21,7 +21,12 @@ use crate::preprocess::{Geometry, Preprocessing};
 pub const INFERENCE_BATCH: usize = 32;
 
 /// Class probabilities for prepared images, in batches.
-pub fn probabilities(model: &Classifier, images: &[&GreyImage], pre: &Preprocessing, device: &Device) -> Vec<Vec<f32>> {
+pub fn probabilities(
+    model: &Classifier,
+    images: &[&GreyImage],
+    pre: &Preprocessing,
+    device: &Device,
+) -> Vec<Vec<f32>> {
     let mut out = Vec::with_capacity(images.len());
     for chunk in images.chunks(INFERENCE_BATCH) {
         let x = batch_input(chunk, pre, None, device);
@@ -64,11 +69,19 @@ impl Predictor {
     pub fn load(path: &Path) -> Result<Self> {
         let device = Device::flex();
         let (manifest, model) = bundle::load(path, &device)?;
-        Ok(Self { manifest, model, device })
+        Ok(Self {
+            manifest,
+            model,
+            device,
+        })
     }
 
     pub fn from_parts(manifest: Manifest, model: Classifier, device: Device) -> Self {
-        Self { manifest, model, device }
+        Self {
+            manifest,
+            model,
+            device,
+        }
     }
 
     pub fn model(&self) -> &Classifier {

@@ -171,17 +171,46 @@ fn run(cli: Cli) -> Result<()> {
         Command::Train(a) => cmd_train(a),
         Command::Evaluate(a) => cmd_evaluate(a),
         Command::Predict(a) => cmd_predict(a),
-        Command::Model { command: ModelCommand::Summary { arch, input_size, channels, classes } } => {
+        Command::Model {
+            command:
+                ModelCommand::Summary {
+                    arch,
+                    input_size,
+                    channels,
+                    classes,
+                },
+        } => {
             let mut spec = ModelSpec::new(arch, input_size, classes);
             spec.in_channels = channels;
             spec.validate()?;
             let (rows, total) = oncolens::model::summary(&spec, &burn::tensor::Device::flex());
-            println!("Model: {} ({}x{}x{} input, {} classes)", arch.name(), channels, input_size, input_size, classes);
-            println!("{:<10} {:<26} {:<18} {:>12}", "layer", "type", "output shape", "params");
+            println!(
+                "Model: {} ({}x{}x{} input, {} classes)",
+                arch.name(),
+                channels,
+                input_size,
+                input_size,
+                classes
+            );
+            println!(
+                "{:<10} {:<26} {:<18} {:>12}",
+                "layer", "type", "output shape", "params"
+            );
             println!("{}", "-".repeat(69));
             for r in rows {
-                let shape = r.output_shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x");
-                println!("{:<10} {:<26} {:<18} {:>12}", r.name, r.kind, shape, group_digits(r.params));
+                let shape = r
+                    .output_shape
+                    .iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join("x");
+                println!(
+                    "{:<10} {:<26} {:<18} {:>12}",
+                    r.name,
+                    r.kind,
+                    shape,
+                    group_digits(r.params)
+                );
             }
             println!("{}", "-".repeat(69));
             println!("Total params: {}", group_digits(total));
@@ -231,7 +260,9 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
             if stop.swap(true, Ordering::SeqCst) {
                 std::process::exit(130);
             }
-            eprintln!("\nstopping after this batch; a checkpoint will be saved (Ctrl-C again to quit now)");
+            eprintln!(
+                "\nstopping after this batch; a checkpoint will be saved (Ctrl-C again to quit now)"
+            );
         })
         .context("installing the Ctrl-C handler")?;
     }
@@ -248,12 +279,21 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     let best = report.history.iter().find(|r| r.epoch == report.best_epoch);
     eprintln!(
         "{} after {} epochs in {:.0} s; best epoch {}{}",
-        if report.interrupted { "interrupted" } else if report.stopped_early { "stopped early" } else { "finished" },
+        if report.interrupted {
+            "interrupted"
+        } else if report.stopped_early {
+            "stopped early"
+        } else {
+            "finished"
+        },
         report.history.len(),
         started.elapsed().as_secs_f64(),
         report.best_epoch,
-        best.map(|b| format!(" (val loss {:.4}, acc {:.4}, macro-F1 {:.4})", b.val_loss, b.val_accuracy, b.val_macro_f1))
-            .unwrap_or_default()
+        best.map(|b| format!(
+            " (val loss {:.4}, acc {:.4}, macro-F1 {:.4})",
+            b.val_loss, b.val_accuracy, b.val_macro_f1
+        ))
+        .unwrap_or_default()
     );
     if report.best_epoch > 0 {
         eprintln!("model written to {}", report.model_dir.display());
@@ -278,7 +318,12 @@ fn cmd_evaluate(a: EvaluateArgs) -> Result<()> {
     }
     if let Some(path) = &a.confusion_png {
         let names = predictor.manifest.display_names();
-        oncolens::plot::confusion_matrix(path, "Confusion matrix (leak-free)", &names, &report.leak_free.confusion)?;
+        oncolens::plot::confusion_matrix(
+            path,
+            "Confusion matrix (leak-free)",
+            &names,
+            &report.leak_free.confusion,
+        )?;
     }
     Ok(())
 }
@@ -286,7 +331,9 @@ fn cmd_evaluate(a: EvaluateArgs) -> Result<()> {
 /// Files under the inputs: files as given, folders searched recursively for PNG/JPEG.
 fn collect_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
         entries.sort();
         for p in entries {
             if p.is_dir() {
@@ -316,7 +363,9 @@ fn cmd_predict(a: PredictArgs) -> Result<()> {
     let results: Vec<(PathBuf, Result<Prediction, String>)> = files
         .into_iter()
         .map(|f| {
-            let r = load_grey(&f).map(|img| predictor.predict_images(&[img]).remove(0)).map_err(|e| e.to_string());
+            let r = load_grey(&f)
+                .map(|img| predictor.predict_images(&[img]).remove(0))
+                .map_err(|e| e.to_string());
             (f, r)
         })
         .collect();
@@ -330,23 +379,41 @@ fn cmd_predict(a: PredictArgs) -> Result<()> {
                     Err(e) => serde_json::json!({"file": f, "error": e}),
                 })
                 .collect();
-            println!("{}", serde_json::to_string_pretty(&serde_json::json!({
-                "model": predictor.manifest.name,
-                "note": evaluate::DISCLAIMER,
-                "results": items,
-            }))?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({
+                    "model": predictor.manifest.name,
+                    "note": evaluate::DISCLAIMER,
+                    "results": items,
+                }))?
+            );
         }
         Format::Csv => {
             let mut w = csv::Writer::from_writer(std::io::stdout());
-            let mut header = vec!["file".to_string(), "class".into(), "confidence".into(), "uncertain".into()];
-            header.extend(predictor.manifest.class_ids().iter().map(|c| format!("p_{c}")));
+            let mut header = vec![
+                "file".to_string(),
+                "class".into(),
+                "confidence".into(),
+                "uncertain".into(),
+            ];
+            header.extend(
+                predictor
+                    .manifest
+                    .class_ids()
+                    .iter()
+                    .map(|c| format!("p_{c}")),
+            );
             header.push("error".into());
             w.write_record(&header)?;
             for (f, r) in &results {
                 let mut row = vec![f.display().to_string()];
                 match r {
                     Ok(p) => {
-                        row.extend([p.class_id.clone(), format!("{:.4}", p.confidence), p.uncertain.to_string()]);
+                        row.extend([
+                            p.class_id.clone(),
+                            format!("{:.4}", p.confidence),
+                            p.uncertain.to_string(),
+                        ]);
                         row.extend(p.probabilities.iter().map(|v| format!("{v:.4}")));
                         row.push(String::new());
                     }
@@ -364,7 +431,11 @@ fn cmd_predict(a: PredictArgs) -> Result<()> {
             for (f, r) in &results {
                 match r {
                     Ok(p) => {
-                        let label = if p.uncertain { format!("uncertain (most likely {})", p.class_name) } else { p.class_name.clone() };
+                        let label = if p.uncertain {
+                            format!("uncertain (most likely {})", p.class_name)
+                        } else {
+                            p.class_name.clone()
+                        };
                         let probs = names
                             .iter()
                             .zip(&p.probabilities)

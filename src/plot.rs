@@ -27,7 +27,10 @@ fn ensure_font() -> Result<()> {
             .map(String::as_str)
             .chain(FONT_CANDIDATES)
             .find_map(|p| std::fs::read(p).ok())
-            .ok_or_else(|| "no TrueType font found (install fonts-dejavu-core or set ONCOLENS_FONT)".to_string())?;
+            .ok_or_else(|| {
+                "no TrueType font found (install fonts-dejavu-core or set ONCOLENS_FONT)"
+                    .to_string()
+            })?;
         let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
         plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
             .map_err(|_| "the font file could not be parsed".to_string())
@@ -41,14 +44,33 @@ fn draw_err(path: &Path, e: impl std::fmt::Debug) -> Error {
 }
 
 /// One line chart of `series` (name, colour index, values per epoch).
-pub fn line_chart(path: &Path, title: &str, y_label: &str, series: &[(&str, &[f64])]) -> Result<()> {
+pub fn line_chart(
+    path: &Path,
+    title: &str,
+    y_label: &str,
+    series: &[(&str, &[f64])],
+) -> Result<()> {
     ensure_font()?;
     let root = BitMapBackend::new(path, (800, 500)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| draw_err(path, e))?;
-    let n = series.iter().map(|(_, v)| v.len()).max().unwrap_or(0).max(2);
-    let values = series.iter().flat_map(|(_, v)| v.iter().copied()).filter(|v| v.is_finite());
-    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
-    let (lo, hi) = if lo.is_finite() { (lo.min(0.0), hi.max(lo + 1e-3) * 1.05) } else { (0.0, 1.0) };
+    let n = series
+        .iter()
+        .map(|(_, v)| v.len())
+        .max()
+        .unwrap_or(0)
+        .max(2);
+    let values = series
+        .iter()
+        .flat_map(|(_, v)| v.iter().copied())
+        .filter(|v| v.is_finite());
+    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+        (lo.min(v), hi.max(v))
+    });
+    let (lo, hi) = if lo.is_finite() {
+        (lo.min(0.0), hi.max(lo + 1e-3) * 1.05)
+    } else {
+        (0.0, 1.0)
+    };
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 24))
         .margin(15)
@@ -72,7 +94,9 @@ pub fn line_chart(path: &Path, title: &str, y_label: &str, series: &[(&str, &[f6
             ))
             .map_err(|e| draw_err(path, e))?
             .label(*name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2))
+            });
     }
     chart
         .configure_series_labels()
@@ -84,27 +108,45 @@ pub fn line_chart(path: &Path, title: &str, y_label: &str, series: &[(&str, &[f6
 }
 
 /// Confusion matrix as a heat-map grid with counts; rows are true classes.
-pub fn confusion_matrix(path: &Path, title: &str, names: &[String], matrix: &[Vec<usize>]) -> Result<()> {
+pub fn confusion_matrix(
+    path: &Path,
+    title: &str,
+    names: &[String],
+    matrix: &[Vec<usize>],
+) -> Result<()> {
     ensure_font()?;
     let k = names.len();
     let cell = 110i32;
     let (left, top) = (150i32, 70i32);
-    let size = ((left + cell * k as i32 + 30) as u32, (top + cell * k as i32 + 60) as u32);
+    let size = (
+        (left + cell * k as i32 + 30) as u32,
+        (top + cell * k as i32 + 60) as u32,
+    );
     let root = BitMapBackend::new(path, size).into_drawing_area();
     root.fill(&WHITE).map_err(|e| draw_err(path, e))?;
-    let text = |s: &str, x: i32, y: i32, px: i32| Text::new(s.to_string(), (x, y), ("sans-serif", px).into_font());
-    root.draw(&text(title, 10, 10, 22)).map_err(|e| draw_err(path, e))?;
-    root.draw(&text("rows: true class, columns: predicted", 10, 38, 15)).map_err(|e| draw_err(path, e))?;
+    let text = |s: &str, x: i32, y: i32, px: i32| {
+        Text::new(s.to_string(), (x, y), ("sans-serif", px).into_font())
+    };
+    root.draw(&text(title, 10, 10, 22))
+        .map_err(|e| draw_err(path, e))?;
+    root.draw(&text("rows: true class, columns: predicted", 10, 38, 15))
+        .map_err(|e| draw_err(path, e))?;
     for r in 0..k {
         let row_total: usize = matrix[r].iter().sum::<usize>().max(1);
         for c in 0..k {
             let share = matrix[r][c] as f64 / row_total as f64;
             let shade = (255.0 * (1.0 - 0.85 * share)) as u8;
             let (x, y) = (left + c as i32 * cell, top + r as i32 * cell);
-            root.draw(&Rectangle::new([(x, y), (x + cell, y + cell)], RGBColor(shade, shade, 255).filled()))
-                .map_err(|e| draw_err(path, e))?;
-            root.draw(&Rectangle::new([(x, y), (x + cell, y + cell)], BLACK.stroke_width(1)))
-                .map_err(|e| draw_err(path, e))?;
+            root.draw(&Rectangle::new(
+                [(x, y), (x + cell, y + cell)],
+                RGBColor(shade, shade, 255).filled(),
+            ))
+            .map_err(|e| draw_err(path, e))?;
+            root.draw(&Rectangle::new(
+                [(x, y), (x + cell, y + cell)],
+                BLACK.stroke_width(1),
+            ))
+            .map_err(|e| draw_err(path, e))?;
             let colour = if share > 0.55 { WHITE } else { BLACK };
             root.draw(&Text::new(
                 format!("{}", matrix[r][c]),
@@ -113,11 +155,22 @@ pub fn confusion_matrix(path: &Path, title: &str, names: &[String], matrix: &[Ve
             ))
             .map_err(|e| draw_err(path, e))?;
         }
-        root.draw(&text(&names[r], 8, top + r as i32 * cell + cell / 2 - 8, 16)).map_err(|e| draw_err(path, e))?;
+        root.draw(&text(
+            &names[r],
+            8,
+            top + r as i32 * cell + cell / 2 - 8,
+            16,
+        ))
+        .map_err(|e| draw_err(path, e))?;
     }
     for (c, name) in names.iter().enumerate() {
-        root.draw(&text(name, left + c as i32 * cell + 6, top + cell * k as i32 + 12, 15))
-            .map_err(|e| draw_err(path, e))?;
+        root.draw(&text(
+            name,
+            left + c as i32 * cell + 6,
+            top + cell * k as i32 + 12,
+            15,
+        ))
+        .map_err(|e| draw_err(path, e))?;
     }
     root.present().map_err(|e| draw_err(path, e))
 }
@@ -136,11 +189,26 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("loss.png");
-        line_chart(&p, "Loss", "loss", &[("train", &[1.0, 0.5, 0.3]), ("validation", &[1.1, 0.7, 0.6])]).unwrap();
+        line_chart(
+            &p,
+            "Loss",
+            "loss",
+            &[
+                ("train", &[1.0, 0.5, 0.3]),
+                ("validation", &[1.1, 0.7, 0.6]),
+            ],
+        )
+        .unwrap();
         let img = image::open(&p).unwrap();
         assert_eq!((img.width(), img.height()), (800, 500));
         let q = dir.path().join("cm.png");
-        confusion_matrix(&q, "Confusion", &["A".into(), "B".into()], &[vec![3, 1], vec![0, 4]]).unwrap();
+        confusion_matrix(
+            &q,
+            "Confusion",
+            &["A".into(), "B".into()],
+            &[vec![3, 1], vec![0, 4]],
+        )
+        .unwrap();
         assert!(image::open(&q).is_ok());
     }
 }

@@ -131,11 +131,21 @@ impl Preprocessing {
         let offset = [(side - cw) / 2, (side - ch) / 2];
         let mut square = GreyImage::new(side, side);
         let cropped = imageops::crop_imm(&img, cx, cy, cw, ch).to_image();
-        imageops::replace(&mut square, &cropped, i64::from(offset[0]), i64::from(offset[1]));
+        imageops::replace(
+            &mut square,
+            &cropped,
+            i64::from(offset[0]),
+            i64::from(offset[1]),
+        );
         let mut out = if side == self.input_size {
             square
         } else {
-            imageops::resize(&square, self.input_size, self.input_size, FilterType::Triangle)
+            imageops::resize(
+                &square,
+                self.input_size,
+                self.input_size,
+                FilterType::Triangle,
+            )
         };
         if let Some(c) = &self.clahe {
             out = clahe(&out, c);
@@ -156,7 +166,10 @@ impl Preprocessing {
     /// Standardisation: the network's input values for a prepared (maybe augmented) image.
     pub fn standardize(&self, prepared: &GreyImage) -> Vec<f32> {
         let inv = 1.0 / self.std;
-        prepared.pixels().map(|p| (p.0[0] - self.mean) * inv).collect()
+        prepared
+            .pixels()
+            .map(|p| (p.0[0] - self.mean) * inv)
+            .collect()
     }
 
     /// The whole pipeline: original grey image -> network input (row-major, one channel).
@@ -200,7 +213,11 @@ fn rescale_percentiles(img: &GreyImage, [lo_pct, hi_pct]: [f32; 2]) -> GreyImage
     let mut hist = vec![0u32; BINS];
     for p in img.pixels() {
         let v = p.0[0];
-        let b = if v.is_finite() { (v.clamp(0.0, 1.0) * (BINS - 1) as f32) as usize } else { 0 };
+        let b = if v.is_finite() {
+            (v.clamp(0.0, 1.0) * (BINS - 1) as f32) as usize
+        } else {
+            0
+        };
         hist[b] += 1;
     }
     let total = img.pixels().len() as f64;
@@ -264,7 +281,11 @@ fn brain_bounding_box(img: &GreyImage, cfg: &BrainCrop) -> Option<[u32; 4]> {
     let (w, h) = img.dimensions();
     let threshold = otsu_threshold(img).clamp(cfg.threshold_range[0], cfg.threshold_range[1]);
     let mask = GrayImage::from_fn(w, h, |x, y| {
-        Luma([if img.get_pixel(x, y).0[0] > threshold { 255 } else { 0 }])
+        Luma([if img.get_pixel(x, y).0[0] > threshold {
+            255
+        } else {
+            0
+        }])
     });
     let labels = connected_components(&mask, Connectivity::Eight, Luma([0u8]));
     let n_labels = labels.pixels().map(|p| p.0[0]).max().unwrap_or(0) as usize;
@@ -308,8 +329,14 @@ fn clahe(img: &GreyImage, cfg: &Clahe) -> GreyImage {
     let mut luts = vec![[0f32; BINS]; tiles * tiles];
     for ty in 0..tiles {
         for tx in 0..tiles {
-            let (xs, xe) = ((tx as f32 * tile_w) as u32, (((tx + 1) as f32 * tile_w) as u32).min(w));
-            let (ys, ye) = ((ty as f32 * tile_h) as u32, (((ty + 1) as f32 * tile_h) as u32).min(h));
+            let (xs, xe) = (
+                (tx as f32 * tile_w) as u32,
+                (((tx + 1) as f32 * tile_w) as u32).min(w),
+            );
+            let (ys, ye) = (
+                (ty as f32 * tile_h) as u32,
+                (((ty + 1) as f32 * tile_h) as u32).min(h),
+            );
             let mut hist = [0f32; BINS];
             for y in ys..ye {
                 for x in xs..xe {
@@ -387,7 +414,10 @@ mod tests {
         assert!(img.pixels().all(|v| (0.0..=1.0).contains(&v.0[0])));
         // The centre of the input is the centre of the disc in the original frame.
         let (ox, oy) = geo.input_to_original(32.0, 32.0).unwrap();
-        assert!((ox - 120.0).abs() < 3.0 && (oy - 70.0).abs() < 3.0, "{ox},{oy}");
+        assert!(
+            (ox - 120.0).abs() < 3.0 && (oy - 70.0).abs() < 3.0,
+            "{ox},{oy}"
+        );
     }
 
     #[test]

@@ -44,7 +44,9 @@ impl Default for Augmentation {
 /// The random stream for one sample in one epoch.
 pub fn sample_rng(seed: u64, epoch: usize, index: usize) -> ChaCha8Rng {
     // SplitMix-style mixing keeps neighbouring (epoch, index) pairs far apart.
-    let mut z = seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (index as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    let mut z = seed
+        ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ (index as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 30)).wrapping_mul(0x94D0_49BB_1331_11EB);
     ChaCha8Rng::seed_from_u64(z ^ (z >> 31))
 }
@@ -54,7 +56,9 @@ impl Augmentation {
     pub fn apply(&self, img: &GreyImage, rng: &mut impl Rng) -> GreyImage {
         let (w, h) = img.dimensions();
         let (cx, cy) = (w as f32 / 2.0, h as f32 / 2.0);
-        let angle = rng.random_range(-self.rotation_degrees..=self.rotation_degrees).to_radians();
+        let angle = rng
+            .random_range(-self.rotation_degrees..=self.rotation_degrees)
+            .to_radians();
         let scale = rng.random_range(self.scale_range[0]..=self.scale_range[1]);
         let tx = rng.random_range(-self.shift_fraction..=self.shift_fraction) * w as f32;
         let ty = rng.random_range(-self.shift_fraction..=self.shift_fraction) * h as f32;

@@ -73,7 +73,9 @@ impl ImageFolder {
             files.extend(paths.into_iter().map(|p| (p, label)));
         }
         if files.is_empty() {
-            return Err(dataset_err("no PNG or JPEG files in the class folders".into()));
+            return Err(dataset_err(
+                "no PNG or JPEG files in the class folders".into(),
+            ));
         }
         let samples = files
             .into_par_iter()
@@ -111,7 +113,12 @@ impl ImageFolder {
             .iter()
             .map(|s| {
                 let name = s.path.file_name().map(|n| n.to_string_lossy().into_owned());
-                format!("{}\t{}\t{}", self.classes[s.label], name.unwrap_or_default(), s.sha256)
+                format!(
+                    "{}\t{}\t{}",
+                    self.classes[s.label],
+                    name.unwrap_or_default(),
+                    s.sha256
+                )
             })
             .collect();
         lines.sort();
@@ -139,7 +146,10 @@ impl ImageFolder {
     /// Path of a sample relative to the root, for reports.
     pub fn relative_path(&self, index: usize) -> String {
         let p = &self.samples[index].path;
-        p.strip_prefix(&self.root).unwrap_or(p).to_string_lossy().into_owned()
+        p.strip_prefix(&self.root)
+            .unwrap_or(p)
+            .to_string_lossy()
+            .into_owned()
     }
 }
 
@@ -178,7 +188,11 @@ mod tests {
     #[test]
     fn scan_sorts_classes_and_finds_odd_names() {
         let dir = tempfile::tempdir().unwrap();
-        for (class, file) in [("b_class", "x (1).png"), ("a_class", "gg (2).PNG"), ("a_class", "notes.txt")] {
+        for (class, file) in [
+            ("b_class", "x (1).png"),
+            ("a_class", "gg (2).PNG"),
+            ("a_class", "notes.txt"),
+        ] {
             std::fs::create_dir_all(dir.path().join(class)).unwrap();
             let img = image::GrayImage::from_pixel(16, 16, image::Luma([7]));
             if file.ends_with("txt") {

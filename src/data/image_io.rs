@@ -32,9 +32,8 @@ pub fn has_image_extension(path: &Path) -> bool {
 /// Reads and decodes a file.
 pub fn load_grey(path: &Path) -> Result<GreyImage> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    decode_grey(&bytes).map_err(|reason| {
-        Error::UnreadableImage(format!("{}: {reason}", path.display()))
-    })
+    decode_grey(&bytes)
+        .map_err(|reason| Error::UnreadableImage(format!("{}: {reason}", path.display())))
 }
 
 /// Decodes PNG or JPEG bytes. The error is a plain sentence fit to show a user.
@@ -118,11 +117,20 @@ mod tests {
 
     #[test]
     fn sixteen_bit_and_rgba_png_decode() {
-        let g16 = image::ImageBuffer::<Luma<u16>, _>::from_fn(32, 32, |x, _| Luma([x as u16 * 2000]));
-        let grey = decode_grey(&encode(&image::DynamicImage::ImageLuma16(g16), ImageFormat::Png)).unwrap();
+        let g16 =
+            image::ImageBuffer::<Luma<u16>, _>::from_fn(32, 32, |x, _| Luma([x as u16 * 2000]));
+        let grey = decode_grey(&encode(
+            &image::DynamicImage::ImageLuma16(g16),
+            ImageFormat::Png,
+        ))
+        .unwrap();
         assert!((grey.get_pixel(31, 0).0[0] - 62000.0 / 65535.0).abs() < 1e-3);
         let rgba = image::RgbaImage::from_pixel(16, 16, image::Rgba([200, 200, 200, 255]));
-        let grey = decode_grey(&encode(&image::DynamicImage::ImageRgba8(rgba), ImageFormat::Png)).unwrap();
+        let grey = decode_grey(&encode(
+            &image::DynamicImage::ImageRgba8(rgba),
+            ImageFormat::Png,
+        ))
+        .unwrap();
         assert!((grey.get_pixel(3, 3).0[0] - 200.0 / 255.0).abs() < 1e-2);
     }
 
@@ -132,7 +140,10 @@ mod tests {
         for format in [ImageFormat::Png, ImageFormat::Jpeg] {
             let bytes = encode(&img, format);
             let cut = &bytes[..bytes.len() * 2 / 3];
-            assert!(decode_grey(cut).is_err(), "{format:?} cut short must not decode");
+            assert!(
+                decode_grey(cut).is_err(),
+                "{format:?} cut short must not decode"
+            );
         }
         assert!(decode_grey(b"hello, not an image").is_err());
         assert!(decode_grey(&[]).is_err());

@@ -86,7 +86,12 @@ pub struct AugmentPlan<'a> {
 }
 
 /// Standardised input `[batch, 1, size, size]` for prepared images.
-pub fn batch_input(images: &[&GreyImage], pre: &Preprocessing, augment: Option<AugmentPlan<'_>>, device: &Device) -> Tensor<4> {
+pub fn batch_input(
+    images: &[&GreyImage],
+    pre: &Preprocessing,
+    augment: Option<AugmentPlan<'_>>,
+    device: &Device,
+) -> Tensor<4> {
     let size = pre.input_size as usize;
     let pixels: Vec<f32> = match &augment {
         Some(plan) => images
@@ -97,9 +102,15 @@ pub fn batch_input(images: &[&GreyImage], pre: &Preprocessing, augment: Option<A
                 pre.standardize(&plan.augmentation.apply(img, &mut rng))
             })
             .collect(),
-        None => images.par_iter().flat_map_iter(|img| pre.standardize(img)).collect(),
+        None => images
+            .par_iter()
+            .flat_map_iter(|img| pre.standardize(img))
+            .collect(),
     };
-    Tensor::from_data(TensorData::new(pixels, [images.len(), 1, size, size]), device)
+    Tensor::from_data(
+        TensorData::new(pixels, [images.len(), 1, size, size]),
+        device,
+    )
 }
 
 /// Class indices as an integer tensor.

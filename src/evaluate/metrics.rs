@@ -45,7 +45,11 @@ pub fn argmax(p: &[f32]) -> usize {
     best
 }
 
-pub fn confusion_matrix(labels: &[usize], predictions: &[usize], classes: usize) -> Vec<Vec<usize>> {
+pub fn confusion_matrix(
+    labels: &[usize],
+    predictions: &[usize],
+    classes: usize,
+) -> Vec<Vec<usize>> {
     let mut m = vec![vec![0; classes]; classes];
     for (&t, &p) in labels.iter().zip(predictions) {
         m[t][p] += 1;
@@ -100,7 +104,11 @@ pub fn compute(labels: &[usize], probabilities: &[Vec<f32>], classes: &[String])
         let predicted: usize = (0..k).map(|r| confusion[r][c]).sum();
         let precision = ratio(tp, predicted);
         let recall = ratio(tp, support);
-        let f1 = if precision + recall > 0.0 { 2.0 * precision * recall / (precision + recall) } else { 0.0 };
+        let f1 = if precision + recall > 0.0 {
+            2.0 * precision * recall / (precision + recall)
+        } else {
+            0.0
+        };
         let scores: Vec<f32> = probabilities.iter().map(|p| p[c]).collect();
         let positive: Vec<bool> = labels.iter().map(|&l| l == c).collect();
         per_class.push(ClassMetrics {
@@ -114,10 +122,22 @@ pub fn compute(labels: &[usize], probabilities: &[Vec<f32>], classes: &[String])
     }
     let present: Vec<&ClassMetrics> = per_class.iter().filter(|m| m.support > 0).collect();
     let mean = |f: fn(&ClassMetrics) -> f64| {
-        if present.is_empty() { 0.0 } else { present.iter().map(|m| f(m)).sum::<f64>() / present.len() as f64 }
+        if present.is_empty() {
+            0.0
+        } else {
+            present.iter().map(|m| f(m)).sum::<f64>() / present.len() as f64
+        }
     };
     let weighted = |f: fn(&ClassMetrics) -> f64| {
-        if n == 0 { 0.0 } else { per_class.iter().map(|m| f(m) * m.support as f64).sum::<f64>() / n as f64 }
+        if n == 0 {
+            0.0
+        } else {
+            per_class
+                .iter()
+                .map(|m| f(m) * m.support as f64)
+                .sum::<f64>()
+                / n as f64
+        }
     };
     let aucs: Vec<f64> = per_class.iter().filter_map(|m| m.roc_auc).collect();
     Metrics {
@@ -144,8 +164,17 @@ impl Metrics {
     pub fn to_table(&self, display_names: &[String]) -> String {
         use std::fmt::Write;
         let mut s = String::new();
-        let width = display_names.iter().map(|d| d.len()).max().unwrap_or(5).max(12);
-        let _ = writeln!(s, "{:width$}  precision  recall     f1  support  roc-auc", "class");
+        let width = display_names
+            .iter()
+            .map(|d| d.len())
+            .max()
+            .unwrap_or(5)
+            .max(12);
+        let _ = writeln!(
+            s,
+            "{:width$}  precision  recall     f1  support  roc-auc",
+            "class"
+        );
         for (m, name) in self.per_class.iter().zip(display_names) {
             let auc = m.roc_auc.map_or("-".to_string(), |a| format!("{a:.3}"));
             let _ = writeln!(
@@ -154,18 +183,32 @@ impl Metrics {
                 m.precision, m.recall, m.f1, m.support
             );
         }
-        let auc = self.macro_roc_auc.map_or("-".to_string(), |a| format!("{a:.3}"));
+        let auc = self
+            .macro_roc_auc
+            .map_or("-".to_string(), |a| format!("{a:.3}"));
         let _ = writeln!(
             s,
             "{:width$}  {:9.3}  {:6.3}  {:5.3}  {:7}  {auc:>7}",
-            "macro avg", self.macro_avg.precision, self.macro_avg.recall, self.macro_avg.f1, self.images
+            "macro avg",
+            self.macro_avg.precision,
+            self.macro_avg.recall,
+            self.macro_avg.f1,
+            self.images
         );
         let _ = writeln!(
             s,
             "{:width$}  {:9.3}  {:6.3}  {:5.3}  {:7}",
-            "weighted avg", self.weighted_avg.precision, self.weighted_avg.recall, self.weighted_avg.f1, self.images
+            "weighted avg",
+            self.weighted_avg.precision,
+            self.weighted_avg.recall,
+            self.weighted_avg.f1,
+            self.images
         );
-        let _ = writeln!(s, "\naccuracy: {:.4} ({} images)\n", self.accuracy, self.images);
+        let _ = writeln!(
+            s,
+            "\naccuracy: {:.4} ({} images)\n",
+            self.accuracy, self.images
+        );
         let _ = writeln!(s, "confusion matrix (rows: true class, columns: predicted)");
         let _ = write!(s, "{:width$}", "");
         for name in display_names {
@@ -195,7 +238,9 @@ mod tests {
     use super::*;
 
     fn one_hot(k: usize, c: usize) -> Vec<f32> {
-        (0..k).map(|i| if i == c { 0.9 } else { 0.1 / (k - 1) as f32 }).collect()
+        (0..k)
+            .map(|i| if i == c { 0.9 } else { 0.1 / (k - 1) as f32 })
+            .collect()
     }
 
     #[test]
@@ -207,7 +252,10 @@ mod tests {
         let probs: Vec<Vec<f32>> = preds.iter().map(|&p| one_hot(3, p)).collect();
         let classes: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
         let m = compute(&labels, &probs, &classes);
-        assert_eq!(m.confusion, vec![vec![2, 1, 1], vec![1, 2, 0], vec![0, 0, 3]]);
+        assert_eq!(
+            m.confusion,
+            vec![vec![2, 1, 1], vec![1, 2, 0], vec![0, 0, 3]]
+        );
         assert!((m.accuracy - 0.7).abs() < 1e-12);
         // class a: tp 2, predicted 3, support 4 -> P 2/3, R 1/2, F1 4/7
         assert!((m.per_class[0].precision - 2.0 / 3.0).abs() < 1e-12);

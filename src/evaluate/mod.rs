@@ -59,7 +59,10 @@ pub struct EvaluationReport {
 /// A `Training` folder beside a `Testing` folder, if there is one.
 pub fn sibling_training_folder(test: &Path) -> Option<PathBuf> {
     let parent = test.canonicalize().ok()?.parent()?.to_path_buf();
-    ["Training", "training", "train"].iter().map(|n| parent.join(n)).find(|p| p.is_dir())
+    ["Training", "training", "train"]
+        .iter()
+        .map(|n| parent.join(n))
+        .find(|p| p.is_dir())
 }
 
 pub fn evaluate(predictor: &Predictor, opts: &EvalOptions) -> Result<EvaluationReport> {
@@ -74,16 +77,27 @@ pub fn evaluate(predictor: &Predictor, opts: &EvalOptions) -> Result<EvaluationR
             None => {
                 return Err(Error::Dataset {
                     path: opts.data.clone(),
-                    reason: format!("class folder {c:?} is not one of the model's classes {model_ids:?}"),
+                    reason: format!(
+                        "class folder {c:?} is not one of the model's classes {model_ids:?}"
+                    ),
                 });
             }
         }
     }
-    let train_root = opts.train_data.clone().or_else(|| sibling_training_folder(&opts.data));
+    let train_root = opts
+        .train_data
+        .clone()
+        .or_else(|| sibling_training_folder(&opts.data));
     let train_hashes: HashSet<String> = match &train_root {
-        Some(root) => ImageFolder::scan(root)?.samples.into_iter().map(|s| s.sha256).collect(),
+        Some(root) => ImageFolder::scan(root)?
+            .samples
+            .into_iter()
+            .map(|s| s.sha256)
+            .collect(),
         None => {
-            eprintln!("warning: no training folder given or found beside the test folder; the leak check is skipped");
+            eprintln!(
+                "warning: no training folder given or found beside the test folder; the leak check is skipped"
+            );
             HashSet::new()
         }
     };
@@ -118,7 +132,9 @@ pub fn evaluate(predictor: &Predictor, opts: &EvalOptions) -> Result<EvaluationR
         }
     }
     let leak_free = metrics::compute(&lf_labels, &lf_probs, &model_ids);
-    let with_leaks = opts.include_leaks.then(|| metrics::compute(&labels, &probs, &model_ids));
+    let with_leaks = opts
+        .include_leaks
+        .then(|| metrics::compute(&labels, &probs, &model_ids));
     Ok(EvaluationReport {
         model: manifest.name.clone(),
         model_architecture: manifest.spec.architecture.name().into(),

@@ -62,16 +62,27 @@ impl ModelSpec {
     pub fn validate(&self) -> crate::Result<()> {
         let bad = |m: String| Err(crate::Error::Config(m));
         if self.in_channels != 1 && self.in_channels != 3 {
-            return bad(format!("in_channels must be 1 or 3, not {}", self.in_channels));
+            return bad(format!(
+                "in_channels must be 1 or 3, not {}",
+                self.in_channels
+            ));
         }
         if self.num_classes < 2 {
             return bad("a classifier needs at least two classes".into());
         }
-        if self.architecture == Architecture::PaperCnn && paper_cnn::feature_side(self.input_size) == 0 {
-            return bad(format!("paper-cnn needs an input of at least 94 pixels, not {}", self.input_size));
+        if self.architecture == Architecture::PaperCnn
+            && paper_cnn::feature_side(self.input_size) == 0
+        {
+            return bad(format!(
+                "paper-cnn needs an input of at least 94 pixels, not {}",
+                self.input_size
+            ));
         }
         if !(32..=1024).contains(&self.input_size) {
-            return bad(format!("input size {} is outside 32..=1024", self.input_size));
+            return bad(format!(
+                "input size {} is outside 32..=1024",
+                self.input_size
+            ));
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return bad("dropout must be in [0, 1)".into());
@@ -136,7 +147,11 @@ impl Classifier {
             Classifier::ResnetMini(_) => 1,
         };
         let [_, c, _, _] = x.dims();
-        if c == 1 && expected == 3 { x.repeat_dim(1, 3) } else { x }
+        if c == 1 && expected == 3 {
+            x.repeat_dim(1, 3)
+        } else {
+            x
+        }
     }
 }
 
@@ -178,13 +193,31 @@ mod tests {
         let (rows, total) = summary(&spec, &device);
         assert_eq!(rows.iter().map(|r| r.params).sum::<usize>(), total);
         assert!(total < 2_000_000, "{total}");
-        assert_eq!(rows.iter().find(|r| r.name == "stage4").unwrap().output_shape, vec![256, 5, 5]);
+        assert_eq!(
+            rows.iter()
+                .find(|r| r.name == "stage4")
+                .unwrap()
+                .output_shape,
+            vec![256, 5, 5]
+        );
     }
 
     #[test]
     fn specs_are_checked() {
-        assert!(ModelSpec::new(Architecture::PaperCnn, 64, 4).validate().is_err());
-        assert!(ModelSpec::new(Architecture::ResnetMini, 64, 1).validate().is_err());
-        assert!(ModelSpec::new(Architecture::ResnetMini, 64, 4).validate().is_ok());
+        assert!(
+            ModelSpec::new(Architecture::PaperCnn, 64, 4)
+                .validate()
+                .is_err()
+        );
+        assert!(
+            ModelSpec::new(Architecture::ResnetMini, 64, 1)
+                .validate()
+                .is_err()
+        );
+        assert!(
+            ModelSpec::new(Architecture::ResnetMini, 64, 4)
+                .validate()
+                .is_ok()
+        );
     }
 }

@@ -38,13 +38,19 @@ pub fn feature_side(input_size: usize) -> usize {
     side
 }
 
+/// He-normal: keeps ReLU activations alive through deep residual stacks.
 pub fn he_init() -> Initializer {
-    // He-normal keeps ReLU activations from dying at the start (a collapse to a constant
-    // ln(K) loss was seen with the framework default on this network).
     Initializer::KaimingNormal {
         gain: std::f64::consts::SQRT_2,
         fan_out_only: false,
     }
+}
+
+/// Glorot-uniform, Keras' default and so the seed's: with He init the 6400x512 dense layer
+/// starts with logits large enough to make the first Adam steps jump (seen as a collapse to a
+/// constant ln(K) loss); the gradient-norm clip in training guards the rest.
+fn glorot() -> Initializer {
+    Initializer::XavierUniform { gain: 1.0 }
 }
 
 impl PaperCnn {
@@ -54,13 +60,17 @@ impl PaperCnn {
         for &c_out in &WIDTHS {
             convs.push(
                 Conv2dConfig::new([c_in, c_out], [3, 3])
-                    .with_initializer(he_init())
+                    .with_initializer(glorot())
                     .init(device),
             );
             c_in = c_out;
         }
         let side = feature_side(input_size).max(1);
-        let dense = |i, o| LinearConfig::new(i, o).with_initializer(he_init()).init(device);
+        let dense = |i, o| {
+            LinearConfig::new(i, o)
+                .with_initializer(glorot())
+                .init(device)
+        };
         Self {
             in_channels,
             convs,
@@ -68,9 +78,7 @@ impl PaperCnn {
             dropout: DropoutConfig::new(0.3).init(),
             dense1: dense(side * side * 256, 512),
             dense2: dense(512, 512),
-            output: LinearConfig::new(512, num_classes)
-                .with_initializer(Initializer::XavierUniform { gain: 1.0 })
-                .init(device),
+            output: dense(512, num_classes),
         }
     }
 
@@ -84,7 +92,12 @@ impl PaperCnn {
         let last = self.convs.len() - 1;
         for (i, conv) in self.convs.iter().enumerate() {
             x = relu(conv.forward(x));
-            trace.record(&format!("conv{}", i + 1), "Conv2D 3x3 + ReLU", &x, conv.num_params());
+            trace.record(
+                &format!("conv{}", i + 1),
+                "Conv2D 3x3 + ReLU",
+                &x,
+                conv.num_params(),
+            );
             if i == last {
                 break;
             }

@@ -5,7 +5,9 @@
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig};
-use burn::nn::{BatchNorm, BatchNormConfig, Dropout, DropoutConfig, Linear, LinearConfig, PaddingConfig2d};
+use burn::nn::{
+    BatchNorm, BatchNormConfig, Dropout, DropoutConfig, Linear, LinearConfig, PaddingConfig2d,
+};
 use burn::tensor::Device;
 use burn::tensor::Tensor;
 use burn::tensor::activation::relu;
@@ -46,11 +48,10 @@ pub struct Projection {
 
 impl BasicBlock {
     fn new(c_in: usize, c_out: usize, stride: usize, device: &Device) -> Self {
-        let shortcut = (stride != 1 || c_in != c_out)
-            .then(|| Projection {
-                conv: conv(c_in, c_out, 1, stride, device),
-                bn: BatchNormConfig::new(c_out).init(device),
-            });
+        let shortcut = (stride != 1 || c_in != c_out).then(|| Projection {
+            conv: conv(c_in, c_out, 1, stride, device),
+            bn: BatchNormConfig::new(c_out).init(device),
+        });
         Self {
             conv1: conv(c_in, c_out, 3, stride, device),
             bn1: BatchNormConfig::new(c_out).init(device),
@@ -110,7 +111,12 @@ impl ResnetMini {
         );
         for (i, block) in self.stages.iter().enumerate() {
             x = block.forward(x);
-            trace.record(&format!("stage{}", i + 1), "Residual block /2", &x, block.num_params());
+            trace.record(
+                &format!("stage{}", i + 1),
+                "Residual block /2",
+                &x,
+                block.num_params(),
+            );
         }
         x
     }

@@ -28,7 +28,13 @@ impl Trace {
         Trace(Some(Vec::new()))
     }
 
-    pub fn record<const D: usize>(&mut self, name: &str, kind: &str, output: &Tensor<D>, params: usize) {
+    pub fn record<const D: usize>(
+        &mut self,
+        name: &str,
+        kind: &str,
+        output: &Tensor<D>,
+        params: usize,
+    ) {
         if let Some(rows) = &mut self.0 {
             rows.push(LayerRow {
                 name: name.to_string(),

@@ -114,7 +114,8 @@ impl TrainConfig {
             Schedule::Constant => self.learning_rate,
             Schedule::Cosine => {
                 let floor = 0.01 * self.learning_rate;
-                floor + (self.learning_rate - floor) * 0.5 * (1.0 + (std::f64::consts::PI * p).cos())
+                floor
+                    + (self.learning_rate - floor) * 0.5 * (1.0 + (std::f64::consts::PI * p).cos())
             }
             Schedule::Step => {
                 self.learning_rate
@@ -148,9 +149,15 @@ mod tests {
 
     #[test]
     fn bad_settings_are_refused() {
-        let c = TrainConfig { epochs: 0, ..Default::default() };
+        let c = TrainConfig {
+            epochs: 0,
+            ..Default::default()
+        };
         assert!(c.validate().is_err());
-        let c = TrainConfig { validation_fraction: 0.0, ..Default::default() };
+        let c = TrainConfig {
+            validation_fraction: 0.0,
+            ..Default::default()
+        };
         assert!(c.validate().is_err());
         assert!(TrainConfig::default().validate().is_ok());
     }

@@ -66,13 +66,19 @@ pub fn write(dir: &Path, history: &[EpochRecord]) -> Result<()> {
             &dir.join("accuracy.png"),
             "Accuracy",
             "accuracy",
-            &[("train", &col(|r| r.train_accuracy)), ("validation", &col(|r| r.val_accuracy))],
+            &[
+                ("train", &col(|r| r.train_accuracy)),
+                ("validation", &col(|r| r.val_accuracy)),
+            ],
         ),
         crate::plot::line_chart(
             &dir.join("loss.png"),
             "Loss",
             "cross-entropy",
-            &[("train", &col(|r| r.train_loss)), ("validation", &col(|r| r.val_loss))],
+            &[
+                ("train", &col(|r| r.train_loss)),
+                ("validation", &col(|r| r.val_loss)),
+            ],
         ),
     ];
     for p in plots {

@@ -15,9 +15,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+use burn::grad_clipping::GradientClippingConfig;
 use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer, decay::WeightDecayConfig};
-use burn::grad_clipping::GradientClippingConfig;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Tensor, TensorData};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -31,7 +31,9 @@ use serde::{Deserialize, Serialize};
 use crate::bundle::{self, ClassInfo, DataProvenance, Manifest, ValidationSummary};
 use crate::data::folder::{ImageFolder, display_name};
 use crate::data::image_io::GreyImage;
-use crate::data::loader::{AugmentPlan, PreparedImages, batch_input, fit_standardization, prepare_samples};
+use crate::data::loader::{
+    AugmentPlan, PreparedImages, batch_input, fit_standardization, prepare_samples,
+};
 use crate::data::split::{Split, group_ids, stratified_group_split};
 use crate::error::{Error, Result};
 use crate::evaluate::metrics::{self, argmax};
@@ -82,7 +84,12 @@ struct LoopState {
 const CHECKPOINT_DIR: &str = "checkpoint";
 
 /// Cross-entropy with per-class weights and label smoothing, averaged by the weights.
-pub fn classification_loss(logits: Tensor<2>, labels: &[usize], class_weights: &[f32], smoothing: f32) -> Tensor<1> {
+pub fn classification_loss(
+    logits: Tensor<2>,
+    labels: &[usize],
+    class_weights: &[f32],
+    smoothing: f32,
+) -> Tensor<1> {
     let [n, k] = logits.dims();
     let device = logits.device();
     let off = smoothing / k as f32;
@@ -95,7 +102,10 @@ pub fn classification_loss(logits: Tensor<2>, labels: &[usize], class_weights: &
     let total: f32 = weights.iter().sum::<f32>().max(f32::EPSILON);
     let targets = Tensor::<2>::from_data(TensorData::new(targets, [n, k]), &device);
     let weights = Tensor::<1>::from_data(TensorData::new(weights, [n]), &device);
-    let per_sample: Tensor<1> = (log_softmax(logits, 1) * targets).sum_dim(1).squeeze_dim(1).neg();
+    let per_sample: Tensor<1> = (log_softmax(logits, 1) * targets)
+        .sum_dim(1)
+        .squeeze_dim(1)
+        .neg();
     (per_sample * weights).sum().div_scalar(total)
 }
 
@@ -108,7 +118,13 @@ pub fn inverse_frequency_weights(labels: &[usize], classes: usize) -> Vec<f32> {
     let n = labels.len() as f32;
     counts
         .iter()
-        .map(|&c| if c == 0 { 0.0 } else { n / (classes as f32 * c as f32) })
+        .map(|&c| {
+            if c == 0 {
+                0.0
+            } else {
+                n / (classes as f32 * c as f32)
+            }
+        })
         .collect()
 }
 
@@ -175,12 +191,17 @@ pub fn train(opts: &TrainOptions, stop: &AtomicBool) -> Result<TrainReport> {
         let state: LoopState = serde_json::from_str(&text)
             .map_err(|e| Error::model(&ckpt_dir, format!("checkpoint state unreadable: {e}")))?;
         if state.data_fingerprint != fingerprint {
-            return Err(Error::Config("--resume: the data folder differs from the one the checkpoint was trained on".into()));
+            return Err(Error::Config(
+                "--resume: the data folder differs from the one the checkpoint was trained on"
+                    .into(),
+            ));
         }
         let mut comparable = state.config.clone();
         comparable.epochs = cfg.epochs;
         if &comparable != cfg {
-            return Err(Error::Config("--resume: settings differ from the checkpoint's (only --epochs may change)".into()));
+            return Err(Error::Config(
+                "--resume: settings differ from the checkpoint's (only --epochs may change)".into(),
+            ));
         }
         resumed = Some(state);
     }
@@ -190,7 +211,8 @@ pub fn train(opts: &TrainOptions, stop: &AtomicBool) -> Result<TrainReport> {
     let groups = group_ids(&folder, &opts.links);
     let mut split = stratified_group_split(&labels, &groups, cfg.validation_fraction, cfg.seed);
     if let Some(max) = cfg.max_per_class {
-        let val_max = ((max as f64) * cfg.validation_fraction / (1.0 - cfg.validation_fraction)).ceil() as usize;
+        let val_max = ((max as f64) * cfg.validation_fraction / (1.0 - cfg.validation_fraction))
+            .ceil() as usize;
         split = Split {
             train: limit_per_class(&split.train, &folder, max, cfg.seed),
             validation: limit_per_class(&split.validation, &folder, val_max.max(1), cfg.seed),
@@ -206,11 +228,20 @@ pub fn train(opts: &TrainOptions, stop: &AtomicBool) -> Result<TrainReport> {
     if cfg.denoise {
         pre.denoise_sigma = Some(0.8);
     }
-    let bar = progress_bar(opts.progress, (split.train.len() + split.validation.len()) as u64, "preparing".into());
+    let bar = progress_bar(
+        opts.progress,
+        (split.train.len() + split.validation.len()) as u64,
+        "preparing".into(),
+    );
     let train_set = prepare_samples(&folder, &split.train, &pre, Some(&bar));
     let val_set = prepare_samples(&folder, &split.validation, &pre, Some(&bar));
     bar.finish_and_clear();
-    let skipped: Vec<String> = train_set.skipped.iter().chain(&val_set.skipped).cloned().collect();
+    let skipped: Vec<String> = train_set
+        .skipped
+        .iter()
+        .chain(&val_set.skipped)
+        .cloned()
+        .collect();
     for s in &skipped {
         eprintln!("warning: skipped unreadable file {s}");
     }
@@ -234,7 +265,9 @@ pub fn train(opts: &TrainOptions, stop: &AtomicBool) -> Result<TrainReport> {
     device.seed(cfg.seed);
     let mut model = Classifier::init(&spec, &device);
     let mut optim: ModuleOptimizer = AdamConfig::new()
-        .with_weight_decay((cfg.weight_decay > 0.0).then(|| WeightDecayConfig::new(cfg.weight_decay as f32)))
+        .with_weight_decay(
+            (cfg.weight_decay > 0.0).then(|| WeightDecayConfig::new(cfg.weight_decay as f32)),
+        )
         .with_grad_clipping(cfg.grad_clip_norm.map(GradientClippingConfig::Norm))
         .init();
     let mut state = match resumed {
@@ -254,7 +287,7 @@ pub fn train(opts: &TrainOptions, stop: &AtomicBool) -> Result<TrainReport> {
             preprocessing: pre.clone(),
             epochs_done: 0,
             history: Vec::new(),
-            best_val_loss: f64::INFINITY,
+            best_val_loss: f64::MAX, // JSON has no infinity
             best_epoch: 0,
             epochs_since_best: 0,
         },
@@ -277,7 +310,10 @@ pub fn train(opts: &TrainOptions, stop: &AtomicBool) -> Result<TrainReport> {
     let classes: Vec<ClassInfo> = folder
         .classes
         .iter()
-        .map(|id| ClassInfo { id: id.clone(), display: display_name(id) })
+        .map(|id| ClassInfo {
+            id: id.clone(),
+            display: display_name(id),
+        })
         .collect();
 
     let n_train = train_set.images.len();
@@ -289,7 +325,11 @@ pub fn train(opts: &TrainOptions, stop: &AtomicBool) -> Result<TrainReport> {
     while state.epochs_done < cfg.epochs {
         let epoch = state.epochs_done; // zero-based
         let order = epoch_order(&train_set, cfg, epoch, k);
-        let bar = progress_bar(opts.progress, n_train as u64, format!("epoch {}/{}", epoch + 1, cfg.epochs));
+        let bar = progress_bar(
+            opts.progress,
+            n_train as u64,
+            format!("epoch {}/{}", epoch + 1, cfg.epochs),
+        );
         let started = Instant::now();
         let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
         let mut lr = cfg.learning_rate;
@@ -312,7 +352,8 @@ pub fn train(opts: &TrainOptions, stop: &AtomicBool) -> Result<TrainReport> {
             });
             let x = batch_input(&images, &pre, plan, &device);
             let logits = model.forward(x);
-            let loss = classification_loss(logits.clone(), &labels, &class_weights, cfg.label_smoothing);
+            let loss =
+                classification_loss(logits.clone(), &labels, &class_weights, cfg.label_smoothing);
             let loss_value: f64 = f64::from(loss.clone().into_scalar::<f32>());
             if !loss_value.is_finite() {
                 return Err(Error::Config(format!(
@@ -323,11 +364,19 @@ pub fn train(opts: &TrainOptions, stop: &AtomicBool) -> Result<TrainReport> {
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             model = optim.step(lr, model, grads);
             let preds = rows(logits.detach());
-            correct += preds.iter().zip(&labels).filter(|(p, l)| argmax(p) == **l).count();
+            correct += preds
+                .iter()
+                .zip(&labels)
+                .filter(|(p, l)| argmax(p) == **l)
+                .count();
             loss_sum += loss_value * batch.len() as f64;
             seen += batch.len();
             bar.inc(batch.len() as u64);
-            bar.set_message(format!("loss {:.4} acc {:.3}", loss_sum / seen as f64, correct as f64 / seen as f64));
+            bar.set_message(format!(
+                "loss {:.4} acc {:.3}",
+                loss_sum / seen as f64,
+                correct as f64 / seen as f64
+            ));
         }
         bar.finish_and_clear();
         let seconds = started.elapsed().as_secs_f64();
@@ -448,13 +497,23 @@ fn mean_nll(probs: &[Vec<f32>], labels: &[usize], weights: &[f32]) -> f64 {
     if w > 0.0 { s / w } else { f64::NAN }
 }
 
-fn save_checkpoint(dir: &Path, model: &Classifier, optim: &ModuleOptimizer, state: &LoopState) -> Result<()> {
+fn save_checkpoint(
+    dir: &Path,
+    model: &Classifier,
+    optim: &ModuleOptimizer,
+    state: &LoopState,
+) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::output(dir, e))?;
     let tmp = dir.join("last.bpk.tmp");
-    model.clone().save_file(&tmp).map_err(|e| Error::output(&tmp, format!("{e:?}")))?;
+    model
+        .clone()
+        .save_file(&tmp)
+        .map_err(|e| Error::output(&tmp, format!("{e:?}")))?;
     std::fs::rename(&tmp, dir.join("last.bpk")).map_err(|e| Error::output(dir, e))?;
     let tmp = dir.join("optimizer.bpk.tmp");
-    optim.save(&tmp).map_err(|e| Error::output(&tmp, format!("{e:?}")))?;
+    optim
+        .save(&tmp)
+        .map_err(|e| Error::output(&tmp, format!("{e:?}")))?;
     std::fs::rename(&tmp, dir.join("optimizer.bpk")).map_err(|e| Error::output(dir, e))?;
     bundle::write_json_atomic(&dir.join("state.json"), state)
 }
@@ -467,7 +526,11 @@ fn write_split(path: &Path, folder: &ImageFolder, split: &Split) -> Result<()> {
     }
     let file = SplitFile {
         train: split.train.len(),
-        validation: split.validation.iter().map(|&i| folder.relative_path(i)).collect(),
+        validation: split
+            .validation
+            .iter()
+            .map(|&i| folder.relative_path(i))
+            .collect(),
     };
     bundle::write_json_atomic(path, &file)
 }
@@ -480,12 +543,17 @@ mod tests {
     fn loss_matches_hand_computation() {
         let device = Device::flex();
         // Two samples, two classes, logits [0, ln 3] -> p = [0.25, 0.75].
-        let logits = Tensor::<2>::from_data(TensorData::new(vec![0.0f32, 3f32.ln(), 0.0, 3f32.ln()], [2, 2]), &device);
-        let plain = classification_loss(logits.clone(), &[1, 0], &[1.0, 1.0], 0.0).into_scalar::<f32>();
+        let logits = Tensor::<2>::from_data(
+            TensorData::new(vec![0.0f32, 3f32.ln(), 0.0, 3f32.ln()], [2, 2]),
+            &device,
+        );
+        let plain =
+            classification_loss(logits.clone(), &[1, 0], &[1.0, 1.0], 0.0).into_scalar::<f32>();
         let expected = (-(0.75f32.ln()) - 0.25f32.ln()) / 2.0;
         assert!((plain - expected).abs() < 1e-5, "{plain} vs {expected}");
         // Weight 3 on class 0: (3 * -ln .25 + 1 * -ln .75) / 4.
-        let weighted = classification_loss(logits.clone(), &[1, 0], &[3.0, 1.0], 0.0).into_scalar::<f32>();
+        let weighted =
+            classification_loss(logits.clone(), &[1, 0], &[3.0, 1.0], 0.0).into_scalar::<f32>();
         let expected = (3.0 * -(0.25f32.ln()) - 0.75f32.ln()) / 4.0;
         assert!((weighted - expected).abs() < 1e-5);
         // Smoothing 0.2 on one sample of class 1: targets 0.1 / 0.9.

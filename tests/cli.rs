@@ -1,0 +1,141 @@
+//! The command line as a user runs it: exit codes and messages.
+
+mod common;
+
+use std::process::Command;
+
+fn oncolens() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_oncolens"))
+}
+
+#[test]
+fn model_summary_reports_the_seed_parameter_count() {
+    let out = oncolens()
+        .args(["model", "summary", "--arch", "paper-cnn", "--channels", "3"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Total params: 4,447,044"), "{text}");
+    assert!(text.contains("256x10x10"));
+    let out = oncolens()
+        .args([
+            "model",
+            "summary",
+            "--arch",
+            "paper-cnn",
+            "--input-size",
+            "64",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at least 94"));
+}
+
+#[test]
+fn missing_or_broken_models_give_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let img = tmp.path().join("x.png");
+    image::GrayImage::from_pixel(32, 32, image::Luma([100]))
+        .save(&img)
+        .unwrap();
+    let out = oncolens()
+        .args(["predict", "--model"])
+        .arg(tmp.path())
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no model.json here"), "{err}");
+
+    std::fs::write(
+        tmp.path().join("model.json"),
+        "{\"format\": \"oncolens-model\"}",
+    )
+    .unwrap();
+    let out = oncolens()
+        .args(["predict", "--model"])
+        .arg(tmp.path())
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing a piece"));
+}
+
+#[test]
+fn train_then_predict_from_the_command_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("Training");
+    common::write_folder(&data, 8, 48, 9);
+    let model = tmp.path().join("model");
+    let out = oncolens()
+        .args([
+            "train",
+            "--epochs",
+            "1",
+            "--input-size",
+            "32",
+            "--batch-size",
+            "8",
+            "--quiet",
+            "--data",
+        ])
+        .arg(&data)
+        .arg("--out")
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("epoch   1"));
+
+    let out = oncolens()
+        .args(["predict", "--format", "json", "--model"])
+        .arg(&model)
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["results"].as_array().unwrap().len(), 24);
+    assert!(
+        json["note"]
+            .as_str()
+            .unwrap()
+            .contains("not a diagnostic device")
+    );
+
+    let out = oncolens()
+        .args(["predict", "--format", "csv", "--model"])
+        .arg(&model)
+        .arg(tmp.path().join("nope.png"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
+
+    // A tampered weights file is refused.
+    let weights = model.join("weights.bpk");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xFF;
+    std::fs::write(&weights, bytes).unwrap();
+    let out = oncolens()
+        .args(["predict", "--model"])
+        .arg(&model)
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("checksum"));
+}

@@ -1,0 +1,65 @@
+//! Synthetic MRI-like data made by the tests: a grey "head" ellipse on black, with texture
+//! noise; the class decides whether it holds a bright blob, a dark blob or neither. The classes
+//! survive flips and rotations, like tumour types do, so the normal augmentation applies.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use image::{GrayImage, Luma};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+pub const CLASSES: [&str; 3] = ["bright blob", "dark blob", "no_blob"];
+
+/// One synthetic slice of `size` pixels for `class` (index into [`CLASSES`]).
+pub fn slice(class: usize, size: u32, rng: &mut ChaCha8Rng) -> GrayImage {
+    let c = size as f32 / 2.0;
+    let (rx, ry) = (
+        size as f32 * rng.random_range(0.34..0.42),
+        size as f32 * rng.random_range(0.38..0.46),
+    );
+    let shift = (rng.random_range(-2.0..2.0), rng.random_range(-2.0..2.0));
+    let blob_x = c + rng.random_range(-rx * 0.45..rx * 0.45);
+    let blob_y = c + rng.random_range(-ry * 0.45..ry * 0.45);
+    let blob_r = size as f32 * rng.random_range(0.07..0.1);
+    GrayImage::from_fn(size, size, |x, y| {
+        let (dx, dy) = ((x as f32 - c - shift.0) / rx, (y as f32 - c - shift.1) / ry);
+        if dx * dx + dy * dy > 1.0 {
+            return Luma([rng.random_range(0..6)]);
+        }
+        let mut v: f32 = 90.0 + rng.random_range(-25.0..25.0);
+        let (bx, by) = (x as f32 - blob_x, y as f32 - blob_y);
+        if bx * bx + by * by < blob_r * blob_r {
+            match class {
+                0 => v = 235.0 + rng.random_range(-15.0..15.0),
+                1 => v = 25.0 + rng.random_range(-10.0..10.0),
+                _ => {}
+            }
+        }
+        Luma([v.clamp(0.0, 255.0) as u8])
+    })
+}
+
+/// Writes `per_class` slices per class under `root/<class>/`, PNG and JPEG mixed, with spaces and
+/// brackets in the file names. Returns the files written.
+pub fn write_folder(root: &Path, per_class: usize, size: u32, seed: u64) -> Vec<PathBuf> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut files = Vec::new();
+    for (label, class) in CLASSES.iter().enumerate() {
+        let dir = root.join(class);
+        std::fs::create_dir_all(&dir).unwrap();
+        for i in 0..per_class {
+            let img = slice(label, size, &mut rng);
+            let (name, format) = if i % 3 == 0 {
+                (format!("scan ({i}).jpg"), image::ImageFormat::Jpeg)
+            } else {
+                (format!("scan ({i}).png"), image::ImageFormat::Png)
+            };
+            let path = dir.join(name);
+            img.save_with_format(&path, format).unwrap();
+            files.push(path);
+        }
+    }
+    files
+}
