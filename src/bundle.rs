@@ -39,6 +39,9 @@ pub struct DataProvenance {
     /// Files that could not be read and were skipped.
     pub skipped: Vec<String>,
     pub class_counts: Vec<usize>,
+    /// How the validation split kept copies apart.
+    #[serde(default)]
+    pub split_grouping: String,
 }
 
 /// Validation figures of the saved weights (the best epoch).

@@ -15,11 +15,13 @@
 //! - [`train`]: the training loop, checkpoints, history and curves;
 //! - [`bundle`]: the self-describing model file;
 //! - [`inference`]: [`inference::Predictor`], used by `predict`, `evaluate` and serving;
-//! - [`evaluate`]: metrics and leak-free reports; [`plot`]: PNG figures.
+//! - [`evaluate`]: metrics and leak-free reports; [`plot`]: PNG figures;
+//! - [`audit`]: duplicates, near-duplicates, leakage and balance of a data set.
 //!
 //! Features: `cuda` and `wgpu` add GPU devices through burn; the default build is CPU only
 //! (burn's `flex` backend).
 
+pub mod audit;
 pub mod bundle;
 pub mod data;
 pub mod error;

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
+use oncolens::audit::{self, NearDuplicateCriteria};
 use oncolens::data::image_io::has_image_extension;
 use oncolens::data::load_grey;
 use oncolens::evaluate::{self, EvalOptions};
@@ -34,6 +35,8 @@ enum Command {
     Evaluate(EvaluateArgs),
     /// Classify scans (files or folders).
     Predict(PredictArgs),
+    /// Audit a data set: duplicates, near-duplicates, leakage between splits, balance.
+    Audit(AuditArgs),
     /// Inspect architectures.
     Model {
         #[command(subcommand)]
@@ -89,6 +92,10 @@ struct TrainArgs {
     /// At most this many training images per class (quick experiments).
     #[arg(long)]
     max_per_class: Option<usize>,
+    /// Keep only byte-identical copies together in the validation split (skip the
+    /// near-duplicate search).
+    #[arg(long)]
+    exact_groups_only: bool,
     /// Continue from OUT/checkpoint (only --epochs may change).
     #[arg(long)]
     resume: bool,
@@ -110,12 +117,51 @@ struct EvaluateArgs {
     /// Also report the inflated figure that counts leaked copies.
     #[arg(long)]
     include_leaks: bool,
+    /// Use a saved exclusion list (from `oncolens audit --exclusions`) instead of searching.
+    #[arg(long)]
+    exclusions: Option<PathBuf>,
+    /// Exclude only byte-identical copies, not near-duplicates.
+    #[arg(long)]
+    exact_leaks_only: bool,
     /// Write the full report as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
     /// Write the leak-free confusion matrix as PNG.
     #[arg(long)]
     confusion_png: Option<PathBuf>,
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(clap::Args)]
+struct AuditArgs {
+    /// A folder of class folders, or a folder of splits (e.g. Training/ and Testing/).
+    root: PathBuf,
+    /// Write the full report as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write the exclusion list that `evaluate --exclusions` reads.
+    #[arg(long)]
+    exclusions: Option<PathBuf>,
+    /// Write a contact sheet (PNG) of the largest groups.
+    #[arg(long)]
+    sheet: Option<PathBuf>,
+    /// Groups on the contact sheet.
+    #[arg(long, default_value_t = 16)]
+    sheet_groups: usize,
+    /// Largest pHash Hamming distance for a near-duplicate candidate.
+    #[arg(long, default_value_t = NearDuplicateCriteria::default().max_distance)]
+    threshold: u32,
+    /// Smallest thumbnail correlation that confirms a candidate.
+    #[arg(long, default_value_t = NearDuplicateCriteria::default().min_correlation)]
+    min_correlation: f32,
+    /// Instead of auditing, draw a sheet of candidate pairs with pHash distance in LO-HI
+    /// (unconfirmed, with their correlation) to this PNG, for choosing the criteria by eye.
+    #[arg(long, value_names = ["LO", "HI", "PNG"], num_args = 3)]
+    inspect: Option<Vec<String>>,
+    /// With --inspect: only pairs whose correlation lies in this range.
+    #[arg(long, value_names = ["MIN", "MAX"], num_args = 2, default_values_t = [-1.0f32, 1.0])]
+    inspect_correlation: Vec<f32>,
     #[arg(long)]
     quiet: bool,
 }
@@ -171,6 +217,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Train(a) => cmd_train(a),
         Command::Evaluate(a) => cmd_evaluate(a),
         Command::Predict(a) => cmd_predict(a),
+        Command::Audit(a) => cmd_audit(a),
         Command::Model {
             command:
                 ModelCommand::Summary {
@@ -272,7 +319,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         config,
         resume: a.resume,
         progress: !a.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
-        links: Vec::new(),
+        near_duplicates: (!a.exact_groups_only).then(NearDuplicateCriteria::default),
     };
     let started = std::time::Instant::now();
     let report = train(&opts, &stop)?;
@@ -309,6 +356,8 @@ fn cmd_evaluate(a: EvaluateArgs) -> Result<()> {
         data: a.data,
         train_data: a.train_data,
         include_leaks: a.include_leaks,
+        near_duplicates: (!a.exact_leaks_only).then(NearDuplicateCriteria::default),
+        exclusions: a.exclusions,
         progress: !a.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
     };
     let report = evaluate::evaluate(&predictor, &opts)?;
@@ -452,6 +501,72 @@ fn cmd_predict(a: PredictArgs) -> Result<()> {
     }
     if results.iter().all(|(_, r)| r.is_err()) && !results.is_empty() {
         bail!("no input could be read");
+    }
+    Ok(())
+}
+
+fn cmd_audit(a: AuditArgs) -> Result<()> {
+    if let Some(spec) = &a.inspect {
+        let lo: u32 = spec[0].parse().context("LO must be a number")?;
+        let hi: u32 = spec[1].parse().context("HI must be a number")?;
+        let (cmin, cmax) = (a.inspect_correlation[0], a.inspect_correlation[1]);
+        let pairs: Vec<_> = audit::candidate_pairs(&a.root, lo..=hi, cmin..=cmax, 24)?;
+        for (x, y, d, c) in &pairs {
+            println!("distance {d}\tcorrelation {c:.3}\t{}\t{}", x.path, y.path);
+        }
+        // Three pairs a row, numbered as printed.
+        let rows: Vec<(String, Vec<audit::Member>)> = pairs
+            .chunks(3)
+            .enumerate()
+            .map(|(r, chunk)| {
+                let title = chunk
+                    .iter()
+                    .enumerate()
+                    .map(|(k, (_, _, d, c))| format!("#{} d={d} r={c:.2}", r * 3 + k + 1))
+                    .collect::<Vec<_>>()
+                    .join("      ");
+                (
+                    title,
+                    chunk
+                        .iter()
+                        .flat_map(|(x, y, _, _)| [x.clone(), y.clone()])
+                        .collect(),
+                )
+            })
+            .collect();
+        audit::sheet::contact_sheet(Path::new(&spec[2]), &a.root, &rows, 6)?;
+        return Ok(());
+    }
+    let criteria = NearDuplicateCriteria {
+        max_distance: a.threshold,
+        min_correlation: a.min_correlation,
+    };
+    let progress = !a.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let (report, exclusions) = audit::audit(&a.root, criteria, progress)?;
+    print!("{}", report.to_text());
+    if let Some(p) = &a.json {
+        oncolens::bundle::write_json_atomic(p, &report)?;
+    }
+    if let Some(p) = &a.exclusions {
+        oncolens::bundle::write_json_atomic(p, &exclusions)?;
+    }
+    if let Some(p) = &a.sheet {
+        let rows: Vec<(String, Vec<audit::Member>)> = report
+            .groups
+            .iter()
+            .take(a.sheet_groups)
+            .map(|g| {
+                let mut title = format!("{} members, {}", g.members.len(), g.kind);
+                if g.spans_splits {
+                    title.push_str(", spans splits");
+                }
+                if g.mixes_classes {
+                    title.push_str(", LABEL CONFLICT");
+                }
+                (title, g.members.clone())
+            })
+            .collect();
+        audit::sheet::contact_sheet(p, &a.root, &rows, 8)?;
     }
     Ok(())
 }

@@ -18,7 +18,7 @@ const FONT_CANDIDATES: [&str; 4] = [
 ];
 
 /// Registers a font with plotters once; an error names what to install.
-fn ensure_font() -> Result<()> {
+pub fn ensure_font() -> Result<()> {
     static FONT: OnceLock<std::result::Result<(), String>> = OnceLock::new();
     FONT.get_or_init(|| {
         let env = std::env::var("ONCOLENS_FONT").ok();

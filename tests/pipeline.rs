@@ -34,7 +34,7 @@ fn train_on(data: &Path, out: &Path, config: TrainConfig) -> oncolens::train::Tr
         config,
         resume: false,
         progress: false,
-        links: Vec::new(),
+        near_duplicates: None,
     };
     train(&opts, &AtomicBool::new(false)).expect("training runs")
 }
@@ -104,6 +104,8 @@ fn train_evaluate_predict_beats_chance_and_skips_bad_files() {
             data: testing.clone(),
             train_data: None,
             include_leaks: true,
+            near_duplicates: Some(Default::default()),
+            exclusions: None,
             progress: false,
         },
     )
@@ -228,7 +230,7 @@ fn interrupted_training_leaves_a_checkpoint_and_resumes() {
         config: quick_config(Architecture::ResnetMini, 32, 2),
         resume: false,
         progress: false,
-        links: Vec::new(),
+        near_duplicates: None,
     };
     // Ctrl-C before the first batch: stops at once, checkpoint written.
     let report = train(&opts, &AtomicBool::new(true)).unwrap();

@@ -36,8 +36,24 @@ pub fn load_grey(path: &Path) -> Result<GreyImage> {
         .map_err(|reason| Error::UnreadableImage(format!("{}: {reason}", path.display())))
 }
 
+/// What a file held before conversion to grey.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageInfo {
+    pub format: &'static str,
+    pub width: u32,
+    pub height: u32,
+    /// Colour layout as decoded, e.g. "L8", "Rgb8", "La16".
+    pub color: String,
+    pub bits_per_channel: u16,
+}
+
 /// Decodes PNG or JPEG bytes. The error is a plain sentence fit to show a user.
 pub fn decode_grey(bytes: &[u8]) -> std::result::Result<GreyImage, String> {
+    decode_grey_with_info(bytes).map(|(img, _)| img)
+}
+
+/// [`decode_grey`], also telling what the file held.
+pub fn decode_grey_with_info(bytes: &[u8]) -> std::result::Result<(GreyImage, ImageInfo), String> {
     let format = image::guess_format(bytes)
         .map_err(|_| "not a PNG or JPEG image (unrecognised file content)".to_string())?;
     match format {
@@ -78,7 +94,19 @@ pub fn decode_grey(bytes: &[u8]) -> std::result::Result<GreyImage, String> {
     let img = reader
         .decode()
         .map_err(|e| format!("the image cannot be decoded: {e}"))?;
-    Ok(img.to_luma32f())
+    let color = img.color();
+    let info = ImageInfo {
+        format: if format == ImageFormat::Png {
+            "PNG"
+        } else {
+            "JPEG"
+        },
+        width: img.width(),
+        height: img.height(),
+        color: format!("{color:?}"),
+        bits_per_channel: color.bits_per_pixel() / u16::from(color.channel_count()),
+    };
+    Ok((img.to_luma32f(), info))
 }
 
 /// A JPEG is complete when an end-of-image marker follows its last start-of-scan marker.

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::audit::{self, NearDuplicateCriteria};
 use crate::bundle::ClassInfo;
 use crate::data::folder::ImageFolder;
 use crate::data::image_io::GreyImage;
@@ -26,6 +27,10 @@ pub struct EvalOptions {
     /// Training folder for the leak check; `None` looks for a `Training` folder beside `data`.
     pub train_data: Option<PathBuf>,
     pub include_leaks: bool,
+    /// Also exclude near-duplicates of training images (found on the fly); `None`: exact copies only.
+    pub near_duplicates: Option<NearDuplicateCriteria>,
+    /// A saved exclusion list from `oncolens audit`, used instead of searching.
+    pub exclusions: Option<PathBuf>,
     pub progress: bool,
 }
 
@@ -33,8 +38,12 @@ pub struct EvalOptions {
 pub struct LeakCheck {
     /// Training folder compared against, if any was found.
     pub train_data: Option<String>,
-    /// Test images byte-identical to a training image, excluded from `leak_free`.
+    /// How copies were found.
+    pub method: String,
+    /// Test images with a copy in training, excluded from `leak_free`.
     pub excluded: usize,
+    /// Of those, byte-identical copies.
+    pub excluded_exact: usize,
     pub excluded_per_class: Vec<usize>,
     pub excluded_files: Vec<String>,
 }
@@ -51,6 +60,8 @@ pub struct EvaluationReport {
     pub leak_check: LeakCheck,
     /// Figures on test images with no copy in training: the ones to quote.
     pub leak_free: Metrics,
+    /// Figures with only byte-identical copies removed (what most published numbers do at best).
+    pub exact_copies_removed: Metrics,
     /// Figures on every readable test image (inflated by leaked copies), with `--include-leaks`.
     pub with_leaks: Option<Metrics>,
     pub note: String,
@@ -88,28 +99,54 @@ pub fn evaluate(predictor: &Predictor, opts: &EvalOptions) -> Result<EvaluationR
         .train_data
         .clone()
         .or_else(|| sibling_training_folder(&opts.data));
-    let train_hashes: HashSet<String> = match &train_root {
-        Some(root) => ImageFolder::scan(root)?
-            .samples
-            .into_iter()
-            .map(|s| s.sha256)
-            .collect(),
+    let train_folder = match &train_root {
+        Some(root) => Some(ImageFolder::scan(root)?),
         None => {
             eprintln!(
                 "warning: no training folder given or found beside the test folder; the leak check is skipped"
             );
-            HashSet::new()
+            None
         }
     };
+    let train_hashes: HashSet<&str> = train_folder
+        .iter()
+        .flat_map(|f| f.samples.iter().map(|s| s.sha256.as_str()))
+        .collect();
     let k = model_ids.len();
+    let mut leaked = vec![false; folder.samples.len()];
+    let method = if let Some(list) = &opts.exclusions {
+        let ex = audit::read_exclusions(list)?;
+        for (i, flag) in leaked.iter_mut().enumerate() {
+            let rel = folder.relative_path(i);
+            *flag = ex
+                .leaked_test_images
+                .iter()
+                .any(|p| Path::new(p).ends_with(&rel));
+        }
+        format!("exclusion list {}", list.display())
+    } else if let Some(train) = &train_folder {
+        let criteria = opts.near_duplicates;
+        for i in audit::leaked_test_indices(train, &folder, criteria) {
+            leaked[i] = true;
+        }
+        match criteria {
+            Some(c) => format!(
+                "byte-identical copies and near-duplicates (pHash distance <= {} in any orientation, correlation >= {:.2})",
+                c.max_distance, c.min_correlation
+            ),
+            None => "byte-identical copies".into(),
+        }
+    } else {
+        "none".into()
+    };
     let mut excluded_per_class = vec![0; k];
     let mut excluded_files = Vec::new();
-    let mut leaked = vec![false; folder.samples.len()];
+    let mut excluded_exact = 0;
     for (i, s) in folder.samples.iter().enumerate() {
-        if train_hashes.contains(&s.sha256) {
-            leaked[i] = true;
+        if leaked[i] {
             excluded_per_class[class_map[s.label]] += 1;
             excluded_files.push(folder.relative_path(i));
+            excluded_exact += usize::from(train_hashes.contains(s.sha256.as_str()));
         }
     }
     let all: Vec<usize> = (0..folder.samples.len()).collect();
@@ -125,12 +162,18 @@ pub fn evaluate(predictor: &Predictor, opts: &EvalOptions) -> Result<EvaluationR
     let probs = probabilities(predictor.model(), &refs, pre, predictor.device());
     let labels: Vec<usize> = prepared.labels.iter().map(|&l| class_map[l]).collect();
     let (mut lf_labels, mut lf_probs) = (Vec::new(), Vec::new());
+    let (mut ex_labels, mut ex_probs) = (Vec::new(), Vec::new());
     for ((&idx, &l), p) in prepared.sample_indices.iter().zip(&labels).zip(&probs) {
         if !leaked[idx] {
             lf_labels.push(l);
             lf_probs.push(p.clone());
         }
+        if !train_hashes.contains(folder.samples[idx].sha256.as_str()) {
+            ex_labels.push(l);
+            ex_probs.push(p.clone());
+        }
     }
+    let exact_copies_removed = metrics::compute(&ex_labels, &ex_probs, &model_ids);
     let leak_free = metrics::compute(&lf_labels, &lf_probs, &model_ids);
     let with_leaks = opts
         .include_leaks
@@ -145,11 +188,14 @@ pub fn evaluate(predictor: &Predictor, opts: &EvalOptions) -> Result<EvaluationR
         unreadable: prepared.skipped,
         leak_check: LeakCheck {
             train_data: train_root.map(|p| p.display().to_string()),
+            method,
             excluded: excluded_files.len(),
+            excluded_exact,
             excluded_per_class,
             excluded_files,
         },
         leak_free,
+        exact_copies_removed,
         with_leaks,
         note: DISCLAIMER.into(),
     })
@@ -168,8 +214,10 @@ impl EvaluationReport {
         );
         match &self.leak_check.train_data {
             Some(t) => s.push_str(&format!(
-                "leak check against {t}: {} test images are byte-identical copies of training images and are excluded ({})\n",
+                "leak check against {t} ({}): {} test images have a copy in training ({} byte-identical) and are excluded ({})\n",
+                self.leak_check.method,
                 self.leak_check.excluded,
+                self.leak_check.excluded_exact,
                 names
                     .iter()
                     .zip(&self.leak_check.excluded_per_class)
@@ -179,8 +227,10 @@ impl EvaluationReport {
             )),
             None => s.push_str("leak check: skipped (no training folder)\n"),
         }
-        s.push_str("\n== leak-free ==\n");
+        s.push_str("\n== leak-free (every copy in training excluded) ==\n");
         s.push_str(&self.leak_free.to_table(&names));
+        s.push_str("\n== byte-identical copies excluded only ==\n");
+        s.push_str(&self.exact_copies_removed.to_table(&names));
         if let Some(m) = &self.with_leaks {
             s.push_str("\n== with leaked copies included (inflated) ==\n");
             s.push_str(&m.to_table(&names));

@@ -28,6 +28,7 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::audit::{NearDuplicateCriteria, near_duplicate_links};
 use crate::bundle::{self, ClassInfo, DataProvenance, Manifest, ValidationSummary};
 use crate::data::folder::{ImageFolder, display_name};
 use crate::data::image_io::GreyImage;
@@ -53,8 +54,9 @@ pub struct TrainOptions {
     pub resume: bool,
     /// Show progress bars.
     pub progress: bool,
-    /// Extra pairs of sample indices that must share a side of the split (near-duplicates).
-    pub links: Vec<(usize, usize)>,
+    /// Keep near-duplicates (as the data audit finds them) on one side of the validation split;
+    /// byte-identical copies are always kept together.
+    pub near_duplicates: Option<NearDuplicateCriteria>,
 }
 
 /// How a run ended.
@@ -208,7 +210,11 @@ pub fn train(opts: &TrainOptions, stop: &AtomicBool) -> Result<TrainReport> {
 
     // Split, leak-free, then optional per-class limit.
     let labels: Vec<usize> = folder.samples.iter().map(|s| s.label).collect();
-    let groups = group_ids(&folder, &opts.links);
+    let links = match opts.near_duplicates {
+        Some(criteria) => near_duplicate_links(&folder, criteria),
+        None => Vec::new(),
+    };
+    let groups = group_ids(&folder, &links);
     let mut split = stratified_group_split(&labels, &groups, cfg.validation_fraction, cfg.seed);
     if let Some(max) = cfg.max_per_class {
         let val_max = ((max as f64) * cfg.validation_fraction / (1.0 - cfg.validation_fraction))
@@ -306,6 +312,15 @@ pub fn train(opts: &TrainOptions, stop: &AtomicBool) -> Result<TrainReport> {
         validation_images: val_set.images.len(),
         skipped: skipped.clone(),
         class_counts: folder.class_counts(),
+        split_grouping: match opts.near_duplicates {
+            Some(c) => format!(
+                "byte-identical files and near-duplicates (pHash distance <= {}, correlation >= {:.2}; {} links) kept on one side",
+                c.max_distance,
+                c.min_correlation,
+                links.len()
+            ),
+            None => "byte-identical files kept on one side".into(),
+        },
     };
     let classes: Vec<ClassInfo> = folder
         .classes
