@@ -203,6 +203,38 @@ pub fn load(path: &Path, device: &Device) -> Result<(Manifest, Classifier)> {
     Ok((manifest, model.valid()))
 }
 
+/// The default model, committed under `models/default/` and compiled into the binary so that
+/// `predict` (and later `serve`) work on a fresh clone with no other setup.
+const DEFAULT_MANIFEST: &str = include_str!("../models/default/model.json");
+const DEFAULT_WEIGHTS: &[u8] = include_bytes!("../models/default/weights.bpk");
+
+/// Loads the bundled default model onto `device`.
+pub fn load_default(device: &Device) -> Result<(Manifest, Classifier)> {
+    let origin = Path::new("<bundled default model>");
+    let manifest: Manifest = serde_json::from_str(DEFAULT_MANIFEST)
+        .map_err(|e| Error::model(origin, format!("{MANIFEST_FILE}: {e}")))?;
+    manifest.validate(origin)?;
+    if hex::encode(Sha256::digest(DEFAULT_WEIGHTS)) != manifest.weights_sha256 {
+        return Err(Error::model(
+            origin,
+            "weights do not match the manifest (checksum differs)",
+        ));
+    }
+    let record = burn::store::ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(
+        DEFAULT_WEIGHTS.to_vec(),
+    ))
+    .map_err(|e| Error::model(origin, format!("{e:?}")))?;
+    let model = Classifier::init(&manifest.spec, device)
+        .try_load_record(record)
+        .map_err(|e| {
+            Error::model(
+                origin,
+                format!("weights do not fit the architecture: {e:?}"),
+            )
+        })?;
+    Ok((manifest, model.valid()))
+}
+
 pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let text = serde_json::to_string_pretty(value).map_err(|e| Error::output(path, e))?;
     let tmp = path.with_extension("json.tmp");

@@ -76,6 +76,28 @@ impl Predictor {
         })
     }
 
+    /// The bundled default model.
+    pub fn load_default() -> Result<Self> {
+        let device = Device::flex();
+        let (manifest, model) = bundle::load_default(&device)?;
+        Ok(Self {
+            manifest,
+            model,
+            device,
+        })
+    }
+
+    /// `path`, else the `ONCOLENS_MODEL` environment variable, else the bundled default.
+    pub fn open(path: Option<&Path>) -> Result<Self> {
+        match path
+            .map(Path::to_path_buf)
+            .or_else(|| std::env::var_os("ONCOLENS_MODEL").map(Into::into))
+        {
+            Some(p) => Self::load(&p),
+            None => Self::load_default(),
+        }
+    }
+
     pub fn from_parts(manifest: Manifest, model: Classifier, device: Device) -> Self {
         Self {
             manifest,

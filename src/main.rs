@@ -106,8 +106,9 @@ struct TrainArgs {
 
 #[derive(clap::Args)]
 struct EvaluateArgs {
+    /// Model directory (default: $ONCOLENS_MODEL, else the bundled model).
     #[arg(long)]
-    model: PathBuf,
+    model: Option<PathBuf>,
     /// Labelled test folder, e.g. ../shared/data/brain-tumor-mri/Testing
     #[arg(long)]
     data: PathBuf,
@@ -175,8 +176,9 @@ enum Format {
 
 #[derive(clap::Args)]
 struct PredictArgs {
+    /// Model directory (default: $ONCOLENS_MODEL, else the bundled model).
     #[arg(long)]
-    model: PathBuf,
+    model: Option<PathBuf>,
     /// Image files or folders (searched recursively for PNG/JPEG).
     #[arg(required = true)]
     inputs: Vec<PathBuf>,
@@ -270,7 +272,7 @@ fn group_digits(n: usize) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -351,7 +353,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
 }
 
 fn cmd_evaluate(a: EvaluateArgs) -> Result<()> {
-    let predictor = Predictor::load(&a.model)?;
+    let predictor = Predictor::open(a.model.as_deref())?;
     let opts = EvalOptions {
         data: a.data,
         train_data: a.train_data,
@@ -407,7 +409,7 @@ fn collect_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
 }
 
 fn cmd_predict(a: PredictArgs) -> Result<()> {
-    let predictor = Predictor::load(&a.model)?;
+    let predictor = Predictor::open(a.model.as_deref())?;
     let files = collect_inputs(&a.inputs)?;
     let results: Vec<(PathBuf, Result<Prediction, String>)> = files
         .into_iter()

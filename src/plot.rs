@@ -36,7 +36,7 @@ pub fn ensure_font() -> Result<()> {
             .map_err(|_| "the font file could not be parsed".to_string())
     })
     .clone()
-    .map_err(|e| Error::Config(e))
+    .map_err(Error::Config)
 }
 
 fn draw_err(path: &Path, e: impl std::fmt::Debug) -> Error {
@@ -131,10 +131,10 @@ pub fn confusion_matrix(
         .map_err(|e| draw_err(path, e))?;
     root.draw(&text("rows: true class, columns: predicted", 10, 38, 15))
         .map_err(|e| draw_err(path, e))?;
-    for r in 0..k {
-        let row_total: usize = matrix[r].iter().sum::<usize>().max(1);
-        for c in 0..k {
-            let share = matrix[r][c] as f64 / row_total as f64;
+    for (r, row) in matrix.iter().enumerate().take(k) {
+        let row_total: usize = row.iter().sum::<usize>().max(1);
+        for (c, &count) in row.iter().enumerate().take(k) {
+            let share = count as f64 / row_total as f64;
             let shade = (255.0 * (1.0 - 0.85 * share)) as u8;
             let (x, y) = (left + c as i32 * cell, top + r as i32 * cell);
             root.draw(&Rectangle::new(
@@ -149,7 +149,7 @@ pub fn confusion_matrix(
             .map_err(|e| draw_err(path, e))?;
             let colour = if share > 0.55 { WHITE } else { BLACK };
             root.draw(&Text::new(
-                format!("{}", matrix[r][c]),
+                format!("{count}"),
                 (x + cell / 2 - 14, y + cell / 2 - 10),
                 ("sans-serif", 22).into_font().color(&colour),
             ))

@@ -95,7 +95,7 @@ impl Preprocessing {
             return bad("input size must be between 16 and 1024");
         }
         let [lo, hi] = self.rescale_percentiles;
-        if !(0.0..100.0).contains(&lo) || !(lo < hi && hi <= 100.0) {
+        if !((0.0..100.0).contains(&lo) && lo < hi && hi <= 100.0) {
             return bad("rescale percentiles must satisfy 0 <= low < high <= 100");
         }
         if !(self.std.is_finite() && self.std > 0.0 && self.mean.is_finite()) {

@@ -139,3 +139,65 @@ fn train_then_predict_from_the_command_line() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("checksum"));
 }
+
+#[test]
+fn predict_uses_the_bundled_model_by_default() {
+    let tmp = tempfile::tempdir().unwrap();
+    let img = tmp.path().join("slice (1).png");
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(1);
+    common::slice(0, 256, &mut rng).save(&img).unwrap();
+    let out = oncolens()
+        .args(["predict", "--format", "json"])
+        .arg(&img)
+        .env_remove("ONCOLENS_MODEL")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let p = &json["results"][0]["prediction"];
+    let probs: Vec<f64> = p["probabilities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(probs.len(), 4);
+    assert!((probs.iter().sum::<f64>() - 1.0).abs() < 1e-3);
+    let names = ["Glioma", "Meningioma", "No tumour", "Pituitary"];
+    assert!(names.contains(&p["class_name"].as_str().unwrap()), "{p}");
+    // Tumour types, never stages.
+    let text = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(
+        ["stage 1", "stage 2", "stage 3", "stage i"]
+            .iter()
+            .all(|s| !text.contains(s))
+    );
+
+    // On the real data when it is present: a glioma test slice is classified by the bundled model.
+    let real = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data/brain-tumor-mri/Testing/pituitary_tumor");
+    if real.is_dir() {
+        let out = oncolens()
+            .args(["predict", "--format", "csv"])
+            .arg(&real)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout);
+        let rows: Vec<&str> = text.lines().skip(1).collect();
+        assert_eq!(rows.len(), 74);
+        let pituitary = rows
+            .iter()
+            .filter(|r| r.split(',').nth(1) == Some("pituitary_tumor"))
+            .count();
+        assert!(
+            pituitary * 2 > rows.len(),
+            "{pituitary} of {} pituitary slices recognised",
+            rows.len()
+        );
+    }
+}

@@ -172,7 +172,7 @@ mod tests {
                 return Luma([0.0]);
             }
             let v = ((x * 7 + y * 13 + seed * 31) % 17) as f32 / 17.0 * 0.3
-                + if (x / 12 + y / 9 + seed) % 3 == 0 {
+                + if (x / 12 + y / 9 + seed).is_multiple_of(3) {
                     0.5
                 } else {
                     0.2
