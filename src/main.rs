@@ -8,7 +8,6 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use oncolens::audit::{self, NearDuplicateCriteria};
 use oncolens::data::image_io::has_image_extension;
-use oncolens::data::load_grey;
 use oncolens::evaluate::{self, EvalOptions};
 use oncolens::inference::{Prediction, Predictor};
 use oncolens::model::{Architecture, ModelSpec};
@@ -411,15 +410,9 @@ fn collect_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
 fn cmd_predict(a: PredictArgs) -> Result<()> {
     let predictor = Predictor::open(a.model.as_deref())?;
     let files = collect_inputs(&a.inputs)?;
-    let results: Vec<(PathBuf, Result<Prediction, String>)> = files
-        .into_iter()
-        .map(|f| {
-            let r = load_grey(&f)
-                .map(|img| predictor.predict_images(&[img]).remove(0))
-                .map_err(|e| e.to_string());
-            (f, r)
-        })
-        .collect();
+    let predictions = predictor.predict_files(&files);
+    let results: Vec<(PathBuf, Result<Prediction, String>)> =
+        files.into_iter().zip(predictions).collect();
     let names = predictor.manifest.display_names();
     match a.format {
         Format::Json => {
