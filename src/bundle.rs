@@ -177,8 +177,43 @@ pub fn read_manifest(path: &Path) -> Result<Manifest> {
     Ok(manifest)
 }
 
-/// Loads manifest and weights onto `device`, checking that they belong together.
+/// Inference mode for gradients: dropout and batch-norm statistics frozen (as in `valid()`), but
+/// the parameters stay on `device`, which may be an autodiff device (Grad-CAM differentiates a
+/// class score with respect to an activation).
+struct FreezeTrainingFlags;
+
+impl burn::module::ModuleMapper for FreezeTrainingFlags {
+    fn map_flag(
+        &mut self,
+        flag: burn::module::Param<burn::module::Flag>,
+    ) -> burn::module::Param<burn::module::Flag> {
+        flag.with_value(false)
+    }
+}
+
+/// How a loaded network will be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Plain inference (`valid()`): no autodiff.
+    Inference,
+    /// Inference behaviour on an autodiff device, for explanations.
+    Gradients,
+}
+
+fn finish(model: Classifier, mode: Mode) -> Classifier {
+    match mode {
+        Mode::Inference => model.valid(),
+        Mode::Gradients => model.map(&mut FreezeTrainingFlags),
+    }
+}
+
+/// Loads manifest and weights onto `device` for inference, checking that they belong together.
 pub fn load(path: &Path, device: &Device) -> Result<(Manifest, Classifier)> {
+    load_with_mode(path, device, Mode::Inference)
+}
+
+/// [`load`] for a given [`Mode`].
+pub fn load_with_mode(path: &Path, device: &Device, mode: Mode) -> Result<(Manifest, Classifier)> {
     let dir = model_dir(path);
     let manifest = read_manifest(&dir)?;
     let weights = dir.join(WEIGHTS_FILE);
@@ -200,7 +235,7 @@ pub fn load(path: &Path, device: &Device) -> Result<(Manifest, Classifier)> {
                 format!("weights do not fit the architecture: {e:?}"),
             )
         })?;
-    Ok((manifest, model.valid()))
+    Ok((manifest, finish(model, mode)))
 }
 
 /// The default model, committed under `models/default/` and compiled into the binary so that
@@ -209,7 +244,7 @@ const DEFAULT_MANIFEST: &str = include_str!("../models/default/model.json");
 const DEFAULT_WEIGHTS: &[u8] = include_bytes!("../models/default/weights.bpk");
 
 /// Loads the bundled default model onto `device`.
-pub fn load_default(device: &Device) -> Result<(Manifest, Classifier)> {
+pub fn load_default(device: &Device, mode: Mode) -> Result<(Manifest, Classifier)> {
     let origin = Path::new("<bundled default model>");
     let manifest: Manifest = serde_json::from_str(DEFAULT_MANIFEST)
         .map_err(|e| Error::model(origin, format!("{MANIFEST_FILE}: {e}")))?;
@@ -232,7 +267,7 @@ pub fn load_default(device: &Device) -> Result<(Manifest, Classifier)> {
                 format!("weights do not fit the architecture: {e:?}"),
             )
         })?;
-    Ok((manifest, model.valid()))
+    Ok((manifest, finish(model, mode)))
 }
 
 pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<()> {

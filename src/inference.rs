@@ -79,7 +79,7 @@ impl Predictor {
     /// The bundled default model.
     pub fn load_default() -> Result<Self> {
         let device = Device::flex();
-        let (manifest, model) = bundle::load_default(&device)?;
+        let (manifest, model) = bundle::load_default(&device, bundle::Mode::Inference)?;
         Ok(Self {
             manifest,
             model,

@@ -16,7 +16,8 @@
 //! - [`bundle`]: the self-describing model file;
 //! - [`inference`]: [`inference::Predictor`], used by `predict`, `evaluate` and serving;
 //! - [`evaluate`]: metrics and leak-free reports; [`plot`]: PNG figures;
-//! - [`audit`]: duplicates, near-duplicates, leakage and balance of a data set.
+//! - [`audit`]: duplicates, near-duplicates, leakage and balance of a data set;
+//! - [`explain`]: Grad-CAM heat-maps drawn back onto the original scan.
 //!
 //! Features: `cuda` and `wgpu` add GPU devices through burn; the default build is CPU only
 //! (burn's `flex` backend).
@@ -26,6 +27,7 @@ pub mod bundle;
 pub mod data;
 pub mod error;
 pub mod evaluate;
+pub mod explain;
 pub mod inference;
 pub mod model;
 pub mod plot;

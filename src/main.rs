@@ -34,6 +34,8 @@ enum Command {
     Evaluate(EvaluateArgs),
     /// Classify scans (files or folders).
     Predict(PredictArgs),
+    /// Grad-CAM heat-maps: which parts of each scan drove the answer.
+    Explain(ExplainArgs),
     /// Audit a data set: duplicates, near-duplicates, leakage between splits, balance.
     Audit(AuditArgs),
     /// Inspect architectures.
@@ -134,6 +136,25 @@ struct EvaluateArgs {
 }
 
 #[derive(clap::Args)]
+struct ExplainArgs {
+    /// Model directory (default: $ONCOLENS_MODEL, else the bundled model).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Image files.
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+    /// Output folder for `<name>.heatmap.png` and `<name>.overlay.png`.
+    #[arg(long)]
+    out: PathBuf,
+    /// Explain this class (folder id, e.g. glioma_tumor) instead of the predicted one.
+    #[arg(long)]
+    class: Option<String>,
+    /// Opacity of the map at its peak in the overlay.
+    #[arg(long, default_value_t = 0.6)]
+    opacity: f32,
+}
+
+#[derive(clap::Args)]
 struct AuditArgs {
     /// A folder of class folders, or a folder of splits (e.g. Training/ and Testing/).
     root: PathBuf,
@@ -219,6 +240,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Evaluate(a) => cmd_evaluate(a),
         Command::Predict(a) => cmd_predict(a),
         Command::Audit(a) => cmd_audit(a),
+        Command::Explain(a) => cmd_explain(a),
         Command::Model {
             command:
                 ModelCommand::Summary {
@@ -562,6 +584,59 @@ fn cmd_audit(a: AuditArgs) -> Result<()> {
             })
             .collect();
         audit::sheet::contact_sheet(p, &a.root, &rows, 8)?;
+    }
+    Ok(())
+}
+
+fn cmd_explain(a: ExplainArgs) -> Result<()> {
+    let explainer = oncolens::explain::Explainer::open(a.model.as_deref())?;
+    let ids = explainer.manifest.class_ids();
+    let class = match &a.class {
+        Some(c) => Some(
+            ids.iter()
+                .position(|i| i == c)
+                .with_context(|| format!("unknown class {c:?}; the model has {ids:?}"))?,
+        ),
+        None => None,
+    };
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let names = explainer.manifest.display_names();
+    let mut failures = 0;
+    for path in &a.images {
+        let result = oncolens::data::load_grey(path)
+            .map_err(anyhow::Error::from)
+            .and_then(|img| {
+                let e = explainer.explain(&img, class)?;
+                let stem = path
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "image".into());
+                let heat = a.out.join(format!("{stem}.heatmap.png"));
+                let over = a.out.join(format!("{stem}.overlay.png"));
+                oncolens::explain::heatmap_image(&e.map)
+                    .save(&heat)
+                    .with_context(|| format!("writing {}", heat.display()))?;
+                oncolens::explain::overlay_image(&img, &e.map, a.opacity)
+                    .save(&over)
+                    .with_context(|| format!("writing {}", over.display()))?;
+                Ok((e, over))
+            });
+        match result {
+            Ok((e, over)) => println!(
+                "{}\tGrad-CAM of {} (p = {:.3})\t{}",
+                path.display(),
+                names[e.class_index],
+                e.probabilities[e.class_index],
+                over.display()
+            ),
+            Err(err) => {
+                failures += 1;
+                println!("{}\terror: {err:#}", path.display());
+            }
+        }
+    }
+    if failures == a.images.len() {
+        bail!("no image could be explained");
     }
     Ok(())
 }

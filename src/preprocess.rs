@@ -207,6 +207,23 @@ impl Geometry {
     }
 }
 
+impl Geometry {
+    /// Maps a point of the original frame to the network input (pixels); `None` outside the
+    /// crop.
+    pub fn original_to_input(&self, x: f32, y: f32) -> Option<(f32, f32)> {
+        let [cx, cy, cw, ch] = self.crop;
+        let (sx, sy) = (x - cx as f32, y - cy as f32);
+        if sx < 0.0 || sy < 0.0 || sx >= cw as f32 || sy >= ch as f32 {
+            return None;
+        }
+        let scale = self.input_size as f32 / self.square_side as f32;
+        Some((
+            (sx + self.square_offset[0] as f32) * scale,
+            (sy + self.square_offset[1] as f32) * scale,
+        ))
+    }
+}
+
 /// Maps the given percentiles of the intensities to 0 and 1, clamping outside.
 fn rescale_percentiles(img: &GreyImage, [lo_pct, hi_pct]: [f32; 2]) -> GreyImage {
     const BINS: usize = 4096;
