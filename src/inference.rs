@@ -171,16 +171,21 @@ impl Predictor {
     }
 
     pub fn to_prediction(&self, probabilities: Vec<f32>) -> Prediction {
-        let class_index = argmax(&probabilities);
-        let confidence = probabilities[class_index];
-        let class = &self.manifest.classes[class_index];
-        Prediction {
-            class_index,
-            class_id: class.id.clone(),
-            class_name: class.display.clone(),
-            confidence,
-            uncertain: confidence < self.manifest.uncertainty_threshold,
-            probabilities,
-        }
+        prediction_from(&self.manifest, probabilities)
+    }
+}
+
+/// The answer for class probabilities under a model's classes and uncertainty threshold.
+pub fn prediction_from(manifest: &Manifest, probabilities: Vec<f32>) -> Prediction {
+    let class_index = argmax(&probabilities).min(manifest.classes.len().saturating_sub(1));
+    let confidence = probabilities.get(class_index).copied().unwrap_or(0.0);
+    let class = &manifest.classes[class_index];
+    Prediction {
+        class_index,
+        class_id: class.id.clone(),
+        class_name: class.display.clone(),
+        confidence,
+        uncertain: confidence < manifest.uncertainty_threshold,
+        probabilities,
     }
 }

@@ -17,7 +17,8 @@
 //! - [`inference`]: [`inference::Predictor`], used by `predict`, `evaluate` and serving;
 //! - [`evaluate`]: metrics and leak-free reports; [`plot`]: PNG figures;
 //! - [`audit`]: duplicates, near-duplicates, leakage and balance of a data set;
-//! - [`explain`]: Grad-CAM heat-maps drawn back onto the original scan.
+//! - [`explain`]: Grad-CAM heat-maps drawn back onto the original scan;
+//! - [`serve`]: the web app and JSON API (`oncolens serve`).
 //!
 //! Features: `cuda` and `wgpu` add GPU devices through burn; the default build is CPU only
 //! (burn's `flex` backend).
@@ -32,6 +33,7 @@ pub mod inference;
 pub mod model;
 pub mod plot;
 pub mod preprocess;
+pub mod serve;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -28,6 +28,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Start the web app and JSON API (bundled model and an embedded SQLite database by default).
+    Serve(ServeArgs),
     /// Train a model on an image folder (ROOT/<class>/<images>).
     Train(TrainArgs),
     /// Evaluate a model on a labelled folder, excluding test images copied from training.
@@ -43,6 +45,27 @@ enum Command {
         #[command(subcommand)]
         command: ModelCommand,
     },
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Model directory (default: $ONCOLENS_MODEL, else the bundled model).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    bind: std::net::SocketAddr,
+    /// sqlite://PATH (created on first start) or sqlite::memory:
+    #[arg(long, default_value = "sqlite://oncolens.db")]
+    database: String,
+    /// Concurrent analyses (default: number of cores).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Analyses that may wait for a worker before new ones get 503.
+    #[arg(long)]
+    queue: Option<usize>,
+    /// Largest upload, MB.
+    #[arg(long, default_value_t = 50)]
+    max_upload_mb: usize,
 }
 
 #[derive(clap::Args)]
@@ -236,6 +259,7 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Serve(a) => cmd_serve(a),
         Command::Train(a) => cmd_train(a),
         Command::Evaluate(a) => cmd_evaluate(a),
         Command::Predict(a) => cmd_predict(a),
@@ -638,5 +662,20 @@ fn cmd_explain(a: ExplainArgs) -> Result<()> {
     if failures == a.images.len() {
         bail!("no image could be explained");
     }
+    Ok(())
+}
+
+fn cmd_serve(a: ServeArgs) -> Result<()> {
+    let defaults = oncolens::serve::ServeConfig::default();
+    let config = oncolens::serve::ServeConfig {
+        bind: a.bind,
+        database: a.database,
+        model: a.model,
+        max_body_bytes: a.max_upload_mb.max(1) * 1024 * 1024,
+        workers: a.workers.unwrap_or(defaults.workers),
+        queue: a.queue.unwrap_or(defaults.queue),
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(oncolens::serve::serve(config))?;
     Ok(())
 }

@@ -63,3 +63,35 @@ pub fn write_folder(root: &Path, per_class: usize, size: u32, seed: u64) -> Vec<
     }
     files
 }
+
+/// Starts `oncolens serve` (bundled model, SQLite at `db`) on a free loopback port in a thread of
+/// its own; returns its address.
+pub fn start_server(
+    db: &Path,
+    workers: usize,
+    queue: usize,
+    max_body_bytes: usize,
+) -> std::net::SocketAddr {
+    let config = oncolens::serve::ServeConfig {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        database: format!("sqlite://{}", db.display()),
+        model: None,
+        max_body_bytes,
+        workers,
+        queue,
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async move {
+            let state = oncolens::serve::AppState::new(&config).await.unwrap();
+            let listener = tokio::net::TcpListener::bind(config.bind).await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            axum::serve(listener, oncolens::serve::router(state))
+                .await
+                .unwrap();
+        });
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(120))
+        .expect("server started")
+}

@@ -1,0 +1,419 @@
+//! JSON API under `/api/v1`, plus health, readiness and metrics.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Multipart, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::store::{self, AnalysisRecord};
+use super::{AppState, Busy, new_id, now_unix, valid_id};
+use crate::evaluate::DISCLAIMER;
+
+/// An error for the person or program that asked: a status and one plain sentence.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    /// `{"error": "..."}`; a 503 also says when to retry.
+    fn into_response(self) -> Response {
+        let mut r = (self.status, Json(json!({ "error": self.message }))).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+        }
+        r
+    }
+}
+
+pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    ApiError::new(status, message).into_response()
+}
+
+fn busy() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "The server is busy with other analyses; try again in a few seconds.",
+    )
+}
+
+#[derive(Serialize)]
+pub struct ClassProbability {
+    pub class_id: String,
+    pub class_name: String,
+    pub probability: f32,
+}
+
+#[derive(Serialize)]
+pub struct AnalysisJson {
+    pub id: String,
+    pub created: String,
+    pub filename: String,
+    /// What to show: the class name, or "Uncertain" below the model's confidence threshold.
+    pub label: String,
+    pub class_id: String,
+    pub class_name: String,
+    pub confidence: f64,
+    pub uncertain: bool,
+    pub probabilities: Vec<ClassProbability>,
+    pub model: serde_json::Value,
+    pub note: &'static str,
+    pub links: serde_json::Value,
+}
+
+pub fn to_json(state: &AppState, a: &AnalysisRecord) -> AnalysisJson {
+    let classes = &state.explainer.manifest.classes;
+    let created =
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(a.created_unix.max(0) as u64);
+    AnalysisJson {
+        id: a.id.clone(),
+        created: humantime::format_rfc3339_seconds(created).to_string(),
+        filename: a.filename.clone(),
+        label: if a.uncertain {
+            "Uncertain".into()
+        } else {
+            a.class_name.clone()
+        },
+        class_id: a.class_id.clone(),
+        class_name: a.class_name.clone(),
+        confidence: a.confidence,
+        uncertain: a.uncertain,
+        probabilities: classes
+            .iter()
+            .zip(&a.probabilities)
+            .map(|(c, p)| ClassProbability {
+                class_id: c.id.clone(),
+                class_name: c.display.clone(),
+                probability: *p,
+            })
+            .collect(),
+        model: json!({ "name": a.model_name, "version": a.model_version }),
+        note: DISCLAIMER,
+        links: json!({
+            "self": format!("/api/v1/analyses/{}", a.id),
+            "page": format!("/analyses/{}", a.id),
+            "image": format!("/api/v1/analyses/{}/image", a.id),
+            "heatmap": format!("/api/v1/analyses/{}/heatmap", a.id),
+            "feedback": format!("/api/v1/analyses/{}/feedback", a.id),
+        }),
+    }
+}
+
+/// Reads the first file field of a multipart upload: (file name, bytes).
+pub async fn read_upload(mut multipart: Multipart) -> Result<(String, Bytes), ApiError> {
+    loop {
+        let field = multipart.next_field().await.map_err(|e| {
+            let status = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                StatusCode::PAYLOAD_TOO_LARGE
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            let msg = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                "The file is too large.".to_string()
+            } else {
+                format!("The upload could not be read: {}.", e.body_text())
+            };
+            ApiError::new(status, msg)
+        })?;
+        let Some(field) = field else {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "No file was uploaded (send it in a form field named \"image\").",
+            ));
+        };
+        if field.name() == Some("image") || field.file_name().is_some() {
+            let name = field
+                .file_name()
+                .unwrap_or("upload")
+                .chars()
+                .take(200)
+                .collect::<String>();
+            let bytes = field.bytes().await.map_err(|e| {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "The file is too large.")
+                } else {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        format!("The upload could not be read: {}.", e.body_text()),
+                    )
+                }
+            })?;
+            if bytes.is_empty() {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "The uploaded file is empty.",
+                ));
+            }
+            return Ok((name, bytes));
+        }
+    }
+}
+
+/// Analyses an upload and stores it. Shared by the API and the upload page.
+pub async fn analyse_and_store(
+    state: &AppState,
+    filename: String,
+    bytes: Bytes,
+) -> Result<AnalysisRecord, ApiError> {
+    let outcome = match state.analyse(bytes.to_vec()).await {
+        Err(Busy) => return Err(busy()),
+        Ok(Err(rejected)) => {
+            return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, rejected.0));
+        }
+        Ok(Ok(o)) => o,
+    };
+    let manifest = &state.explainer.manifest;
+    let p = &outcome.prediction;
+    let record = AnalysisRecord {
+        id: new_id(),
+        created_unix: now_unix(),
+        filename,
+        model_name: manifest.name.clone(),
+        model_version: manifest.weights_sha256.chars().take(12).collect(),
+        class_id: p.class_id.clone(),
+        class_name: p.class_name.clone(),
+        confidence: f64::from(p.confidence),
+        uncertain: p.uncertain,
+        probabilities: p.probabilities.clone(),
+        width: outcome.width,
+        height: outcome.height,
+    };
+    store::insert_analysis(&state.db, &record, &outcome.image_png, &outcome.heatmap_png)
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("The result could not be stored: {e}"),
+            )
+        })?;
+    Ok(record)
+}
+
+pub async fn create(State(state): State<AppState>, multipart: Multipart) -> Response {
+    let (name, bytes) = match read_upload(multipart).await {
+        Ok(v) => v,
+        Err(e) => return e.into_response(),
+    };
+    match analyse_and_store(&state, name, bytes).await {
+        Ok(record) => {
+            let mut headers = HeaderMap::new();
+            if let Ok(v) = HeaderValue::from_str(&format!("/api/v1/analyses/{}", record.id)) {
+                headers.insert(header::LOCATION, v);
+            }
+            (StatusCode::CREATED, headers, Json(to_json(&state, &record))).into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct Page {
+    limit: Option<i64>,
+    offset: Option<i64>,
+}
+
+pub async fn list(State(state): State<AppState>, Query(page): Query<Page>) -> Response {
+    let limit = page.limit.unwrap_or(50).clamp(1, 200);
+    let offset = page.offset.unwrap_or(0).max(0);
+    match store::list_analyses(&state.db, limit, offset).await {
+        Ok(rows) => {
+            let items: Vec<AnalysisJson> = rows.iter().map(|a| to_json(&state, a)).collect();
+            Json(json!({ "items": items, "limit": limit, "offset": offset })).into_response()
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+pub async fn find(state: &AppState, id: &str) -> Result<AnalysisRecord, ApiError> {
+    if !valid_id(id) {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "No such analysis."));
+    }
+    match store::get_analysis(&state.db, id).await {
+        Ok(Some(a)) => Ok(a),
+        Ok(None) => Err(ApiError::new(StatusCode::NOT_FOUND, "No such analysis.")),
+        Err(e) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            e.to_string(),
+        )),
+    }
+}
+
+pub async fn fetch(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    match find(&state, &id).await {
+        Ok(a) => Json(to_json(&state, &a)).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn png(state: &AppState, id: &str, heatmap: bool) -> Response {
+    if !valid_id(id) {
+        return error(StatusCode::NOT_FOUND, "No such analysis.");
+    }
+    match store::get_png(&state.db, id, heatmap).await {
+        Ok(Some(bytes)) => (
+            [
+                (header::CONTENT_TYPE, "image/png"),
+                (header::CACHE_CONTROL, "private, max-age=86400"),
+            ],
+            bytes,
+        )
+            .into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, "No such analysis."),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+pub async fn image(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    png(&state, &id, false).await
+}
+
+pub async fn heatmap(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    png(&state, &id, true).await
+}
+
+#[derive(Deserialize)]
+pub struct FeedbackBody {
+    /// The class the user confirms or corrects to (a class id such as `glioma_tumor`).
+    pub class_id: String,
+    #[serde(default)]
+    pub comment: String,
+}
+
+/// Validates and stores feedback; returns the verdict.
+pub async fn store_feedback(
+    state: &AppState,
+    analysis: &AnalysisRecord,
+    body: &FeedbackBody,
+) -> Result<(i64, &'static str), ApiError> {
+    let ids = state.explainer.manifest.class_ids();
+    if !ids.contains(&body.class_id) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "Unknown class {:?}; choose one of {}.",
+                body.class_id,
+                ids.join(", ")
+            ),
+        ));
+    }
+    if body.comment.chars().count() > 2000 {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "The comment is longer than 2,000 characters.",
+        ));
+    }
+    let verdict = if body.class_id == analysis.class_id {
+        "confirmed"
+    } else {
+        "corrected"
+    };
+    let id = store::insert_feedback(
+        &state.db,
+        &analysis.id,
+        verdict,
+        &body.class_id,
+        body.comment.trim(),
+        now_unix(),
+    )
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok((id, verdict))
+}
+
+pub async fn feedback(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Option<Json<FeedbackBody>>,
+) -> Response {
+    let analysis = match find(&state, &id).await {
+        Ok(a) => a,
+        Err(e) => return e.into_response(),
+    };
+    let Some(Json(body)) = body else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "Send JSON like {\"class_id\": \"glioma_tumor\", \"comment\": \"...\"}.",
+        );
+    };
+    match store_feedback(&state, &analysis, &body).await {
+        Ok((fid, verdict)) => (
+            StatusCode::CREATED,
+            Json(json!({ "id": fid, "analysis_id": analysis.id, "verdict": verdict })),
+        )
+            .into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+pub async fn list_feedback(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    let analysis = match find(&state, &id).await {
+        Ok(a) => a,
+        Err(e) => return e.into_response(),
+    };
+    match store::list_feedback(&state.db, &analysis.id).await {
+        Ok(items) => Json(json!({ "items": items })).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+pub async fn model(State(state): State<AppState>) -> Response {
+    let m = &state.explainer.manifest;
+    Json(json!({
+        "name": m.name,
+        "version": m.weights_sha256.chars().take(12).collect::<String>(),
+        "architecture": m.spec.architecture.name(),
+        "input_size": m.spec.input_size,
+        "classes": m.classes,
+        "uncertainty_threshold": m.uncertainty_threshold,
+        "validation": m.validation,
+        "oncolens_version": m.oncolens_version,
+        "note": DISCLAIMER,
+    }))
+    .into_response()
+}
+
+pub async fn healthz() -> Response {
+    Json(json!({ "status": "ok" })).into_response()
+}
+
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    if store::ping(&state.db).await {
+        Json(json!({ "status": "ready", "model": state.explainer.manifest.name, "database": "ok" }))
+            .into_response()
+    } else {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The database is not reachable.",
+        )
+    }
+}
+
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+pub async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        include_str!("openapi.json"),
+    )
+        .into_response()
+}

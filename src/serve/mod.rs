@@ -1,0 +1,231 @@
+//! `oncolens serve`: the web app and JSON API over the library.
+//!
+//! - Pages (server-rendered HTML, a little JS, no external assets): upload, result with class
+//!   probabilities, uncertainty, Grad-CAM overlay and feedback form, history.
+//! - API under `/api/v1` (OpenAPI at `/api/v1/openapi.json`); `/healthz`, `/readyz`, `/metrics`.
+//! - The model is loaded once. Analyses run off the async runtime on a bounded pool sized to the
+//!   cores, behind a bounded queue (503 with `Retry-After` when full). Bodies are limited, and
+//!   decoding is bounded in pixels. Shutdown on Ctrl-C / SIGTERM lets in-flight requests finish.
+//! - Storage: SQLite by default (`sqlite://oncolens.db`, created and migrated at start).
+//!
+//! The upload path takes bytes and sniffs their format, so DICOM can join PNG and JPEG later
+//! without changing the routes.
+
+mod api;
+mod engine;
+mod metrics;
+mod pages;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use sqlx::SqlitePool;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::error::{Error, Result};
+use crate::explain::Explainer;
+use engine::{Outcome, Rejected};
+pub use metrics::Metrics;
+
+/// Server settings.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub bind: SocketAddr,
+    /// `sqlite://PATH` (created if missing) or `sqlite::memory:`.
+    pub database: String,
+    /// Model directory; `None`: `$ONCOLENS_MODEL`, else the bundled model.
+    pub model: Option<PathBuf>,
+    /// Largest request body, bytes.
+    pub max_body_bytes: usize,
+    /// Concurrent analyses (default: the number of cores).
+    pub workers: usize,
+    /// Analyses allowed to wait for a worker before new ones get 503.
+    pub queue: usize,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            database: "sqlite://oncolens.db".into(),
+            model: None,
+            max_body_bytes: 50 * 1024 * 1024,
+            workers: cores,
+            queue: 4 * cores,
+        }
+    }
+}
+
+/// Shared state of the handlers.
+#[derive(Clone)]
+pub struct AppState {
+    explainer: Arc<Explainer>,
+    db: SqlitePool,
+    workers: Arc<Semaphore>,
+    admitted: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
+    templates: Arc<minijinja::Environment<'static>>,
+    max_body_bytes: usize,
+}
+
+/// The queue is full: try again later.
+pub struct Busy;
+
+impl AppState {
+    pub async fn new(config: &ServeConfig) -> Result<Self> {
+        let model = config.model.clone();
+        let explainer = tokio::task::spawn_blocking(move || Explainer::open(model.as_deref()))
+            .await
+            .map_err(|e| Error::Config(format!("model loading failed: {e}")))??;
+        let db = store::open(&config.database).await?;
+        Ok(Self {
+            explainer: Arc::new(explainer),
+            db,
+            workers: Arc::new(Semaphore::new(config.workers.max(1))),
+            admitted: Arc::new(Semaphore::new(config.workers.max(1) + config.queue)),
+            metrics: Arc::new(Metrics::default()),
+            templates: Arc::new(pages::templates()),
+            max_body_bytes: config.max_body_bytes,
+        })
+    }
+
+    /// Runs one analysis on the blocking pool, or says the queue is full.
+    async fn analyse(
+        &self,
+        bytes: Vec<u8>,
+    ) -> std::result::Result<std::result::Result<Outcome, Rejected>, Busy> {
+        let admission: OwnedSemaphorePermit =
+            self.admitted.clone().try_acquire_owned().map_err(|_| {
+                self.metrics.rejected_busy.fetch_add(1, Ordering::Relaxed);
+                Busy
+            })?;
+        self.metrics.queue_depth.fetch_add(1, Ordering::Relaxed);
+        let worker = self.workers.clone().acquire_owned().await;
+        self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
+        let worker = worker.map_err(|_| Busy)?;
+        let explainer = self.explainer.clone();
+        let started = Instant::now();
+        let result = tokio::task::spawn_blocking(move || engine::analyse(&explainer, &bytes))
+            .await
+            .unwrap_or_else(|e| Err(Rejected(format!("The analysis failed unexpectedly ({e})."))));
+        self.metrics
+            .observe_inference(started.elapsed().as_secs_f64());
+        drop((worker, admission));
+        Ok(result)
+    }
+}
+
+async fn record_metrics(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    state.metrics.observe_request(
+        &route,
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    response
+}
+
+/// All routes.
+pub fn router(state: AppState) -> Router {
+    let limit = state.max_body_bytes;
+    Router::new()
+        .route("/", get(pages::index).post(pages::upload))
+        .route("/analyses/{id}", get(pages::analysis))
+        .route("/analyses/{id}/feedback", post(pages::feedback))
+        .route("/history", get(pages::history))
+        .route("/model", get(pages::model_card))
+        .route("/static/app.js", get(pages::app_js))
+        .route("/static/style.css", get(pages::style_css))
+        .route("/api/v1/analyses", post(api::create).get(api::list))
+        .route("/api/v1/analyses/{id}", get(api::fetch))
+        .route("/api/v1/analyses/{id}/image", get(api::image))
+        .route("/api/v1/analyses/{id}/heatmap", get(api::heatmap))
+        .route(
+            "/api/v1/analyses/{id}/feedback",
+            post(api::feedback).get(api::list_feedback),
+        )
+        .route("/api/v1/model", get(api::model))
+        .route("/api/v1/openapi.json", get(api::openapi))
+        .route("/healthz", get(api::healthz))
+        .route("/readyz", get(api::readyz))
+        .route("/metrics", get(api::metrics))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            record_metrics,
+        ))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// Serves until Ctrl-C or SIGTERM, then lets in-flight requests finish.
+pub async fn serve(config: ServeConfig) -> Result<()> {
+    let state = AppState::new(&config).await?;
+    let listener = tokio::net::TcpListener::bind(config.bind)
+        .await
+        .map_err(|e| Error::Config(format!("cannot listen on {}: {e}", config.bind)))?;
+    let address = listener
+        .local_addr()
+        .map_err(|e| Error::Config(e.to_string()))?;
+    eprintln!(
+        "oncolens serving on http://{address} (model {})",
+        state.explainer.manifest.name
+    );
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(|e| Error::Config(format!("server: {e}")))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+    eprintln!("shutting down: finishing in-flight requests");
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// A random 128-bit id, hex.
+fn new_id() -> String {
+    use rand::Rng;
+    let v: u128 = rand::rng().random();
+    format!("{v:032x}")
+}
+
+fn valid_id(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())
+}

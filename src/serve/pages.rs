@@ -1,0 +1,215 @@
+//! Server-rendered pages (minijinja templates compiled into the binary, autoescaped) and the
+//! two static assets. Errors are shown as plain sentences on the page.
+
+use axum::Form;
+use axum::extract::{Multipart, Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use minijinja::{Environment, context};
+use serde::Deserialize;
+
+use super::AppState;
+use super::api::{self, ApiError, FeedbackBody};
+use super::store;
+use crate::evaluate::DISCLAIMER;
+
+pub fn templates() -> Environment<'static> {
+    let mut env = Environment::new();
+    for (name, source) in [
+        ("base.html", include_str!("templates/base.html")),
+        ("index.html", include_str!("templates/index.html")),
+        ("analysis.html", include_str!("templates/analysis.html")),
+        ("history.html", include_str!("templates/history.html")),
+        ("model.html", include_str!("templates/model.html")),
+    ] {
+        if let Err(e) = env.add_template(name, source) {
+            // Templates are compiled in and covered by tests; a broken one is a build defect.
+            tracing::error!("template {name}: {e}");
+        }
+    }
+    env
+}
+
+fn render(state: &AppState, status: StatusCode, name: &str, ctx: minijinja::Value) -> Response {
+    let manifest = &state.explainer.manifest;
+    let base = context! {
+        disclaimer => DISCLAIMER,
+        model_name => manifest.name,
+        model_version => manifest.weights_sha256.chars().take(12).collect::<String>(),
+    };
+    let merged = context! { ..ctx, ..base };
+    match state
+        .templates
+        .get_template(name)
+        .and_then(|t| t.render(merged))
+    {
+        Ok(html) => (status, Html(html)).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("page could not be rendered: {e}"),
+        )
+            .into_response(),
+    }
+}
+
+pub async fn index(State(state): State<AppState>) -> Response {
+    render(&state, StatusCode::OK, "index.html", context! {})
+}
+
+/// The form's upload (works without JavaScript): analyse, then show the result page.
+pub async fn upload(State(state): State<AppState>, multipart: Multipart) -> Response {
+    let result = match api::read_upload(multipart).await {
+        Ok((name, bytes)) => api::analyse_and_store(&state, name, bytes).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(record) => Redirect::to(&format!("/analyses/{}", record.id)).into_response(),
+        Err(ApiError { status, message }) => {
+            let mut r = render(&state, status, "index.html", context! { error => message });
+            if status == StatusCode::SERVICE_UNAVAILABLE {
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, header::HeaderValue::from_static("2"));
+            }
+            r
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub struct Notice {
+    feedback: Option<String>,
+}
+
+async fn analysis_page(
+    state: &AppState,
+    id: &str,
+    status: StatusCode,
+    notice: Option<&str>,
+    error: Option<&str>,
+) -> Response {
+    let record = match api::find(state, id).await {
+        Ok(r) => r,
+        Err(e) => {
+            return render(
+                state,
+                e.status,
+                "index.html",
+                context! { error => e.message },
+            );
+        }
+    };
+    let feedback = store::list_feedback(&state.db, id)
+        .await
+        .unwrap_or_default();
+    let json = api::to_json(state, &record);
+    let validation = state.explainer.manifest.validation.clone();
+    render(
+        state,
+        status,
+        "analysis.html",
+        context! {
+            a => json,
+            classes => state.explainer.manifest.classes,
+            feedback => feedback,
+            notice => notice,
+            error => error,
+            threshold => state.explainer.manifest.uncertainty_threshold,
+            validation => validation,
+        },
+    )
+}
+
+pub async fn analysis(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<Notice>,
+) -> Response {
+    let notice = q
+        .feedback
+        .as_deref()
+        .map(|_| "Thank you: your feedback was saved.");
+    analysis_page(&state, &id, StatusCode::OK, notice, None).await
+}
+
+#[derive(Deserialize)]
+pub struct FeedbackForm {
+    class_id: String,
+    #[serde(default)]
+    comment: String,
+}
+
+pub async fn feedback(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Form(form): Form<FeedbackForm>,
+) -> Response {
+    let record = match api::find(&state, &id).await {
+        Ok(r) => r,
+        Err(e) => {
+            return render(
+                &state,
+                e.status,
+                "index.html",
+                context! { error => e.message },
+            );
+        }
+    };
+    let body = FeedbackBody {
+        class_id: form.class_id,
+        comment: form.comment,
+    };
+    match api::store_feedback(&state, &record, &body).await {
+        Ok(_) => Redirect::to(&format!("/analyses/{id}?feedback=saved")).into_response(),
+        Err(e) => analysis_page(&state, &id, e.status, None, Some(&e.message)).await,
+    }
+}
+
+pub async fn history(State(state): State<AppState>) -> Response {
+    match store::list_analyses(&state.db, 200, 0).await {
+        Ok(rows) => {
+            let items: Vec<api::AnalysisJson> =
+                rows.iter().map(|a| api::to_json(&state, a)).collect();
+            render(
+                &state,
+                StatusCode::OK,
+                "history.html",
+                context! { items => items },
+            )
+        }
+        Err(e) => render(
+            &state,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "history.html",
+            context! { error => e.to_string() },
+        ),
+    }
+}
+
+pub async fn model_card(State(state): State<AppState>) -> Response {
+    let m = &state.explainer.manifest;
+    render(
+        &state,
+        StatusCode::OK,
+        "model.html",
+        context! {
+            m => m,
+            architecture => m.spec.architecture.name(),
+        },
+    )
+}
+
+pub async fn app_js() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        include_str!("static/app.js"),
+    )
+        .into_response()
+}
+
+pub async fn style_css() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        include_str!("static/style.css"),
+    )
+        .into_response()
+}

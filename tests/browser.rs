@@ -1,0 +1,245 @@
+//! The web app in real headless Chromium (Debian's `chromium` + `chromium-driver`), driven over
+//! WebDriver: upload a scan, read the class and probabilities, toggle the heat-map, send
+//! feedback, open the history. Screenshots go to `target/browser-artifacts/`.
+//! Without Chromium the test fails and says what to install; it is never skipped.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{ClientBuilder, Locator};
+use rand::SeedableRng;
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
+struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn artifacts() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/browser-artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+async fn browser(profile: &Path) -> (fantoccini::Client, Driver) {
+    for (path, package) in [(CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")] {
+        assert!(
+            Path::new(path).exists(),
+            "{path} not found: install Debian's {package} (apt-get install chromium chromium-driver); .ci/run does this"
+        );
+    }
+    let port = free_port();
+    let child = Command::new(CHROMEDRIVER)
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chromedriver starts");
+    let driver = Driver(child);
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "chromedriver did not start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        serde_json::json!({
+            "binary": CHROMIUM,
+            "args": [
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+                "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--window-size=1280,1000",
+                format!("--user-data-dir={}", profile.display()),
+            ]
+        }),
+    );
+    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    let client = ClientBuilder::new(connector)
+        .capabilities(caps)
+        .connect(&format!("http://127.0.0.1:{port}"))
+        .await
+        .expect("WebDriver session with headless Chromium");
+    (client, driver)
+}
+
+async fn wait_for(client: &fantoccini::Client, css: &str) -> fantoccini::elements::Element {
+    client
+        .wait()
+        .at_most(Duration::from_secs(60))
+        .for_element(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upload_read_toggle_feedback_history_in_chromium() {
+    let tmp = tempfile::tempdir().unwrap();
+    let addr = common::start_server(&tmp.path().join("web.db"), 2, 8, 50 * 1024 * 1024);
+    let base = format!("http://{addr}");
+    let scan = tmp.path().join("patient scan (1).png");
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(21);
+    common::slice(0, 320, &mut rng).save(&scan).unwrap();
+    let junk = tmp.path().join("notes.png");
+    std::fs::write(&junk, b"this is not an image").unwrap();
+    let (c, _driver) = browser(&tmp.path().join("profile")).await;
+    let out = artifacts();
+
+    // A file that is not an image: a plain sentence, no navigation.
+    c.goto(&base).await.unwrap();
+    wait_for(&c, "#image")
+        .await
+        .send_keys(&junk.display().to_string())
+        .await
+        .unwrap();
+    c.find(Locator::Css("#analyse"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        let status = c
+            .find(Locator::Css("#status"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if status.contains("could not be read") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no error shown; status {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // A scan: the result page shows the class in words and every probability.
+    c.goto(&base).await.unwrap();
+    wait_for(&c, "#image")
+        .await
+        .send_keys(&scan.display().to_string())
+        .await
+        .unwrap();
+    c.find(Locator::Css("#analyse"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let label = wait_for(&c, "#label").await.text().await.unwrap();
+    assert!(
+        [
+            "Glioma",
+            "Meningioma",
+            "No tumour",
+            "Pituitary",
+            "Uncertain"
+        ]
+        .contains(&label.as_str()),
+        "{label}"
+    );
+    let rows = c.find_all(Locator::Css("#probabilities tr")).await.unwrap();
+    assert_eq!(rows.len(), 4);
+    let page_url = c.current_url().await.unwrap();
+    assert!(page_url.path().starts_with("/analyses/"));
+    assert!(
+        c.source()
+            .await
+            .unwrap()
+            .contains("Decision support, not a diagnosis")
+    );
+    std::fs::write(out.join("result.png"), c.screenshot().await.unwrap()).unwrap();
+
+    // Heat-map: on by default, off with the toggle, opacity follows the slider.
+    let heat = c.find(Locator::Css("#heatmap")).await.unwrap();
+    assert!(heat.is_displayed().await.unwrap());
+    c.find(Locator::Css("#heatmap-toggle"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    assert!(!heat.is_displayed().await.unwrap());
+    c.find(Locator::Css("#heatmap-toggle"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.execute(
+        "const s = document.getElementById('heatmap-opacity'); s.value = 25; s.dispatchEvent(new Event('input'));",
+        vec![],
+    )
+    .await
+    .unwrap();
+    let opacity = c
+        .execute(
+            "return document.getElementById('heatmap').style.opacity;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(opacity.as_str(), Some("0.25"));
+
+    // Feedback: correct the class with a comment.
+    let select = c.find(Locator::Css("#feedback-class")).await.unwrap();
+    select.select_by_value("meningioma_tumor").await.unwrap();
+    c.find(Locator::Css("#feedback-comment"))
+        .await
+        .unwrap()
+        .send_keys("dural tail visible")
+        .await
+        .unwrap();
+    c.find(Locator::Css("#feedback-submit"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let notice = wait_for(&c, "#notice").await.text().await.unwrap();
+    assert!(notice.contains("saved"), "{notice}");
+    let list = wait_for(&c, "#feedback-list").await.text().await.unwrap();
+    assert!(
+        list.contains("meningioma_tumor") && list.contains("dural tail visible"),
+        "{list}"
+    );
+
+    // History lists it and re-opens it.
+    c.goto(&format!("{base}/history")).await.unwrap();
+    let table = wait_for(&c, "#history").await.text().await.unwrap();
+    assert!(table.contains("patient scan (1).png"), "{table}");
+    std::fs::write(out.join("history.png"), c.screenshot().await.unwrap()).unwrap();
+    c.find(Locator::LinkText("patient scan (1).png"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for(&c, "#label").await;
+    assert_eq!(c.current_url().await.unwrap().path(), page_url.path());
+    c.close().await.unwrap();
+}

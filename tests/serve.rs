@@ -1,0 +1,393 @@
+//! The web app and API over real HTTP on loopback: upload, fetch, list, images, feedback, pages,
+//! and every error path.
+
+mod common;
+
+use std::io::Cursor;
+
+use common::start_server as start;
+use rand::SeedableRng;
+use reqwest::StatusCode;
+use reqwest::blocking::{Client, multipart};
+
+fn png_bytes(size: u32, seed: u64) -> Vec<u8> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let img = common::slice(0, size, &mut rng);
+    let mut out = Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+fn upload(
+    client: &Client,
+    base: &str,
+    path: &str,
+    name: &str,
+    bytes: Vec<u8>,
+) -> reqwest::blocking::Response {
+    let part = multipart::Part::bytes(bytes).file_name(name.to_string());
+    client
+        .post(format!("{base}{path}"))
+        .multipart(multipart::Form::new().part("image", part))
+        .send()
+        .unwrap()
+}
+
+fn no_redirects() -> Client {
+    Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn api_round_trip_and_error_paths() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = format!(
+        "http://{}",
+        start(&tmp.path().join("db.sqlite"), 2, 8, 2 * 1024 * 1024)
+    );
+    let client = Client::new();
+
+    assert_eq!(
+        client
+            .get(format!("{base}/healthz"))
+            .send()
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    let ready: serde_json::Value = client
+        .get(format!("{base}/readyz"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(ready["status"], "ready");
+
+    // Create.
+    let r = upload(
+        &client,
+        &base,
+        "/api/v1/analyses",
+        "scan (1).png",
+        png_bytes(300, 1),
+    );
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let location = r.headers()["location"].to_str().unwrap().to_string();
+    let a: serde_json::Value = r.json().unwrap();
+    let id = a["id"].as_str().unwrap().to_string();
+    assert_eq!(location, format!("/api/v1/analyses/{id}"));
+    assert_eq!(a["filename"], "scan (1).png");
+    let probs = a["probabilities"].as_array().unwrap();
+    assert_eq!(probs.len(), 4);
+    let total: f64 = probs
+        .iter()
+        .map(|p| p["probability"].as_f64().unwrap())
+        .sum();
+    assert!((total - 1.0).abs() < 1e-3);
+    assert!(
+        a["note"]
+            .as_str()
+            .unwrap()
+            .contains("not a diagnostic device")
+    );
+    let label = a["label"].as_str().unwrap();
+    assert!(label == "Uncertain" || label == a["class_name"].as_str().unwrap());
+
+    // Fetch, list, images.
+    let again: serde_json::Value = client
+        .get(format!("{base}{location}"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(again["class_id"], a["class_id"]);
+    let list: serde_json::Value = client
+        .get(format!("{base}/api/v1/analyses?limit=10"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(list["items"][0]["id"], id.as_str());
+    let scan = client
+        .get(format!("{base}/api/v1/analyses/{id}/image"))
+        .send()
+        .unwrap();
+    assert_eq!(scan.headers()["content-type"], "image/png");
+    let scan = image::load_from_memory(&scan.bytes().unwrap()).unwrap();
+    assert_eq!((scan.width(), scan.height()), (300, 300));
+    let heat = client
+        .get(format!("{base}/api/v1/analyses/{id}/heatmap"))
+        .send()
+        .unwrap()
+        .bytes()
+        .unwrap();
+    let heat = image::load_from_memory(&heat).unwrap();
+    assert_eq!(
+        (heat.width(), heat.height(), heat.color().has_alpha()),
+        (300, 300, true)
+    );
+
+    // Feedback: a correction is stored; bad class and missing body are refused.
+    let other = if a["class_id"] == "glioma_tumor" {
+        "no_tumor"
+    } else {
+        "glioma_tumor"
+    };
+    let r = client
+        .post(format!("{base}/api/v1/analyses/{id}/feedback"))
+        .json(&serde_json::json!({"class_id": other, "comment": "see prior scan"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(
+        r.json::<serde_json::Value>().unwrap()["verdict"],
+        "corrected"
+    );
+    let r = client
+        .post(format!("{base}/api/v1/analyses/{id}/feedback"))
+        .json(&serde_json::json!({"class_id": "stage_2"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        r.json::<serde_json::Value>().unwrap()["error"]
+            .as_str()
+            .unwrap()
+            .contains("Unknown class")
+    );
+    let r = client
+        .post(format!("{base}/api/v1/analyses/{id}/feedback"))
+        .body("nope")
+        .send()
+        .unwrap();
+    assert!(r.status().is_client_error());
+    let fb: serde_json::Value = client
+        .get(format!("{base}/api/v1/analyses/{id}/feedback"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(fb["items"].as_array().unwrap().len(), 1);
+    assert_eq!(fb["items"][0]["comment"], "see prior scan");
+
+    // Error paths: each a plain sentence, nothing stored.
+    let r = upload(
+        &client,
+        &base,
+        "/api/v1/analyses",
+        "notes.png",
+        b"not an image at all".to_vec(),
+    );
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        r.json::<serde_json::Value>().unwrap()["error"]
+            .as_str()
+            .unwrap()
+            .contains("could not be read")
+    );
+    let jpeg = {
+        let mut out = Cursor::new(Vec::new());
+        image::DynamicImage::ImageLuma8(image::GrayImage::from_pixel(64, 64, image::Luma([90])))
+            .write_to(&mut out, image::ImageFormat::Jpeg)
+            .unwrap();
+        out.into_inner()
+    };
+    let r = upload(
+        &client,
+        &base,
+        "/api/v1/analyses",
+        "cut.jpg",
+        jpeg[..jpeg.len() / 2].to_vec(),
+    );
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        r.json::<serde_json::Value>().unwrap()["error"]
+            .as_str()
+            .unwrap()
+            .contains("truncated")
+    );
+    // Over the 2 MiB limit: refused with 413, or (a race inherent to refusing an upload
+    // mid-stream) the connection is closed before the client reads the answer.
+    let part = multipart::Part::bytes(vec![0u8; 3 * 1024 * 1024]).file_name("big.png");
+    match client
+        .post(format!("{base}/api/v1/analyses"))
+        .multipart(multipart::Form::new().part("image", part))
+        .send()
+    {
+        Ok(r) => assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE),
+        Err(e) => assert!(e.is_body() || e.is_request(), "{e}"),
+    }
+    let r = client
+        .post(format!("{base}/api/v1/analyses"))
+        .multipart(multipart::Form::new().text("note", "no file"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    for path in [
+        "/api/v1/analyses/0123456789abcdef0123456789abcdef",
+        "/api/v1/analyses/../etc",
+        "/api/v1/analyses/x/image",
+    ] {
+        assert_eq!(
+            client.get(format!("{base}{path}")).send().unwrap().status(),
+            StatusCode::NOT_FOUND,
+            "{path}"
+        );
+    }
+    let list: serde_json::Value = client
+        .get(format!("{base}/api/v1/analyses"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(
+        list["items"].as_array().unwrap().len(),
+        1,
+        "failed uploads stored nothing"
+    );
+
+    // OpenAPI and metrics.
+    let spec: serde_json::Value = client
+        .get(format!("{base}/api/v1/openapi.json"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert!(spec["paths"]["/api/v1/analyses"]["post"].is_object());
+    let metrics = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        metrics
+            .contains("oncolens_http_requests_total{route=\"/api/v1/analyses\",status=\"201\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("oncolens_inference_duration_seconds_count"));
+    assert!(metrics.contains("oncolens_inference_queue_depth 0"));
+}
+
+#[test]
+fn pages_upload_show_feedback_and_history_and_survive_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("app.db");
+    let base = format!("http://{}", start(&db, 2, 8, 50 * 1024 * 1024));
+    let client = no_redirects();
+    let index = client
+        .get(format!("{base}/"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        index.contains("id=\"upload-form\"") && index.contains("Decision support, not a diagnosis")
+    );
+    assert!(
+        !index.contains("http://") && !index.contains("https://"),
+        "no external assets"
+    );
+
+    let r = upload(&client, &base, "/", "slice.png", png_bytes(200, 2));
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let page_path = r.headers()["location"].to_str().unwrap().to_string();
+    let page = client
+        .get(format!("{base}{page_path}"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(page.contains("id=\"probabilities\"") && page.contains("id=\"heatmap-toggle\""));
+    for name in ["Glioma", "Meningioma", "No tumour", "Pituitary"] {
+        assert!(page.contains(name), "{name} missing");
+    }
+    assert!(!page.to_lowercase().contains("stage 1"));
+
+    let r = client
+        .post(format!("{base}{page_path}/feedback"))
+        .form(&[
+            ("class_id", "pituitary_tumor"),
+            ("comment", "<b>checked</b>"),
+        ])
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let page = client
+        .get(format!("{base}{page_path}?feedback=saved"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(page.contains("your feedback was saved"));
+    assert!(
+        page.contains("&lt;b&gt;checked") && !page.contains("<b>checked"),
+        "comments are escaped"
+    );
+
+    let r = upload(&client, &base, "/", "bad.png", b"garbage".to_vec());
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(r.text().unwrap().contains("could not be read"));
+
+    let history = client
+        .get(format!("{base}/history"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        history.contains("slice.png")
+            && history.contains(page_path.trim_start_matches("/analyses/"))
+    );
+    assert!(
+        client
+            .get(format!("{base}/model"))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap()
+            .contains("tumour types")
+    );
+
+    // A second server on the same database sees the stored analysis.
+    let base2 = format!("http://{}", start(&db, 1, 1, 1024 * 1024));
+    let again = client.get(format!("{base2}{page_path}")).send().unwrap();
+    assert_eq!(again.status(), StatusCode::OK);
+}
+
+#[test]
+fn a_full_queue_answers_503_with_retry_after() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = format!(
+        "http://{}",
+        start(&tmp.path().join("q.db"), 1, 0, 50 * 1024 * 1024)
+    );
+    let big = png_bytes(1400, 3);
+    let handles: Vec<_> = (0..6)
+        .map(|_| {
+            let (base, big) = (base.clone(), big.clone());
+            std::thread::spawn(move || {
+                let r = upload(&Client::new(), &base, "/api/v1/analyses", "big.png", big);
+                (
+                    r.status(),
+                    r.headers()
+                        .get("retry-after")
+                        .map(|v| v.to_str().unwrap().to_string()),
+                )
+            })
+        })
+        .collect();
+    let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert!(
+        results.iter().any(|(s, _)| *s == StatusCode::CREATED),
+        "{results:?}"
+    );
+    let busy: Vec<_> = results
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::SERVICE_UNAVAILABLE)
+        .collect();
+    assert!(!busy.is_empty(), "{results:?}");
+    assert!(busy.iter().all(|(_, retry)| retry.as_deref() == Some("2")));
+}
