@@ -92,6 +92,22 @@ async fn wait_for(client: &fantoccini::Client, css: &str) -> fantoccini::element
         .unwrap_or_else(|e| panic!("{css}: {e}"))
 }
 
+/// Opens the upload page, chooses `file` in the picker and presses Analyse.
+async fn upload_through_the_form(c: &fantoccini::Client, base: &str, file: &Path) {
+    c.goto(base).await.unwrap();
+    wait_for(c, "#image")
+        .await
+        .send_keys(&file.display().to_string())
+        .await
+        .unwrap();
+    c.find(Locator::Css("#analyse"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn upload_read_toggle_feedback_history_in_chromium() {
     let tmp = tempfile::tempdir().unwrap();
@@ -106,18 +122,7 @@ async fn upload_read_toggle_feedback_history_in_chromium() {
     let out = artifacts();
 
     // A file that is not an image: a plain sentence, no navigation.
-    c.goto(&base).await.unwrap();
-    wait_for(&c, "#image")
-        .await
-        .send_keys(&junk.display().to_string())
-        .await
-        .unwrap();
-    c.find(Locator::Css("#analyse"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    upload_through_the_form(&c, &base, &junk).await;
     let started = Instant::now();
     loop {
         let status = c
@@ -138,18 +143,7 @@ async fn upload_read_toggle_feedback_history_in_chromium() {
     }
 
     // A scan: the result page shows the class in words and every probability.
-    c.goto(&base).await.unwrap();
-    wait_for(&c, "#image")
-        .await
-        .send_keys(&scan.display().to_string())
-        .await
-        .unwrap();
-    c.find(Locator::Css("#analyse"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    upload_through_the_form(&c, &base, &scan).await;
     let label = wait_for(&c, "#label").await.text().await.unwrap();
     assert!(
         [

@@ -391,3 +391,68 @@ fn a_full_queue_answers_503_with_retry_after() {
     assert!(!busy.is_empty(), "{results:?}");
     assert!(busy.iter().all(|(_, retry)| retry.as_deref() == Some("2")));
 }
+
+#[test]
+fn sigterm_finishes_the_analysis_in_flight_then_exits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("stop.db");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_oncolens"))
+        .args([
+            "serve",
+            "--bind",
+            &format!("127.0.0.1:{port}"),
+            "--database",
+        ])
+        .arg(format!("sqlite://{}", db.display()))
+        .env_remove("ONCOLENS_MODEL")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let started = std::time::Instant::now();
+    while Client::new().get(format!("{base}/readyz")).send().is_err() {
+        assert!(started.elapsed().as_secs() < 60, "server did not start");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let big = png_bytes(1600, 4);
+    let upload_thread = {
+        let base = base.clone();
+        std::thread::spawn(move || {
+            upload(&Client::new(), &base, "/api/v1/analyses", "late.png", big)
+        })
+    };
+    // Let the request reach the server, then ask it to stop.
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let r = upload_thread.join().unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::CREATED,
+        "the analysis in flight was finished"
+    );
+    let id = r.json::<serde_json::Value>().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let status = server.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    // It was stored: a new server on the same database has it.
+    let base2 = format!("http://{}", start(&db, 1, 1, 1024 * 1024));
+    assert_eq!(
+        Client::new()
+            .get(format!("{base2}/api/v1/analyses/{id}"))
+            .send()
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+}

@@ -70,13 +70,7 @@ pub fn decode_grey_with_info(bytes: &[u8]) -> std::result::Result<(GreyImage, Im
             ));
         }
     }
-    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
-    let mut limits = Limits::default();
-    limits.max_image_width = Some(MAX_SIDE);
-    limits.max_image_height = Some(MAX_SIDE);
-    limits.max_alloc = Some(MAX_PIXELS * 8);
-    reader.limits(limits);
-    let (w, h) = reader
+    let (w, h) = bounded_reader(bytes, format)
         .into_dimensions()
         .map_err(|e| format!("cannot read the image header: {e}"))?;
     if u64::from(w) * u64::from(h) > MAX_PIXELS {
@@ -85,13 +79,7 @@ pub fn decode_grey_with_info(bytes: &[u8]) -> std::result::Result<(GreyImage, Im
     if w < 8 || h < 8 {
         return Err(format!("the image is too small ({w}x{h} pixels)"));
     }
-    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
-    let mut limits = Limits::default();
-    limits.max_image_width = Some(MAX_SIDE);
-    limits.max_image_height = Some(MAX_SIDE);
-    limits.max_alloc = Some(MAX_PIXELS * 8);
-    reader.limits(limits);
-    let img = reader
+    let img = bounded_reader(bytes, format)
         .decode()
         .map_err(|e| format!("the image cannot be decoded: {e}"))?;
     let color = img.color();
@@ -107,6 +95,17 @@ pub fn decode_grey_with_info(bytes: &[u8]) -> std::result::Result<(GreyImage, Im
         bits_per_channel: color.bits_per_pixel() / u16::from(color.channel_count()),
     };
     Ok((img.to_luma32f(), info))
+}
+
+/// A reader that refuses images over the side and memory limits.
+fn bounded_reader(bytes: &[u8], format: ImageFormat) -> ImageReader<Cursor<&[u8]>> {
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+    let mut limits = Limits::default();
+    limits.max_image_width = Some(MAX_SIDE);
+    limits.max_image_height = Some(MAX_SIDE);
+    limits.max_alloc = Some(MAX_PIXELS * 8);
+    reader.limits(limits);
+    reader
 }
 
 /// A JPEG is complete when an end-of-image marker follows its last start-of-scan marker.
