@@ -113,22 +113,22 @@ pub fn to_json(state: &AppState, a: &AnalysisRecord) -> AnalysisJson {
     }
 }
 
+/// A multipart failure as the sentence the sender sees: too large (413) or unreadable (400).
+fn upload_error(e: axum::extract::multipart::MultipartError) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "The file is too large.")
+    } else {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("The upload could not be read: {}.", e.body_text()),
+        )
+    }
+}
+
 /// Reads the first file field of a multipart upload: (file name, bytes).
 pub async fn read_upload(mut multipart: Multipart) -> Result<(String, Bytes), ApiError> {
     loop {
-        let field = multipart.next_field().await.map_err(|e| {
-            let status = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                StatusCode::PAYLOAD_TOO_LARGE
-            } else {
-                StatusCode::BAD_REQUEST
-            };
-            let msg = if status == StatusCode::PAYLOAD_TOO_LARGE {
-                "The file is too large.".to_string()
-            } else {
-                format!("The upload could not be read: {}.", e.body_text())
-            };
-            ApiError::new(status, msg)
-        })?;
+        let field = multipart.next_field().await.map_err(upload_error)?;
         let Some(field) = field else {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
@@ -142,16 +142,7 @@ pub async fn read_upload(mut multipart: Multipart) -> Result<(String, Bytes), Ap
                 .chars()
                 .take(200)
                 .collect::<String>();
-            let bytes = field.bytes().await.map_err(|e| {
-                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "The file is too large.")
-                } else {
-                    ApiError::new(
-                        StatusCode::BAD_REQUEST,
-                        format!("The upload could not be read: {}.", e.body_text()),
-                    )
-                }
-            })?;
+            let bytes = field.bytes().await.map_err(upload_error)?;
             if bytes.is_empty() {
                 return Err(ApiError::new(
                     StatusCode::BAD_REQUEST,
