@@ -8,6 +8,19 @@ fn oncolens() -> Command {
     Command::new(env!("CARGO_BIN_EXE_oncolens"))
 }
 
+/// `predict --model MODEL INPUT` exits non-zero and says `expected` on stderr.
+fn predict_fails(model: &std::path::Path, input: &std::path::Path, expected: &str) {
+    let out = oncolens()
+        .args(["predict", "--model"])
+        .arg(model)
+        .arg(input)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(expected), "{err}");
+}
+
 #[test]
 fn model_summary_reports_the_seed_parameter_count() {
     let out = oncolens()
@@ -40,29 +53,14 @@ fn missing_or_broken_models_give_clear_errors() {
     image::GrayImage::from_pixel(32, 32, image::Luma([100]))
         .save(&img)
         .unwrap();
-    let out = oncolens()
-        .args(["predict", "--model"])
-        .arg(tmp.path())
-        .arg(&img)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("no model.json here"), "{err}");
+    predict_fails(tmp.path(), &img, "no model.json here");
 
     std::fs::write(
         tmp.path().join("model.json"),
         "{\"format\": \"oncolens-model\"}",
     )
     .unwrap();
-    let out = oncolens()
-        .args(["predict", "--model"])
-        .arg(tmp.path())
-        .arg(&img)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("missing a piece"));
+    predict_fails(tmp.path(), &img, "missing a piece");
 }
 
 #[test]
@@ -130,14 +128,7 @@ fn train_then_predict_from_the_command_line() {
     let last = bytes.len() - 1;
     bytes[last] ^= 0xFF;
     std::fs::write(&weights, bytes).unwrap();
-    let out = oncolens()
-        .args(["predict", "--model"])
-        .arg(&model)
-        .arg(&data)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("checksum"));
+    predict_fails(&model, &data, "checksum");
 }
 
 #[test]
