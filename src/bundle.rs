@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::model::{Classifier, ModelSpec};
 use crate::preprocess::Preprocessing;
 use crate::train::config::TrainConfig;
+use crate::trust::TrustProfile;
 
 pub const FORMAT: &str = "oncolens-model";
 pub const FORMAT_VERSION: u32 = 1;
@@ -66,8 +67,12 @@ pub struct Manifest {
     pub training: TrainConfig,
     pub data: DataProvenance,
     pub validation: Option<ValidationSummary>,
-    /// Below this top-class probability a result is shown as "uncertain".
+    /// Below this (calibrated) top-class probability a result is shown as "uncertain".
     pub uncertainty_threshold: f32,
+    /// Temperature, input check and how they were fitted; `None` in models not yet calibrated
+    /// (`oncolens calibrate` adds it).
+    #[serde(default)]
+    pub trust: Option<TrustProfile>,
     pub weights_sha256: String,
 }
 
@@ -116,6 +121,27 @@ impl Manifest {
             ));
         }
         Ok(())
+    }
+
+    /// Decodes the stored parts of the trust profile that are kept packed in the file.
+    fn unpack(&mut self, path: &Path) -> Result<()> {
+        if let Some(t) = &mut self.trust {
+            if !t.features.unpack() {
+                return Err(Error::model(
+                    path,
+                    "the input check's feature model is corrupt (wrong size)",
+                ));
+            }
+            if !(t.temperature.is_finite() && t.temperature > 0.0) {
+                return Err(Error::model(path, "the temperature must be positive"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The temperature logits are divided by (1 before calibration).
+    pub fn temperature(&self) -> f32 {
+        self.trust.as_ref().map_or(1.0, |t| t.temperature)
     }
 
     pub fn display_names(&self) -> Vec<String> {
@@ -167,13 +193,14 @@ pub fn read_manifest(path: &Path) -> Result<Manifest> {
         ),
         _ => Error::io(&file, e),
     })?;
-    let manifest: Manifest = serde_json::from_str(&text).map_err(|e| {
+    let mut manifest: Manifest = serde_json::from_str(&text).map_err(|e| {
         Error::model(
             &file,
             format!("{MANIFEST_FILE} is missing a piece or malformed: {e}"),
         )
     })?;
     manifest.validate(&file)?;
+    manifest.unpack(&file)?;
     Ok(manifest)
 }
 
@@ -246,9 +273,10 @@ const DEFAULT_WEIGHTS: &[u8] = include_bytes!("../models/default/weights.bpk");
 /// Loads the bundled default model onto `device`.
 pub fn load_default(device: &Device, mode: Mode) -> Result<(Manifest, Classifier)> {
     let origin = Path::new("<bundled default model>");
-    let manifest: Manifest = serde_json::from_str(DEFAULT_MANIFEST)
+    let mut manifest: Manifest = serde_json::from_str(DEFAULT_MANIFEST)
         .map_err(|e| Error::model(origin, format!("{MANIFEST_FILE}: {e}")))?;
     manifest.validate(origin)?;
+    manifest.unpack(origin)?;
     if hex::encode(Sha256::digest(DEFAULT_WEIGHTS)) != manifest.weights_sha256 {
         return Err(Error::model(
             origin,

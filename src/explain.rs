@@ -8,9 +8,8 @@
 
 use std::path::Path;
 
-use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor, TensorData};
-use image::{GrayImage, Luma, Rgb, RgbImage, imageops};
+use image::{GrayImage, Luma, Rgb, RgbImage};
 
 use crate::bundle::{self, Manifest, Mode};
 use crate::data::image_io::GreyImage;
@@ -19,6 +18,7 @@ use crate::evaluate::metrics::argmax;
 use crate::inference::rows;
 use crate::model::{Classifier, Trace};
 use crate::preprocess::Geometry;
+use crate::trust::calibration::softmax_with_temperature;
 
 /// A model loaded for explanations (autodiff device, inference behaviour).
 pub struct Explainer {
@@ -30,8 +30,11 @@ pub struct Explainer {
 /// Grad-CAM of one image.
 #[derive(Debug, Clone)]
 pub struct Explanation {
-    /// Class probabilities (same as the predictor's).
+    /// Class logits and calibrated probabilities (the same as the predictor's).
+    pub logits: Vec<f32>,
     pub probabilities: Vec<f32>,
+    /// Global average of the last conv activation (what the input check measures).
+    pub pooled: Vec<f32>,
     /// The class explained.
     pub class_index: usize,
     /// Grad-CAM on the network input grid (`input_size` square), in `[0, 1]`.
@@ -77,7 +80,19 @@ impl Explainer {
         // A leaf copy of the activation: the gradient stops here.
         let features = self.model.features(x, &mut trace).detach().require_grad();
         let logits = self.model.head(features.clone(), &mut trace);
-        let probabilities = rows(softmax(logits.clone().detach(), 1)).remove(0);
+        let logit_row = rows(logits.clone().detach()).remove(0);
+        let probabilities = softmax_with_temperature(&logit_row, self.manifest.temperature());
+        let [_, c, fh, fw] = features.dims();
+        let pooled = rows(
+            features
+                .clone()
+                .detach()
+                .mean_dim(3)
+                .mean_dim(2)
+                .reshape([1, c]),
+        )
+        .remove(0);
+        debug_assert!(fh * fw > 0);
         let class_index = class.unwrap_or_else(|| argmax(&probabilities));
         let grads = logits.narrow(1, class_index, 1).sum().backward();
         let gradient = features
@@ -90,7 +105,7 @@ impl Explainer {
             .try_to_vec()
             .unwrap_or_default();
         let g: Vec<f32> = gradient.into_data().try_to_vec().unwrap_or_default();
-        if a.len() != channels * h * w || g.len() != a.len() {
+        if a.len() != channels * h * w || g.len() != a.len() || h == 0 || w == 0 {
             return Err(Error::Config("unexpected activation shape".into()));
         }
         let hw = h * w;
@@ -106,10 +121,16 @@ impl Explainer {
             .iter()
             .map(|v| if max > 0.0 { v.max(0.0) / max } else { 0.0 })
             .collect();
-        let small = GreyImage::from_raw(w as u32, h as u32, cam)
-            .ok_or_else(|| Error::Config("activation map size".into()))?;
-        let input_map =
-            imageops::resize(&small, s as u32, s as u32, imageops::FilterType::Triangle);
+        // Each input pixel samples the map where its receptive-field centre grid puts it.
+        let align = self.model.feature_alignment();
+        let input_map = GreyImage::from_fn(s as u32, s as u32, |x, y| {
+            Luma([bilinear(
+                &cam,
+                (w, h),
+                align.to_feature(x as f32),
+                align.to_feature(y as f32),
+            )])
+        });
         let [ow, oh] = geometry.original_size;
         let map = GreyImage::from_fn(ow, oh, |x, y| {
             let v = geometry
@@ -121,13 +142,29 @@ impl Explainer {
             Luma([v])
         });
         Ok(Explanation {
+            logits: logit_row,
             probabilities,
+            pooled,
             class_index,
             input_map,
             map,
             geometry,
         })
     }
+}
+
+/// Bilinear sample of a row-major `w x h` map at continuous cell coordinates (cell centres at
+/// integers), clamped at the edges.
+fn bilinear(map: &[f32], (w, h): (usize, usize), u: f32, v: f32) -> f32 {
+    let u = u.clamp(0.0, (w - 1) as f32);
+    let v = v.clamp(0.0, (h - 1) as f32);
+    let (x0, y0) = (u.floor() as usize, v.floor() as usize);
+    let (x1, y1) = ((x0 + 1).min(w - 1), (y0 + 1).min(h - 1));
+    let (fx, fy) = (u - x0 as f32, v - y0 as f32);
+    let at = |x: usize, y: usize| map[y * w + x];
+    let top = at(x0, y0) * (1.0 - fx) + at(x1, y0) * fx;
+    let bottom = at(x0, y1) * (1.0 - fx) + at(x1, y1) * fx;
+    top * (1.0 - fy) + bottom * fy
 }
 
 /// A perceptually ordered blue-to-red colour for `v` in `[0, 1]` (a "turbo"-like ramp).

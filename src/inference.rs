@@ -5,32 +5,39 @@
 
 use std::path::Path;
 
-use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::bundle::{self, Manifest};
-use crate::data::image_io::{GreyImage, load_grey};
+use crate::data::image_io::{GreyImage, ImageInfo, decode_grey_with_info};
 use crate::data::loader::batch_input;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::evaluate::metrics::argmax;
 use crate::model::Classifier;
 use crate::preprocess::{Geometry, Preprocessing};
+use crate::trust::calibration::softmax_with_temperature;
+use crate::trust::{ImageStats, InputCheck, forward_rows};
 
 /// Images per forward pass in batch inference.
 pub const INFERENCE_BATCH: usize = 32;
 
-/// Class probabilities for prepared images, in batches.
+/// Calibrated class probabilities for prepared images, in batches (logits divided by the
+/// model's temperature before the softmax).
 pub fn probabilities(
     model: &Classifier,
     images: &[&GreyImage],
     pre: &Preprocessing,
     device: &Device,
+    temperature: f32,
 ) -> Vec<Vec<f32>> {
     let mut out = Vec::with_capacity(images.len());
     for chunk in images.chunks(INFERENCE_BATCH) {
         let x = batch_input(chunk, pre, None, device);
-        out.extend(rows(softmax(model.forward(x), 1)));
+        out.extend(
+            rows(model.forward(x))
+                .iter()
+                .map(|l| softmax_with_temperature(l, temperature)),
+        );
     }
     out
 }
@@ -42,20 +49,90 @@ pub fn rows(t: Tensor<2>) -> Vec<Vec<f32>> {
     v.chunks(k.max(1)).map(<[f32]>::to_vec).collect()
 }
 
+/// What the answer is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// A tumour type (or no tumour), confidently enough.
+    Answer,
+    /// The model is not confident: show "uncertain" with the probabilities.
+    Uncertain,
+    /// The input check says the image does not look like a brain MRI slice.
+    NotBrainMri,
+}
+
 /// The answer for one scan.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Prediction {
+    pub verdict: Verdict,
     /// Index of the most probable class.
     pub class_index: usize,
     pub class_id: String,
     pub class_name: String,
-    /// Probability of the most probable class.
+    /// Calibrated probability of the most probable class.
     pub confidence: f32,
     /// True when `confidence` is below the model's uncertainty threshold: show "uncertain", not
     /// a bare class name.
     pub uncertain: bool,
-    /// Probability of every class, in the model's class order.
+    /// Calibrated probability of every class, in the model's class order.
     pub probabilities: Vec<f32>,
+    /// The input check (`None` when the model has no fitted check).
+    pub input_check: Option<InputCheck>,
+}
+
+impl Prediction {
+    /// The answer in a few words: the class, "uncertain (most likely X)" or "not a brain MRI
+    /// slice".
+    pub fn label(&self) -> String {
+        match self.verdict {
+            Verdict::Answer => self.class_name.clone(),
+            Verdict::Uncertain => format!("uncertain (most likely {})", self.class_name),
+            Verdict::NotBrainMri => "not a brain MRI slice".to_string(),
+        }
+    }
+
+    /// Why the input check refused the image (empty when it did not).
+    pub fn rejection_reasons(&self) -> &[String] {
+        self.input_check.as_ref().map_or(&[], |c| &c.reasons)
+    }
+}
+
+/// A decoded scan with what the file held (the input check looks at both).
+pub struct Scan {
+    pub image: GreyImage,
+    pub info: ImageInfo,
+}
+
+impl Scan {
+    pub fn decode(bytes: &[u8]) -> std::result::Result<Self, String> {
+        decode_grey_with_info(bytes).map(|(image, info)| Self { image, info })
+    }
+
+    pub fn load(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        Self::decode(&bytes)
+            .map_err(|reason| Error::UnreadableImage(format!("{}: {reason}", path.display())))
+    }
+
+    /// A decoded image whose file is unknown (treated as greyscale).
+    pub fn from_grey(image: GreyImage) -> Self {
+        let (width, height) = image.dimensions();
+        Self {
+            image,
+            info: ImageInfo {
+                format: "unknown",
+                width,
+                height,
+                color: "L32F".into(),
+                bits_per_channel: 32,
+                colourfulness: 0.0,
+            },
+        }
+    }
+
+    pub fn stats(&self) -> ImageStats {
+        ImageStats::of(&self.image, &self.info)
+    }
 }
 
 /// A model ready to answer.
@@ -119,15 +196,30 @@ impl Predictor {
         self.manifest.preprocessing.run(image)
     }
 
-    /// Predictions for decoded scans.
-    pub fn predict_images(&self, images: &[GreyImage]) -> Vec<Prediction> {
+    /// Predictions for decoded scans, in batches.
+    pub fn predict_scans(&self, scans: &[Scan]) -> Vec<Prediction> {
         let pre = &self.manifest.preprocessing;
-        let prepared: Vec<GreyImage> = images.iter().map(|img| pre.prepare(img).0).collect();
+        let prepared: Vec<GreyImage> = scans.iter().map(|s| pre.prepare(&s.image).0).collect();
         let refs: Vec<&GreyImage> = prepared.iter().collect();
-        probabilities(&self.model, &refs, pre, &self.device)
-            .into_iter()
-            .map(|p| self.to_prediction(p))
+        let (logits, pooled) = forward_rows(&self.model, &refs, pre, &self.device);
+        scans
+            .iter()
+            .zip(logits)
+            .zip(pooled)
+            .map(|((scan, l), p)| {
+                prediction_from(
+                    &self.manifest,
+                    &l,
+                    Some((&scan.stats(), scan.image.dimensions(), &p)),
+                )
+            })
             .collect()
+    }
+
+    /// Predictions for decoded images whose files are unknown (treated as greyscale).
+    pub fn predict_images(&self, images: &[GreyImage]) -> Vec<Prediction> {
+        let scans: Vec<Scan> = images.iter().cloned().map(Scan::from_grey).collect();
+        self.predict_scans(&scans)
     }
 
     /// Predictions for many files: decoding and pre-processing run in parallel, inference in
@@ -141,21 +233,26 @@ impl Predictor {
         let mut out = Vec::with_capacity(paths.len());
         // Chunks bound memory: a decoded 512x512 scan is 1 MiB of f32.
         for chunk in paths.chunks(4 * INFERENCE_BATCH) {
-            let prepared: Vec<std::result::Result<GreyImage, String>> = chunk
-                .par_iter()
-                .map(|p| {
-                    load_grey(p)
-                        .map(|img| pre.prepare(&img).0)
-                        .map_err(|e| e.to_string())
-                })
+            let prepared: Vec<std::result::Result<(GreyImage, ImageStats, (u32, u32)), String>> =
+                chunk
+                    .par_iter()
+                    .map(|p| {
+                        Scan::load(p)
+                            .map(|s| (pre.prepare(&s.image).0, s.stats(), s.image.dimensions()))
+                            .map_err(|e| e.to_string())
+                    })
+                    .collect();
+            let ok: Vec<&GreyImage> = prepared
+                .iter()
+                .filter_map(|r| r.as_ref().ok().map(|p| &p.0))
                 .collect();
-            let ok: Vec<&GreyImage> = prepared.iter().filter_map(|r| r.as_ref().ok()).collect();
-            let mut probs = probabilities(&self.model, &ok, pre, &self.device).into_iter();
+            let (logits, pooled) = forward_rows(&self.model, &ok, pre, &self.device);
+            let mut answers = logits.iter().zip(&pooled);
             for r in prepared {
                 out.push(match r {
-                    Ok(_) => probs
+                    Ok((_, stats, size)) => answers
                         .next()
-                        .map(|p| self.to_prediction(p))
+                        .map(|(l, p)| prediction_from(&self.manifest, l, Some((&stats, size, p))))
                         .ok_or_else(|| "no result from the network".to_string()),
                     Err(e) => Err(e),
                 });
@@ -166,26 +263,46 @@ impl Predictor {
 
     /// Prediction for one file.
     pub fn predict_file(&self, path: &Path) -> Result<Prediction> {
-        let img = load_grey(path)?;
-        Ok(self.predict_images(std::slice::from_ref(&img)).remove(0))
-    }
-
-    pub fn to_prediction(&self, probabilities: Vec<f32>) -> Prediction {
-        prediction_from(&self.manifest, probabilities)
+        let scan = Scan::load(path)?;
+        Ok(self.predict_scans(std::slice::from_ref(&scan)).remove(0))
     }
 }
 
-/// The answer for class probabilities under a model's classes and uncertainty threshold.
-pub fn prediction_from(manifest: &Manifest, probabilities: Vec<f32>) -> Prediction {
+/// The answer for a scan's logits under a model's temperature, uncertainty threshold and input
+/// check. `observed` carries the image statistics, the original size and the pooled features;
+/// without it (or without a fitted check) no input check is made.
+pub fn prediction_from(
+    manifest: &Manifest,
+    logits: &[f32],
+    observed: Option<(&ImageStats, (u32, u32), &[f32])>,
+) -> Prediction {
+    let probabilities = softmax_with_temperature(logits, manifest.temperature());
     let class_index = argmax(&probabilities).min(manifest.classes.len().saturating_sub(1));
     let confidence = probabilities.get(class_index).copied().unwrap_or(0.0);
     let class = &manifest.classes[class_index];
+    let input_check = match (&manifest.trust, observed) {
+        (Some(trust), Some((stats, size, pooled))) => Some(trust.check(stats, size, pooled)),
+        _ => None,
+    };
+    let uncertain = confidence < manifest.uncertainty_threshold;
+    let verdict = if input_check
+        .as_ref()
+        .is_some_and(|c| !c.looks_like_brain_mri())
+    {
+        Verdict::NotBrainMri
+    } else if uncertain {
+        Verdict::Uncertain
+    } else {
+        Verdict::Answer
+    };
     Prediction {
+        verdict,
         class_index,
         class_id: class.id.clone(),
         class_name: class.display.clone(),
         confidence,
-        uncertain: confidence < manifest.uncertainty_threshold,
+        uncertain,
         probabilities,
+        input_check,
     }
 }

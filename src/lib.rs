@@ -10,13 +10,15 @@
 //!   leak-free stratified splits, augmentation and batching;
 //! - [`preprocess`]: the pipeline stored in every model file (rescale, crop to the brain, resize,
 //!   optional CLAHE and denoise, standardisation);
-//! - [`model`]: the networks (`paper-cnn`, the seed's CNN; `resnet-mini`, the default), free of
-//!   backend specifics;
+//! - [`model`]: the networks (`paper-cnn`, the seed's CNN; `resnet-mini` and `resnet-fine`,
+//!   residual networks), free of backend specifics;
 //! - [`train`]: the training loop, checkpoints, history and curves;
 //! - [`bundle`]: the self-describing model file;
 //! - [`inference`]: [`inference::Predictor`], used by `predict`, `evaluate` and serving;
 //! - [`evaluate`]: metrics and leak-free reports; [`plot`]: PNG figures;
 //! - [`audit`]: duplicates, near-duplicates, leakage and balance of a data set;
+//! - [`trust`]: calibration (temperature scaling), selective prediction ("uncertain") and the
+//!   input check that refuses images that do not look like brain MRI slices;
 //! - [`explain`]: Grad-CAM heat-maps drawn back onto the original scan;
 //! - [`serve`]: the web app and JSON API (`oncolens serve`).
 //!
@@ -35,5 +37,6 @@ pub mod plot;
 pub mod preprocess;
 pub mod serve;
 pub mod train;
+pub mod trust;
 
 pub use error::{Error, Result};

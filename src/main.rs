@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use oncolens::audit::{self, NearDuplicateCriteria};
 use oncolens::data::image_io::has_image_extension;
 use oncolens::evaluate::{self, EvalOptions};
-use oncolens::inference::{Prediction, Predictor};
+use oncolens::inference::{Prediction, Predictor, Verdict};
 use oncolens::model::{Architecture, ModelSpec};
 use oncolens::train::config::{Balance, Schedule, TrainConfig};
 use oncolens::train::{TrainOptions, train};
@@ -36,6 +36,9 @@ enum Command {
     Evaluate(EvaluateArgs),
     /// Classify scans (files or folders).
     Predict(PredictArgs),
+    /// Fit temperature, "uncertain" threshold and input check of a trained model on its own
+    /// training data (train already does this; for older models or other settings).
+    Calibrate(CalibrateArgs),
     /// Grad-CAM heat-maps: which parts of each scan drove the answer.
     Explain(ExplainArgs),
     /// Audit a data set: duplicates, near-duplicates, leakage between splits, balance.
@@ -66,6 +69,24 @@ struct ServeArgs {
     /// Largest upload, MB.
     #[arg(long, default_value_t = 50)]
     max_upload_mb: usize,
+}
+
+#[derive(clap::Args)]
+struct CalibrateArgs {
+    /// Model directory; its split.json (written by train) names the validation images.
+    #[arg(long)]
+    model: PathBuf,
+    /// The training folder the model was trained on.
+    #[arg(long)]
+    data: PathBuf,
+    /// Share of validation images answered at the fitted "uncertain" threshold.
+    #[arg(long, default_value_t = 0.95)]
+    coverage: f64,
+    /// Share of validation images inside the input check's feature-distance threshold.
+    #[arg(long, default_value_t = 0.995)]
+    feature_quantile: f64,
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(clap::Args)]
@@ -154,6 +175,9 @@ struct EvaluateArgs {
     /// Write the leak-free confusion matrix as PNG.
     #[arg(long)]
     confusion_png: Option<PathBuf>,
+    /// Write the risk-coverage curves (leak-free and byte-copies-removed) as a PNG.
+    #[arg(long)]
+    risk_coverage_png: Option<PathBuf>,
     #[arg(long)]
     quiet: bool,
 }
@@ -262,6 +286,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Serve(a) => cmd_serve(a),
         Command::Train(a) => cmd_train(a),
         Command::Evaluate(a) => cmd_evaluate(a),
+        Command::Calibrate(a) => cmd_calibrate(a),
         Command::Predict(a) => cmd_predict(a),
         Command::Audit(a) => cmd_audit(a),
         Command::Explain(a) => cmd_explain(a),
@@ -397,6 +422,75 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     Ok(())
 }
 
+fn cmd_calibrate(a: CalibrateArgs) -> Result<()> {
+    if !(0.5..=1.0).contains(&a.coverage) || !(0.5..=1.0).contains(&a.feature_quantile) {
+        bail!("--coverage and --feature-quantile must be between 0.5 and 1");
+    }
+    let dir = oncolens::bundle::model_dir(&a.model);
+    let split_file = dir.join("split.json");
+    let text = std::fs::read_to_string(&split_file).with_context(|| {
+        format!(
+            "reading {} (train writes it; calibration must use the images training held out)",
+            split_file.display()
+        )
+    })?;
+    #[derive(serde::Deserialize)]
+    struct SplitFile {
+        validation: Vec<String>,
+    }
+    let split: SplitFile = serde_json::from_str(&text)
+        .with_context(|| format!("{} is malformed", split_file.display()))?;
+    let folder = oncolens::data::ImageFolder::scan(&a.data)?;
+    let held_out: std::collections::HashSet<&str> =
+        split.validation.iter().map(String::as_str).collect();
+    let (mut train, mut validation) = (Vec::new(), Vec::new());
+    for i in 0..folder.samples.len() {
+        if held_out.contains(folder.relative_path(i).as_str()) {
+            validation.push(i);
+        } else {
+            train.push(i);
+        }
+    }
+    if validation.len() != held_out.len() {
+        bail!(
+            "{} of the {} validation images in split.json are not in {}; is this the training folder?",
+            held_out.len() - validation.len(),
+            held_out.len(),
+            a.data.display()
+        );
+    }
+    let options = oncolens::trust::FitOptions {
+        coverage: a.coverage,
+        feature_quantile: a.feature_quantile,
+        ..Default::default()
+    };
+    let progress = !a.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let r =
+        oncolens::trust::calibrate_saved(&dir, &folder, &train, &validation, options, progress)?;
+    let c = &r.calibration;
+    println!(
+        "calibrated {} on {} validation images ({} training images for the input check)\n\
+         temperature {:.3}: NLL {:.4} -> {:.4}, ECE {:.4} -> {:.4}\n\
+         \"uncertain\" below a calibrated probability of {:.3}\n\
+         input check: feature-distance threshold {:.2}; {} validation images outside the image bounds\n\
+         wrote {} and {}",
+        dir.display(),
+        c.images,
+        train.len(),
+        c.temperature,
+        c.nll_before,
+        c.nll_after,
+        c.ece_before,
+        c.ece_after,
+        r.uncertainty_threshold,
+        oncolens::trust::input_check::quantile(&r.validation_distances, a.feature_quantile),
+        r.validation_rejected_by_image_checks,
+        dir.join(oncolens::trust::REPORT_FILE).display(),
+        dir.join(oncolens::trust::RELIABILITY_PNG).display(),
+    );
+    Ok(())
+}
+
 fn cmd_evaluate(a: EvaluateArgs) -> Result<()> {
     let predictor = Predictor::open(a.model.as_deref())?;
     let opts = EvalOptions {
@@ -411,6 +505,45 @@ fn cmd_evaluate(a: EvaluateArgs) -> Result<()> {
     print!("{}", report.to_text());
     if let Some(path) = &a.json {
         oncolens::bundle::write_json_atomic(path, &report)?;
+    }
+    if let Some(path) = &a.risk_coverage_png {
+        let curve = |f: &evaluate::TrustFigures| -> Vec<(f64, f64)> {
+            f.risk_coverage
+                .iter()
+                .map(|p| (p.coverage, p.risk))
+                .collect()
+        };
+        let max_risk = report
+            .leak_free_trust
+            .risk_coverage
+            .iter()
+            .chain(&report.exact_copies_removed_trust.risk_coverage)
+            .map(|p| p.risk)
+            .fold(0.05, f64::max);
+        oncolens::plot::XyChart {
+            title: "Risk-coverage: answering only the most confident",
+            x_label: "coverage (share of images answered)",
+            y_label: "risk (error rate among answered)",
+            x_range: (0.0, 1.0),
+            y_range: (0.0, (max_risk * 1.1).min(1.0)),
+            diagonal: false,
+        }
+        .draw(
+            path,
+            &[
+                (
+                    &format!("leak-free ({} images)", report.leak_free_trust.images),
+                    curve(&report.leak_free_trust),
+                ),
+                (
+                    &format!(
+                        "byte copies removed ({} images)",
+                        report.exact_copies_removed_trust.images
+                    ),
+                    curve(&report.exact_copies_removed_trust),
+                ),
+            ],
+        )?;
     }
     if let Some(path) = &a.confusion_png {
         let names = predictor.manifest.display_names();
@@ -453,6 +586,14 @@ fn collect_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+fn verdict_name(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Answer => "answer",
+        Verdict::Uncertain => "uncertain",
+        Verdict::NotBrainMri => "not_brain_mri",
+    }
+}
+
 fn cmd_predict(a: PredictArgs) -> Result<()> {
     let predictor = Predictor::open(a.model.as_deref())?;
     let files = collect_inputs(&a.inputs)?;
@@ -485,6 +626,7 @@ fn cmd_predict(a: PredictArgs) -> Result<()> {
                 "class".into(),
                 "confidence".into(),
                 "uncertain".into(),
+                "verdict".into(),
             ];
             header.extend(
                 predictor
@@ -493,6 +635,7 @@ fn cmd_predict(a: PredictArgs) -> Result<()> {
                     .iter()
                     .map(|c| format!("p_{c}")),
             );
+            header.push("not_mri_reasons".into());
             header.push("error".into());
             w.write_record(&header)?;
             for (f, r) in &results {
@@ -503,13 +646,16 @@ fn cmd_predict(a: PredictArgs) -> Result<()> {
                             p.class_id.clone(),
                             format!("{:.4}", p.confidence),
                             p.uncertain.to_string(),
+                            verdict_name(p.verdict).into(),
                         ]);
                         row.extend(p.probabilities.iter().map(|v| format!("{v:.4}")));
+                        row.push(p.rejection_reasons().join("; "));
                         row.push(String::new());
                     }
                     Err(e) => {
-                        row.extend([String::new(), String::new(), String::new()]);
+                        row.extend([String::new(), String::new(), String::new(), String::new()]);
                         row.extend(names.iter().map(|_| String::new()));
+                        row.push(String::new());
                         row.push(e.clone());
                     }
                 }
@@ -521,11 +667,10 @@ fn cmd_predict(a: PredictArgs) -> Result<()> {
             for (f, r) in &results {
                 match r {
                     Ok(p) => {
-                        let label = if p.uncertain {
-                            format!("uncertain (most likely {})", p.class_name)
-                        } else {
-                            p.class_name.clone()
-                        };
+                        let mut label = p.label();
+                        if p.verdict == Verdict::NotBrainMri {
+                            label = format!("{label}: {}", p.rejection_reasons().join("; "));
+                        }
                         let probs = names
                             .iter()
                             .zip(&p.probabilities)

@@ -212,3 +212,79 @@ mod tests {
         assert!(image::open(&q).is_ok());
     }
 }
+
+/// Points joined by lines on fixed axes: reliability diagrams (confidence vs accuracy, with the
+/// diagonal of perfect calibration) and risk-coverage curves.
+pub struct XyChart<'a> {
+    pub title: &'a str,
+    pub x_label: &'a str,
+    pub y_label: &'a str,
+    pub x_range: (f64, f64),
+    pub y_range: (f64, f64),
+    /// Draw the dashed line y = x ("perfectly calibrated").
+    pub diagonal: bool,
+}
+
+impl XyChart<'_> {
+    pub fn draw(&self, path: &Path, series: &[(&str, Vec<(f64, f64)>)]) -> Result<()> {
+        ensure_font()?;
+        let root = BitMapBackend::new(path, (700, 560)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| draw_err(path, e))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(self.title, ("sans-serif", 22))
+            .margin(15)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(
+                self.x_range.0..self.x_range.1,
+                self.y_range.0..self.y_range.1,
+            )
+            .map_err(|e| draw_err(path, e))?;
+        chart
+            .configure_mesh()
+            .x_desc(self.x_label)
+            .y_desc(self.y_label)
+            .draw()
+            .map_err(|e| draw_err(path, e))?;
+        if self.diagonal {
+            let (lo, hi) = (
+                self.x_range.0.max(self.y_range.0),
+                self.x_range.1.min(self.y_range.1),
+            );
+            chart
+                .draw_series(DashedLineSeries::new(
+                    [(lo, lo), (hi, hi)],
+                    6,
+                    4,
+                    BLACK.mix(0.5).stroke_width(1),
+                ))
+                .map_err(|e| draw_err(path, e))?
+                .label("perfectly calibrated")
+                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.5)));
+        }
+        let colours = [RED, BLUE, GREEN, MAGENTA];
+        for (i, (name, points)) in series.iter().enumerate() {
+            let colour = colours[i % colours.len()];
+            chart
+                .draw_series(LineSeries::new(points.clone(), colour.stroke_width(2)))
+                .map_err(|e| draw_err(path, e))?
+                .label(*name)
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2))
+                });
+            if points.len() <= 30 {
+                chart
+                    .draw_series(points.iter().map(|&p| Circle::new(p, 3, colour.filled())))
+                    .map_err(|e| draw_err(path, e))?;
+            }
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| draw_err(path, e))?;
+        root.present().map_err(|e| draw_err(path, e))
+    }
+}

@@ -1,6 +1,5 @@
 //! Grad-CAM points at what decides the class: on synthetic slices whose class is "a bright blob
-//! somewhere" vs "no blob", the map is hotter over the blob than over the rest of the head more
-//! often than chance.
+//! at a random spot" vs "the same head without it", the map's peak falls inside the blob.
 
 mod common;
 
@@ -15,25 +14,32 @@ use oncolens::train::{TrainOptions, train};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-/// A head with a bright blob at a random spot; returns the image and the blob (x, y, r).
-fn blob_slice(rng: &mut ChaCha8Rng, size: u32) -> (image::GrayImage, (f32, f32, f32)) {
-    let c = size as f32 / 2.0;
+const SIZE: u32 = 128;
+
+/// A textured head, with a bright blob at a random spot when `with_blob`. Both classes come from
+/// the same generator, so the blob is the only thing that tells them apart: both carry bright
+/// speckles of the blob's intensity, so the intensity histogram (and with it the percentile
+/// rescaling of pre-processing) does not give the class away. Returns the image and the blob
+/// (x, y, r).
+fn head_slice(rng: &mut ChaCha8Rng, with_blob: bool) -> (image::GrayImage, (f32, f32, f32)) {
+    let size = SIZE as f32;
+    let c = size / 2.0;
     let (bx, by) = (
-        c + rng.random_range(-0.22..0.22) * size as f32,
-        c + rng.random_range(-0.25..0.25) * size as f32,
+        c + rng.random_range(-0.22..0.22) * size,
+        c + rng.random_range(-0.25..0.25) * size,
     );
-    let r = size as f32 * 0.09;
-    let img = image::GrayImage::from_fn(size, size, |x, y| {
+    let r = size * 0.1;
+    let img = image::GrayImage::from_fn(SIZE, SIZE, |x, y| {
         let (dx, dy) = (
-            (x as f32 - c) / (0.4 * size as f32),
-            (y as f32 - c) / (0.45 * size as f32),
+            (x as f32 - c) / (0.4 * size),
+            (y as f32 - c) / (0.45 * size),
         );
         if dx * dx + dy * dy > 1.0 {
-            return Luma([2]);
+            return Luma([rng.random_range(0..6)]);
         }
         let d2 = (x as f32 - bx).powi(2) + (y as f32 - by).powi(2);
-        let v: f32 = if d2 < r * r {
-            235.0
+        let v: f32 = if (with_blob && d2 < r * r) || rng.random_bool(0.05) {
+            225.0 + rng.random_range(-15.0..15.0)
         } else {
             95.0 + rng.random_range(-25.0..25.0)
         };
@@ -42,30 +48,24 @@ fn blob_slice(rng: &mut ChaCha8Rng, size: u32) -> (image::GrayImage, (f32, f32, 
     (img, (bx, by, r))
 }
 
-#[test]
-fn grad_cam_is_hotter_over_the_deciding_blob() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
+fn train_blob_model(dir: &std::path::Path, architecture: Architecture) -> std::path::PathBuf {
+    let data = dir.join("data");
     let mut rng = ChaCha8Rng::seed_from_u64(11);
     for (class, with_blob) in [("blob", true), ("none", false)] {
         std::fs::create_dir_all(data.join(class)).unwrap();
-        for i in 0..40 {
-            let img = if with_blob {
-                blob_slice(&mut rng, 128).0
-            } else {
-                common::slice(2, 128, &mut rng)
-            };
+        for i in 0..48 {
+            let img = head_slice(&mut rng, with_blob).0;
             img.save(data.join(class).join(format!("{i}.png"))).unwrap();
         }
     }
-    let out = tmp.path().join("model");
+    let out = dir.join("model");
     let config = TrainConfig {
-        architecture: Architecture::ResnetMini,
-        input_size: 128,
-        epochs: 12,
+        architecture,
+        input_size: SIZE as usize,
+        epochs: 10,
         batch_size: 16,
         learning_rate: 2e-3,
-        patience: 12,
+        patience: 10,
         validation_fraction: 0.2,
         seed: 3,
         ..Default::default()
@@ -79,43 +79,59 @@ fn grad_cam_is_hotter_over_the_deciding_blob() {
         near_duplicates: None,
     };
     train(&opts, &AtomicBool::new(false)).unwrap();
+    out
+}
 
-    let explainer = Explainer::open(Some(&out)).unwrap();
+/// Share of held-out blob images whose Grad-CAM peak (at the original size) lies in the blob.
+fn peak_in_blob_rate(model: &std::path::Path, n: usize) -> f64 {
+    let explainer = Explainer::open(Some(model)).unwrap();
     let blob_class = explainer
         .manifest
         .class_ids()
         .iter()
         .position(|c| c == "blob")
         .unwrap();
-    let (mut hotter, n) = (0, 30);
+    let mut rng = ChaCha8Rng::seed_from_u64(99);
+    let mut inside = 0;
     for _ in 0..n {
-        let (img, (bx, by, r)) = blob_slice(&mut rng, 128);
+        let (img, (bx, by, r)) = head_slice(&mut rng, true);
         let grey: GreyImage = image::DynamicImage::ImageLuma8(img).to_luma32f();
         let e = explainer.explain(&grey, Some(blob_class)).unwrap();
-        assert_eq!(e.map.dimensions(), (128, 128));
-        let (mut inside, mut n_in, mut outside, mut n_out) = (0f32, 0, 0f32, 0);
+        assert_eq!(e.map.dimensions(), (SIZE, SIZE));
+        let (mut best, mut at) = (f32::MIN, (0, 0));
         for (x, y, p) in e.map.enumerate_pixels() {
-            let d2 = (x as f32 - bx).powi(2) + (y as f32 - by).powi(2);
-            let head = grey.get_pixel(x, y).0[0] > 0.05;
-            if d2 < r * r {
-                inside += p.0[0];
-                n_in += 1;
-            } else if head {
-                outside += p.0[0];
-                n_out += 1;
+            if p.0[0] > best {
+                (best, at) = (p.0[0], (x, y));
             }
         }
-        if inside / n_in as f32 > outside / n_out.max(1) as f32 {
-            hotter += 1;
+        let d2 = (at.0 as f32 + 0.5 - bx).powi(2) + (at.1 as f32 + 0.5 - by).powi(2);
+        if d2 <= r * r {
+            inside += 1;
+        }
+        if std::env::var_os("ONCOLENS_DEBUG_CAM").is_some() {
+            eprintln!(
+                "blob ({bx:.0},{by:.0}) r {r:.0}  peak {at:?}  p(blob) {:.2}",
+                e.probabilities[blob_class]
+            );
         }
     }
-    // Chance is about one half; a map with the wrong sign or from the wrong layer scores far
-    // below it. Measured 21 of 30 with resnet-mini, whose last block is only 4x4 at this input
-    // size: too coarse for the 90 %-peak-in-blob criterion of the explainability issue, which
-    // needs a finer last block.
+    inside as f64 / n as f64
+}
+
+#[test]
+fn grad_cam_peak_falls_inside_the_deciding_blob() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = train_blob_model(tmp.path(), Architecture::ResnetFine);
+    let rate = peak_in_blob_rate(&model, 40);
+    // A map with the wrong sign, from the wrong layer or misplaced by the crop geometry puts
+    // the peak in the blob (3 % of the image) far less often. Measured 40 of 40 with
+    // resnet-fine; 22 of 40 before the map was aligned with the receptive-field centres (half
+    // a cell off), 0 of 40 when the speckles were missing and percentile rescaling gave the
+    // class away through the whole head's brightness.
     assert!(
-        hotter * 10 >= n * 6,
-        "map hotter over the blob in only {hotter} of {n} images"
+        rate >= 0.9,
+        "peak inside the blob in only {:.0} %",
+        rate * 100.0
     );
 }
 

@@ -37,7 +37,7 @@ pub fn load_grey(path: &Path) -> Result<GreyImage> {
 }
 
 /// What a file held before conversion to grey.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ImageInfo {
     pub format: &'static str,
     pub width: u32,
@@ -45,6 +45,9 @@ pub struct ImageInfo {
     /// Colour layout as decoded, e.g. "L8", "Rgb8", "La16".
     pub color: String,
     pub bits_per_channel: u16,
+    /// Mean spread between the colour channels of a pixel, in `[0, 1]` (0 for grey files and
+    /// for colour files whose channels are equal, like the shared data's JPEGs).
+    pub colourfulness: f32,
 }
 
 /// Decodes PNG or JPEG bytes. The error is a plain sentence fit to show a user.
@@ -93,8 +96,30 @@ pub fn decode_grey_with_info(bytes: &[u8]) -> std::result::Result<(GreyImage, Im
         height: img.height(),
         color: format!("{color:?}"),
         bits_per_channel: color.bits_per_pixel() / u16::from(color.channel_count()),
+        colourfulness: if color.has_color() {
+            colourfulness(&img)
+        } else {
+            0.0
+        },
     };
     Ok((img.to_luma32f(), info))
+}
+
+/// Mean of `max(r, g, b) - min(r, g, b)` over the pixels that are not near black (at most
+/// about 250 000 sampled), so a colour picture on a black background still counts as colour.
+fn colourfulness(img: &image::DynamicImage) -> f32 {
+    let rgb = img.to_rgb8();
+    let step = ((rgb.width() as usize * rgb.height() as usize) / 250_000).max(1);
+    let (mut sum, mut n) = (0u64, 0u64);
+    for p in rgb.pixels().step_by(step) {
+        let [r, g, b] = p.0;
+        let (hi, lo) = (r.max(g).max(b), r.min(g).min(b));
+        if hi > 25 {
+            sum += u64::from(hi - lo);
+            n += 1;
+        }
+    }
+    sum as f32 / (255.0 * n.max(1) as f32)
 }
 
 /// A reader that refuses images over the side and memory limits.

@@ -12,10 +12,9 @@ use serde::Serialize;
 use crate::audit::{self, NearDuplicateCriteria};
 use crate::bundle::ClassInfo;
 use crate::data::folder::ImageFolder;
-use crate::data::image_io::GreyImage;
-use crate::data::loader::prepare_samples;
 use crate::error::{Error, Result};
-use crate::inference::{Predictor, probabilities};
+use crate::inference::{Prediction, Predictor, Verdict, prediction_from};
+use crate::trust::calibration::{self, CoveragePoint};
 use metrics::Metrics;
 
 pub const DISCLAIMER: &str = "Research and decision-support tool, not a diagnostic device. Classes are tumour types \
@@ -64,7 +63,100 @@ pub struct EvaluationReport {
     pub exact_copies_removed: Metrics,
     /// Figures on every readable test image (inflated by leaked copies), with `--include-leaks`.
     pub with_leaks: Option<Metrics>,
+    /// Calibration, selective prediction and the input check on the leak-free images.
+    pub leak_free_trust: TrustFigures,
+    /// The same with only byte-identical copies removed.
+    pub exact_copies_removed_trust: TrustFigures,
     pub note: String,
+}
+
+/// How the model's confidence and input check behave on real, labelled MRI slices.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrustFigures {
+    pub images: usize,
+    /// Expected calibration error (15 bins) of the calibrated probabilities.
+    pub ece: f64,
+    /// Accuracy when answering only the most confident 90 % / 95 % of images.
+    pub accuracy_at_90_coverage: Option<f64>,
+    pub accuracy_at_95_coverage: Option<f64>,
+    /// At the model's stored threshold: images answered (not "uncertain") and their accuracy.
+    pub threshold: f32,
+    pub answered: usize,
+    pub answered_accuracy: Option<f64>,
+    /// Real MRI slices the input check called "not a brain MRI slice" (wrongly), and which.
+    pub input_check_rejected: Option<usize>,
+    pub input_check_rejected_files: Vec<String>,
+    /// The whole risk-coverage curve, most confident first.
+    pub risk_coverage: Vec<CoveragePoint>,
+}
+
+impl TrustFigures {
+    fn compute(
+        labels: &[usize],
+        predictions: &[&Prediction],
+        files: &[String],
+        threshold: f32,
+        checked: bool,
+    ) -> Self {
+        let probs: Vec<Vec<f32>> = predictions
+            .iter()
+            .map(|p| p.probabilities.clone())
+            .collect();
+        let curve = calibration::risk_coverage(&probs, labels);
+        let bins = calibration::reliability(&probs, labels, calibration::ECE_BINS);
+        let answered: Vec<bool> = predictions.iter().map(|p| !p.uncertain).collect();
+        let n_answered = answered.iter().filter(|a| **a).count();
+        let correct_answered = predictions
+            .iter()
+            .zip(labels)
+            .filter(|(p, y)| !p.uncertain && p.class_index == **y)
+            .count();
+        let rejected: Vec<String> = predictions
+            .iter()
+            .zip(files)
+            .filter(|(p, _)| p.verdict == Verdict::NotBrainMri)
+            .map(|(_, f)| f.clone())
+            .collect();
+        Self {
+            images: labels.len(),
+            ece: calibration::expected_calibration_error(&bins),
+            accuracy_at_90_coverage: calibration::accuracy_at_coverage(&curve, 0.9),
+            accuracy_at_95_coverage: calibration::accuracy_at_coverage(&curve, 0.95),
+            threshold,
+            answered: n_answered,
+            answered_accuracy: (n_answered > 0)
+                .then(|| correct_answered as f64 / n_answered as f64),
+            input_check_rejected: checked.then_some(rejected.len()),
+            input_check_rejected_files: rejected,
+            risk_coverage: curve,
+        }
+    }
+
+    fn to_text(&self) -> String {
+        let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.1} %", v * 100.0));
+        let mut s = format!(
+            "calibration: ECE {:.3} over {} images
+selective prediction: accuracy {} at 90 % coverage, {} at 95 %; at the model's threshold ({:.2}) {} of {} answered, {} of them right
+",
+            self.ece,
+            self.images,
+            pct(self.accuracy_at_90_coverage),
+            pct(self.accuracy_at_95_coverage),
+            self.threshold,
+            self.answered,
+            self.images,
+            pct(self.answered_accuracy),
+        );
+        match self.input_check_rejected {
+            Some(n) => s.push_str(&format!(
+                "input check: {n} of {} real MRI slices wrongly called \"not a brain MRI slice\" ({:.1} %)\n",
+                self.images,
+                100.0 * n as f64 / self.images.max(1) as f64
+            )),
+            None => s.push_str("input check: not fitted for this model\n"),
+        }
+        s
+    }
 }
 
 /// A `Training` folder beside a `Testing` folder, if there is one.
@@ -156,23 +248,49 @@ pub fn evaluate(predictor: &Predictor, opts: &EvalOptions) -> Result<EvaluationR
     } else {
         indicatif::ProgressBar::hidden()
     };
-    let prepared = prepare_samples(&folder, &all, pre, Some(&bar));
+    let (observed, skipped) = crate::trust::observe(
+        predictor.model(),
+        pre,
+        predictor.device(),
+        &folder,
+        &all,
+        Some(&bar),
+    );
     bar.finish_and_clear();
-    let refs: Vec<&GreyImage> = prepared.images.iter().collect();
-    let probs = probabilities(predictor.model(), &refs, pre, predictor.device());
-    let labels: Vec<usize> = prepared.labels.iter().map(|&l| class_map[l]).collect();
-    let (mut lf_labels, mut lf_probs) = (Vec::new(), Vec::new());
-    let (mut ex_labels, mut ex_probs) = (Vec::new(), Vec::new());
-    for ((&idx, &l), p) in prepared.sample_indices.iter().zip(&labels).zip(&probs) {
+    let predictions: Vec<Prediction> = observed
+        .iter()
+        .map(|o| prediction_from(manifest, &o.logits, Some((&o.stats, o.size, &o.pooled))))
+        .collect();
+    let probs: Vec<Vec<f32>> = predictions
+        .iter()
+        .map(|p| p.probabilities.clone())
+        .collect();
+    let labels: Vec<usize> = observed.iter().map(|o| class_map[o.label]).collect();
+    let (mut lf_labels, mut lf_probs, mut lf_preds, mut lf_files) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut ex_labels, mut ex_probs, mut ex_preds, mut ex_files) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (((o, &l), p), pred) in observed.iter().zip(&labels).zip(&probs).zip(&predictions) {
+        let idx = o.index;
         if !leaked[idx] {
             lf_labels.push(l);
             lf_probs.push(p.clone());
+            lf_preds.push(pred);
+            lf_files.push(folder.relative_path(idx));
         }
         if !train_hashes.contains(folder.samples[idx].sha256.as_str()) {
             ex_labels.push(l);
             ex_probs.push(p.clone());
+            ex_preds.push(pred);
+            ex_files.push(folder.relative_path(idx));
         }
     }
+    let checked = manifest.trust.is_some();
+    let threshold = manifest.uncertainty_threshold;
+    let leak_free_trust =
+        TrustFigures::compute(&lf_labels, &lf_preds, &lf_files, threshold, checked);
+    let exact_copies_removed_trust =
+        TrustFigures::compute(&ex_labels, &ex_preds, &ex_files, threshold, checked);
     let exact_copies_removed = metrics::compute(&ex_labels, &ex_probs, &model_ids);
     let leak_free = metrics::compute(&lf_labels, &lf_probs, &model_ids);
     let with_leaks = opts
@@ -185,7 +303,7 @@ pub fn evaluate(predictor: &Predictor, opts: &EvalOptions) -> Result<EvaluationR
         data: opts.data.display().to_string(),
         classes: manifest.classes.clone(),
         images_found: folder.samples.len(),
-        unreadable: prepared.skipped,
+        unreadable: skipped,
         leak_check: LeakCheck {
             train_data: train_root.map(|p| p.display().to_string()),
             method,
@@ -197,6 +315,8 @@ pub fn evaluate(predictor: &Predictor, opts: &EvalOptions) -> Result<EvaluationR
         leak_free,
         exact_copies_removed,
         with_leaks,
+        leak_free_trust,
+        exact_copies_removed_trust,
         note: DISCLAIMER.into(),
     })
 }
@@ -229,8 +349,10 @@ impl EvaluationReport {
         }
         s.push_str("\n== leak-free (every copy in training excluded) ==\n");
         s.push_str(&self.leak_free.to_table(&names));
+        s.push_str(&self.leak_free_trust.to_text());
         s.push_str("\n== byte-identical copies excluded only ==\n");
         s.push_str(&self.exact_copies_removed.to_table(&names));
+        s.push_str(&self.exact_copies_removed_trust.to_text());
         if let Some(m) = &self.with_leaks {
             s.push_str("\n== with leaked copies included (inflated) ==\n");
             s.push_str(&m.to_table(&names));

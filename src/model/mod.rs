@@ -23,8 +23,10 @@ pub use trace::{LayerRow, Trace};
 pub enum Architecture {
     /// The seed project's plain CNN (4.4 M parameters, 2.3 GFLOP per image).
     PaperCnn,
-    /// Residual network with batch norm and global average pooling (the default).
+    /// Residual network with batch norm and global average pooling, output stride 32.
     ResnetMini,
+    /// `resnet-mini` with a stride-1 last stage (output stride 16): finer Grad-CAM maps.
+    ResnetFine,
 }
 
 impl Architecture {
@@ -32,6 +34,7 @@ impl Architecture {
         match self {
             Architecture::PaperCnn => "paper-cnn",
             Architecture::ResnetMini => "resnet-mini",
+            Architecture::ResnetFine => "resnet-fine",
         }
     }
 }
@@ -91,6 +94,35 @@ impl ModelSpec {
     }
 }
 
+/// Where the cells of the last conv activation sit on the network input: cell `i` is centred
+/// on input pixel `offset + stride * i` (pixel indices). Grad-CAM uses it to draw a map where
+/// the network looked; naive resizing puts a stride-2 stack's cells half a cell off.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FeatureAlignment {
+    pub stride: f32,
+    pub offset: f32,
+}
+
+impl FeatureAlignment {
+    pub const IDENTITY: Self = Self {
+        stride: 1.0,
+        offset: 0.0,
+    };
+
+    /// Followed by a layer whose output `j` is centred on its input `stride * j + offset`.
+    pub fn then(self, stride: f32, offset: f32) -> Self {
+        Self {
+            stride: self.stride * stride,
+            offset: self.stride * offset + self.offset,
+        }
+    }
+
+    /// The continuous feature-grid coordinate of input pixel `x`.
+    pub fn to_feature(self, x: f32) -> f32 {
+        (x - self.offset) / self.stride
+    }
+}
+
 /// A classifier of any shipped architecture.
 #[derive(Module, Debug)]
 pub enum Classifier {
@@ -108,12 +140,20 @@ impl Classifier {
                 spec.input_size,
                 device,
             )),
-            Architecture::ResnetMini => Classifier::ResnetMini(ResnetMini::new(
-                spec.in_channels,
-                spec.num_classes,
-                spec.dropout,
-                device,
-            )),
+            // One module type for both: the weights have the same shapes, only a stride differs.
+            Architecture::ResnetMini | Architecture::ResnetFine => {
+                Classifier::ResnetMini(ResnetMini::new(
+                    spec.in_channels,
+                    spec.num_classes,
+                    spec.dropout,
+                    if spec.architecture == Architecture::ResnetFine {
+                        1
+                    } else {
+                        2
+                    },
+                    device,
+                ))
+            }
         }
     }
 
@@ -133,11 +173,29 @@ impl Classifier {
         }
     }
 
+    /// Where the last conv activation's cells sit on the input.
+    pub fn feature_alignment(&self) -> FeatureAlignment {
+        match self {
+            Classifier::PaperCnn(m) => m.feature_alignment(),
+            Classifier::ResnetMini(m) => m.feature_alignment(),
+        }
+    }
+
     /// Logits for a batch.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
         let mut trace = Trace::off();
         let features = self.features(x, &mut trace);
         self.head(features, &mut trace)
+    }
+
+    /// Logits and the global average of the last conv activation (the features the input
+    /// check measures distances in), for a batch.
+    pub fn forward_with_pooled(&self, x: Tensor<4>) -> (Tensor<2>, Tensor<2>) {
+        let mut trace = Trace::off();
+        let features = self.features(x, &mut trace);
+        let [b, c, _, _] = features.dims();
+        let pooled = features.clone().mean_dim(3).mean_dim(2).reshape([b, c]);
+        (self.head(features, &mut trace), pooled)
     }
 
     /// Repeats a grey channel when the first layer was built for three (ImageNet-style input).
@@ -199,6 +257,38 @@ mod tests {
                 .unwrap()
                 .output_shape,
             vec![256, 5, 5]
+        );
+        let fine = ModelSpec::new(Architecture::ResnetFine, 150, 4);
+        let (rows, fine_total) = summary(&fine, &device);
+        assert_eq!(fine_total, total);
+        let stage4 = rows.iter().find(|r| r.name == "stage4").unwrap();
+        assert_eq!(stage4.output_shape, vec![256, 10, 10]);
+        assert_eq!(stage4.kind, "Residual block /1");
+        let device = Device::flex();
+        let align = |spec: &ModelSpec| Classifier::init(spec, &device).feature_alignment();
+        // 3x3 convs with padding 1: output j of a stride-2 layer is centred on input 2j.
+        assert_eq!(
+            align(&fine),
+            FeatureAlignment {
+                stride: 16.0,
+                offset: 0.0
+            }
+        );
+        assert_eq!(
+            align(&spec),
+            FeatureAlignment {
+                stride: 32.0,
+                offset: 0.0
+            }
+        );
+        // Valid 3x3 convs shift by one pixel, 2x2 pools centre between two: worked by hand.
+        let paper = ModelSpec::new(Architecture::PaperCnn, 150, 4);
+        assert_eq!(
+            align(&paper),
+            FeatureAlignment {
+                stride: 8.0,
+                offset: 37.5
+            }
         );
     }
 

@@ -115,6 +115,18 @@ impl PaperCnn {
         x
     }
 
+    /// Valid 3x3 convs centre output `j` on input `j + 1`; 2x2 pools on `2j + 0.5`.
+    pub fn feature_alignment(&self) -> super::FeatureAlignment {
+        let mut a = super::FeatureAlignment::IDENTITY;
+        for i in 0..self.convs.len() {
+            a = a.then(1.0, 1.0);
+            if i + 1 < self.convs.len() && POOL_AFTER.contains(&i) {
+                a = a.then(2.0, 0.5);
+            }
+        }
+        a
+    }
+
     /// From the last conv activation to class logits.
     pub fn head(&self, features: Tensor<4>, trace: &mut Trace) -> Tensor<2> {
         let x = self.pool.forward(features);

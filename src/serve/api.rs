@@ -11,6 +11,7 @@ use serde_json::json;
 use super::store::{self, AnalysisRecord};
 use super::{AppState, Busy, new_id, now_unix, valid_id};
 use crate::evaluate::DISCLAIMER;
+use crate::inference::Verdict;
 
 /// An error for the person or program that asked: a status and one plain sentence.
 #[derive(Debug)]
@@ -63,8 +64,13 @@ pub struct AnalysisJson {
     pub id: String,
     pub created: String,
     pub filename: String,
-    /// What to show: the class name, or "Uncertain" below the model's confidence threshold.
+    /// What to show: the class name, "Uncertain" below the model's confidence threshold, or
+    /// "Not a brain MRI slice" when the input check refused the image.
     pub label: String,
+    /// `answer`, `uncertain` or `not_brain_mri`.
+    pub verdict: String,
+    /// Why the image does not look like a brain MRI slice (empty unless `not_brain_mri`).
+    pub input_reasons: Vec<String>,
     pub class_id: String,
     pub class_name: String,
     pub confidence: f64,
@@ -83,11 +89,13 @@ pub fn to_json(state: &AppState, a: &AnalysisRecord) -> AnalysisJson {
         id: a.id.clone(),
         created: humantime::format_rfc3339_seconds(created).to_string(),
         filename: a.filename.clone(),
-        label: if a.uncertain {
-            "Uncertain".into()
-        } else {
-            a.class_name.clone()
+        label: match a.verdict.as_str() {
+            "not_brain_mri" => "Not a brain MRI slice".into(),
+            "uncertain" => "Uncertain".into(),
+            _ => a.class_name.clone(),
         },
+        verdict: a.verdict.clone(),
+        input_reasons: a.input_reasons.clone(),
         class_id: a.class_id.clone(),
         class_name: a.class_name.clone(),
         confidence: a.confidence,
@@ -179,6 +187,13 @@ pub async fn analyse_and_store(
         class_name: p.class_name.clone(),
         confidence: f64::from(p.confidence),
         uncertain: p.uncertain,
+        verdict: match p.verdict {
+            Verdict::Answer => "answer",
+            Verdict::Uncertain => "uncertain",
+            Verdict::NotBrainMri => "not_brain_mri",
+        }
+        .into(),
+        input_reasons: p.rejection_reasons().to_vec(),
         probabilities: p.probabilities.clone(),
         width: outcome.width,
         height: outcome.height,
@@ -370,6 +385,16 @@ pub async fn model(State(state): State<AppState>) -> Response {
         "input_size": m.spec.input_size,
         "classes": m.classes,
         "uncertainty_threshold": m.uncertainty_threshold,
+        "calibration": m.trust.as_ref().map(|t| json!({
+            "temperature": t.temperature,
+            "validation": t.calibration,
+            "uncertainty_rule": t.uncertainty_rule,
+        })),
+        "input_check": m.trust.as_ref().map(|t| json!({
+            "image_bounds": t.image_bounds,
+            "feature_distance_threshold": t.features.threshold,
+            "feature_threshold_rule": t.features.threshold_rule,
+        })),
         "validation": m.validation,
         "oncolens_version": m.oncolens_version,
         "note": DISCLAIMER,

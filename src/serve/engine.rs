@@ -5,9 +5,8 @@ use std::io::Cursor;
 
 use image::{DynamicImage, GrayImage, ImageFormat, Luma, Rgba, RgbaImage, imageops};
 
-use crate::data::decode_grey;
 use crate::explain::{Explainer, colour};
-use crate::inference::{Prediction, prediction_from};
+use crate::inference::{Prediction, Scan, prediction_from};
 
 /// Longest side of the stored display image.
 pub const DISPLAY_SIDE: u32 = 1024;
@@ -32,12 +31,17 @@ fn png(img: DynamicImage) -> Result<Vec<u8>, Rejected> {
 }
 
 pub fn analyse(explainer: &Explainer, bytes: &[u8]) -> Result<Outcome, Rejected> {
-    let grey =
-        decode_grey(bytes).map_err(|e| Rejected(format!("The file could not be read: {e}.")))?;
+    let scan =
+        Scan::decode(bytes).map_err(|e| Rejected(format!("The file could not be read: {e}.")))?;
+    let grey = &scan.image;
     let explanation = explainer
-        .explain(&grey, None)
+        .explain(grey, None)
         .map_err(|e| Rejected(format!("The scan could not be analysed: {e}.")))?;
-    let prediction = prediction_from(&explainer.manifest, explanation.probabilities.clone());
+    let prediction = prediction_from(
+        &explainer.manifest,
+        &explanation.logits,
+        Some((&scan.stats(), grey.dimensions(), &explanation.pooled)),
+    );
     let (w, h) = grey.dimensions();
     let scale = (DISPLAY_SIDE as f32 / w.max(h) as f32).min(1.0);
     let (dw, dh) = (

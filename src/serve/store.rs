@@ -22,6 +22,10 @@ pub struct AnalysisRecord {
     pub class_name: String,
     pub confidence: f64,
     pub uncertain: bool,
+    /// `answer`, `uncertain` or `not_brain_mri`.
+    pub verdict: String,
+    /// Why the input check said "not a brain MRI slice" (empty otherwise).
+    pub input_reasons: Vec<String>,
     pub probabilities: Vec<f32>,
     pub width: u32,
     pub height: u32,
@@ -71,11 +75,12 @@ pub async fn insert_analysis(
     heatmap_png: &[u8],
 ) -> Result<()> {
     let probabilities = serde_json::to_string(&a.probabilities).map_err(db_err)?;
+    let input_reasons = serde_json::to_string(&a.input_reasons).map_err(db_err)?;
     let mut tx = pool.begin().await.map_err(db_err)?;
     sqlx::query(
         "INSERT INTO analyses (id, created_unix, filename, model_name, model_version, class_id, class_name, \
-         confidence, uncertain, probabilities, width, height, image_png, heatmap_png) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         confidence, uncertain, verdict, input_reasons, probabilities, width, height, image_png, heatmap_png) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(&a.id)
     .bind(a.created_unix)
@@ -86,6 +91,8 @@ pub async fn insert_analysis(
     .bind(&a.class_name)
     .bind(a.confidence)
     .bind(a.uncertain)
+    .bind(&a.verdict)
+    .bind(input_reasons)
     .bind(probabilities)
     .bind(a.width as i64)
     .bind(a.height as i64)
@@ -98,10 +105,11 @@ pub async fn insert_analysis(
 }
 
 const COLUMNS: &str = "id, created_unix, filename, model_name, model_version, class_id, class_name, confidence, \
-                       uncertain, probabilities, width, height";
+                       uncertain, verdict, input_reasons, probabilities, width, height";
 
 fn to_record(row: &sqlx::sqlite::SqliteRow) -> Result<AnalysisRecord> {
     let probabilities: String = row.try_get("probabilities").map_err(db_err)?;
+    let input_reasons: String = row.try_get("input_reasons").map_err(db_err)?;
     Ok(AnalysisRecord {
         id: row.try_get("id").map_err(db_err)?,
         created_unix: row.try_get("created_unix").map_err(db_err)?,
@@ -112,6 +120,8 @@ fn to_record(row: &sqlx::sqlite::SqliteRow) -> Result<AnalysisRecord> {
         class_name: row.try_get("class_name").map_err(db_err)?,
         confidence: row.try_get("confidence").map_err(db_err)?,
         uncertain: row.try_get("uncertain").map_err(db_err)?,
+        verdict: row.try_get("verdict").map_err(db_err)?,
+        input_reasons: serde_json::from_str(&input_reasons).map_err(db_err)?,
         probabilities: serde_json::from_str(&probabilities).map_err(db_err)?,
         width: row.try_get::<i64, _>("width").map_err(db_err)? as u32,
         height: row.try_get::<i64, _>("height").map_err(db_err)? as u32,

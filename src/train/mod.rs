@@ -353,7 +353,7 @@ pub fn train(opts: &TrainOptions, stop: &AtomicBool) -> Result<TrainReport> {
                 interrupted = true;
                 break;
             }
-            if batch.len() < 2 && spec.architecture == crate::model::Architecture::ResnetMini {
+            if batch.len() < 2 && spec.architecture != crate::model::Architecture::PaperCnn {
                 continue; // batch norm needs two samples
             }
             lr = cfg.learning_rate_at((epoch * steps_per_epoch + step) as f64 / total_steps as f64);
@@ -403,7 +403,7 @@ pub fn train(opts: &TrainOptions, stop: &AtomicBool) -> Result<TrainReport> {
         // Validation on the plain (non-autodiff) model.
         let eval_model = model.valid();
         let val_refs: Vec<&GreyImage> = val_set.images.iter().collect();
-        let val_probs = probabilities(&eval_model, &val_refs, &pre, &base_device);
+        let val_probs = probabilities(&eval_model, &val_refs, &pre, &base_device, 1.0);
         let val_loss = mean_nll(&val_probs, &val_set.labels, &val_weights);
         let names: Vec<String> = folder.classes.clone();
         let val_metrics = metrics::compute(&val_set.labels, &val_probs, &names);
@@ -448,6 +448,7 @@ pub fn train(opts: &TrainOptions, stop: &AtomicBool) -> Result<TrainReport> {
                 // Until calibration fits one, flag answers no more likely than a coin toss
                 // between the top two classes.
                 uncertainty_threshold: 0.5,
+                trust: None,
                 weights_sha256: String::new(),
             };
             bundle::save(&opts.out, &eval_model, &mut manifest)?;
@@ -470,6 +471,28 @@ pub fn train(opts: &TrainOptions, stop: &AtomicBool) -> Result<TrainReport> {
         }
     }
     history::write(&opts.out, &state.history)?;
+    if interrupted {
+        eprintln!(
+            "interrupted: the best weights so far are saved but not calibrated; `oncolens calibrate` fits the temperature and input check"
+        );
+    } else if state.best_epoch > 0 {
+        let report = crate::trust::calibrate_saved(
+            &opts.out,
+            &folder,
+            &split.train,
+            &split.validation,
+            crate::trust::FitOptions::default(),
+            opts.progress,
+        )?;
+        eprintln!(
+            "calibrated on {} validation images: temperature {:.2}, ECE {:.3} -> {:.3}, uncertain below {:.2}",
+            report.calibration.images,
+            report.calibration.temperature,
+            report.calibration.ece_before,
+            report.calibration.ece_after,
+            report.uncertainty_threshold
+        );
+    }
     Ok(TrainReport {
         history: state.history,
         best_epoch: state.best_epoch,
