@@ -19,12 +19,15 @@ use crate::inference::rows;
 use crate::model::{Classifier, Trace};
 use crate::preprocess::Geometry;
 use crate::trust::calibration::softmax_with_temperature;
+use crate::trust::forward_rows;
 
 /// A model loaded for explanations (autodiff device, inference behaviour).
 pub struct Explainer {
     pub manifest: Manifest,
     model: Classifier,
     device: Device,
+    /// Class probabilities from test-time augmentation (the map stays on the image itself).
+    pub tta: bool,
 }
 
 /// Grad-CAM of one image.
@@ -59,7 +62,13 @@ impl Explainer {
             manifest,
             model,
             device,
+            tta: false,
         })
+    }
+
+    pub fn with_tta(mut self, tta: bool) -> Self {
+        self.tta = tta;
+        self
     }
 
     /// Grad-CAM of `class` (default: the predicted class) for a decoded scan.
@@ -80,7 +89,14 @@ impl Explainer {
         // A leaf copy of the activation: the gradient stops here.
         let features = self.model.features(x, &mut trace).detach().require_grad();
         let logits = self.model.head(features.clone(), &mut trace);
-        let logit_row = rows(logits.clone().detach()).remove(0);
+        let mut logit_row = rows(logits.clone().detach()).remove(0);
+        if self.tta {
+            let prepared = pre.prepare(image).0;
+            let (tta_logits, _) = forward_rows(&self.model, &[&prepared], pre, &self.device, true);
+            if let Some(l) = tta_logits.into_iter().next() {
+                logit_row = l;
+            }
+        }
         let probabilities = softmax_with_temperature(&logit_row, self.manifest.temperature());
         let [_, c, fh, fw] = features.dims();
         let pooled = rows(

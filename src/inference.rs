@@ -135,11 +135,16 @@ impl Scan {
     }
 }
 
+/// A scan ready for the network: prepared image, image statistics, original size.
+type PreparedScan = (GreyImage, ImageStats, (u32, u32));
+
 /// A model ready to answer.
 pub struct Predictor {
     pub manifest: Manifest,
     model: Classifier,
     device: Device,
+    /// Test-time augmentation: average the logits over flipped and shifted views.
+    pub tta: bool,
 }
 
 impl Predictor {
@@ -150,6 +155,7 @@ impl Predictor {
             manifest,
             model,
             device,
+            tta: false,
         })
     }
 
@@ -161,6 +167,7 @@ impl Predictor {
             manifest,
             model,
             device,
+            tta: false,
         })
     }
 
@@ -180,7 +187,14 @@ impl Predictor {
             manifest,
             model,
             device,
+            tta: false,
         }
+    }
+
+    /// Switches test-time augmentation on or off.
+    pub fn with_tta(mut self, tta: bool) -> Self {
+        self.tta = tta;
+        self
     }
 
     pub fn model(&self) -> &Classifier {
@@ -201,7 +215,7 @@ impl Predictor {
         let pre = &self.manifest.preprocessing;
         let prepared: Vec<GreyImage> = scans.iter().map(|s| pre.prepare(&s.image).0).collect();
         let refs: Vec<&GreyImage> = prepared.iter().collect();
-        let (logits, pooled) = forward_rows(&self.model, &refs, pre, &self.device);
+        let (logits, pooled) = forward_rows(&self.model, &refs, pre, &self.device, self.tta);
         scans
             .iter()
             .zip(logits)
@@ -233,20 +247,19 @@ impl Predictor {
         let mut out = Vec::with_capacity(paths.len());
         // Chunks bound memory: a decoded 512x512 scan is 1 MiB of f32.
         for chunk in paths.chunks(4 * INFERENCE_BATCH) {
-            let prepared: Vec<std::result::Result<(GreyImage, ImageStats, (u32, u32)), String>> =
-                chunk
-                    .par_iter()
-                    .map(|p| {
-                        Scan::load(p)
-                            .map(|s| (pre.prepare(&s.image).0, s.stats(), s.image.dimensions()))
-                            .map_err(|e| e.to_string())
-                    })
-                    .collect();
+            let prepared: Vec<std::result::Result<PreparedScan, String>> = chunk
+                .par_iter()
+                .map(|p| {
+                    Scan::load(p)
+                        .map(|s| (pre.prepare(&s.image).0, s.stats(), s.image.dimensions()))
+                        .map_err(|e| e.to_string())
+                })
+                .collect();
             let ok: Vec<&GreyImage> = prepared
                 .iter()
                 .filter_map(|r| r.as_ref().ok().map(|p| &p.0))
                 .collect();
-            let (logits, pooled) = forward_rows(&self.model, &ok, pre, &self.device);
+            let (logits, pooled) = forward_rows(&self.model, &ok, pre, &self.device, self.tta);
             let mut answers = logits.iter().zip(&pooled);
             for r in prepared {
                 out.push(match r {

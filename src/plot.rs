@@ -175,44 +175,6 @@ pub fn confusion_matrix(
     root.present().map_err(|e| draw_err(path, e))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn charts_are_written_as_png() {
-        if ensure_font().is_err() {
-            // The font is a system package; .ci/run installs it. Without it, the error says so.
-            let err = line_chart(Path::new("/nonexistent/x.png"), "t", "y", &[]).unwrap_err();
-            assert!(err.to_string().contains("font"), "{err}");
-            return;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("loss.png");
-        line_chart(
-            &p,
-            "Loss",
-            "loss",
-            &[
-                ("train", &[1.0, 0.5, 0.3]),
-                ("validation", &[1.1, 0.7, 0.6]),
-            ],
-        )
-        .unwrap();
-        let img = image::open(&p).unwrap();
-        assert_eq!((img.width(), img.height()), (800, 500));
-        let q = dir.path().join("cm.png");
-        confusion_matrix(
-            &q,
-            "Confusion",
-            &["A".into(), "B".into()],
-            &[vec![3, 1], vec![0, 4]],
-        )
-        .unwrap();
-        assert!(image::open(&q).is_ok());
-    }
-}
-
 /// Points joined by lines on fixed axes: reliability diagrams (confidence vs accuracy, with the
 /// diagonal of perfect calibration) and risk-coverage curves.
 pub struct XyChart<'a> {
@@ -286,5 +248,43 @@ impl XyChart<'_> {
             .draw()
             .map_err(|e| draw_err(path, e))?;
         root.present().map_err(|e| draw_err(path, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn charts_are_written_as_png() {
+        if ensure_font().is_err() {
+            // The font is a system package; .ci/run installs it. Without it, the error says so.
+            let err = line_chart(Path::new("/nonexistent/x.png"), "t", "y", &[]).unwrap_err();
+            assert!(err.to_string().contains("font"), "{err}");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("loss.png");
+        line_chart(
+            &p,
+            "Loss",
+            "loss",
+            &[
+                ("train", &[1.0, 0.5, 0.3]),
+                ("validation", &[1.1, 0.7, 0.6]),
+            ],
+        )
+        .unwrap();
+        let img = image::open(&p).unwrap();
+        assert_eq!((img.width(), img.height()), (800, 500));
+        let q = dir.path().join("cm.png");
+        confusion_matrix(
+            &q,
+            "Confusion",
+            &["A".into(), "B".into()],
+            &[vec![3, 1], vec![0, 4]],
+        )
+        .unwrap();
+        assert!(image::open(&q).is_ok());
     }
 }

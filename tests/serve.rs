@@ -456,3 +456,45 @@ fn sigterm_finishes_the_analysis_in_flight_then_exits() {
         StatusCode::OK
     );
 }
+
+#[test]
+fn an_image_that_is_not_a_brain_mri_gets_no_tumour_type() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = format!(
+        "http://{}",
+        start(&tmp.path().join("db.sqlite"), 1, 4, 8 * 1024 * 1024)
+    );
+    let client = Client::new();
+    let (kind, img) = common::non_mri::synthetic_non_mri(1, 5)
+        .into_iter()
+        .find(|(k, _)| *k == "colour-shapes")
+        .unwrap();
+    let mut bytes = Cursor::new(Vec::new());
+    img.write_to(&mut bytes, image::ImageFormat::Png).unwrap();
+    let r = upload(
+        &client,
+        &base,
+        "/api/v1/analyses",
+        "holiday.png",
+        bytes.into_inner(),
+    );
+    assert_eq!(r.status(), StatusCode::CREATED, "{kind}");
+    let a: serde_json::Value = r.json().unwrap();
+    assert_eq!(a["verdict"], "not_brain_mri", "{a}");
+    assert_eq!(a["label"], "Not a brain MRI slice");
+    let reasons = a["input_reasons"].as_array().unwrap();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.as_str().unwrap().contains("colour picture")),
+        "{reasons:?}"
+    );
+    let page = client
+        .get(format!("{base}/analyses/{}", a["id"].as_str().unwrap()))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(page.contains("Not a brain MRI slice"), "{page}");
+    assert!(page.contains("MRI slices are greyscale"));
+}

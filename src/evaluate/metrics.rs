@@ -32,6 +32,83 @@ pub struct Metrics {
     pub macro_roc_auc: Option<f64>,
     /// Rows: true class; columns: predicted class.
     pub confusion: Vec<Vec<usize>>,
+    /// Percentile-bootstrap 95 % intervals (images resampled with replacement).
+    #[serde(default)]
+    pub ci95: Option<BootstrapIntervals>,
+}
+
+/// 95 % confidence intervals from [`BOOTSTRAP_RESAMPLES`] resamples of the test images.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BootstrapIntervals {
+    pub resamples: usize,
+    pub accuracy: [f64; 2],
+    pub macro_f1: [f64; 2],
+}
+
+pub const BOOTSTRAP_RESAMPLES: usize = 2000;
+
+/// Accuracy and macro-F1 (over the classes present) from a confusion matrix.
+fn accuracy_and_macro_f1(confusion: &[Vec<usize>]) -> (f64, f64) {
+    let n: usize = confusion.iter().flatten().sum();
+    let correct: usize = confusion.iter().enumerate().map(|(c, row)| row[c]).sum();
+    let mut f1s = Vec::new();
+    for (c, row) in confusion.iter().enumerate() {
+        let support: usize = row.iter().sum();
+        if support == 0 {
+            continue;
+        }
+        let predicted: usize = confusion.iter().map(|r| r[c]).sum();
+        let (p, r) = (ratio(row[c], predicted), ratio(row[c], support));
+        f1s.push(if p + r > 0.0 {
+            2.0 * p * r / (p + r)
+        } else {
+            0.0
+        });
+    }
+    let macro_f1 = if f1s.is_empty() {
+        0.0
+    } else {
+        f1s.iter().sum::<f64>() / f1s.len() as f64
+    };
+    (ratio(correct, n), macro_f1)
+}
+
+/// Percentile bootstrap of accuracy and macro-F1, seeded so a report repeats exactly.
+pub fn bootstrap(
+    labels: &[usize],
+    predictions: &[usize],
+    classes: usize,
+    resamples: usize,
+    seed: u64,
+) -> Option<BootstrapIntervals> {
+    use rand::{Rng, SeedableRng};
+    let n = labels.len();
+    if n < 2 || resamples == 0 {
+        return None;
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let (mut accs, mut f1s) = (Vec::with_capacity(resamples), Vec::with_capacity(resamples));
+    let mut m = vec![vec![0usize; classes]; classes];
+    for _ in 0..resamples {
+        m.iter_mut().for_each(|r| r.iter_mut().for_each(|v| *v = 0));
+        for _ in 0..n {
+            let i = rng.random_range(0..n);
+            m[labels[i]][predictions[i]] += 1;
+        }
+        let (a, f) = accuracy_and_macro_f1(&m);
+        accs.push(a);
+        f1s.push(f);
+    }
+    let interval = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        let at = |q: f64| v[((q * (v.len() - 1) as f64).round() as usize).min(v.len() - 1)];
+        [at(0.025), at(0.975)]
+    };
+    Some(BootstrapIntervals {
+        resamples,
+        accuracy: interval(&mut accs),
+        macro_f1: interval(&mut f1s),
+    })
 }
 
 /// Index of the largest probability (first one on ties).
@@ -156,6 +233,7 @@ pub fn compute(labels: &[usize], probabilities: &[Vec<f32>], classes: &[String])
         macro_roc_auc: (aucs.len() == k && k > 0).then(|| aucs.iter().sum::<f64>() / k as f64),
         per_class,
         confusion,
+        ci95: bootstrap(labels, &predictions, k, BOOTSTRAP_RESAMPLES, 0x5EED),
     }
 }
 
@@ -204,11 +282,29 @@ impl Metrics {
             self.weighted_avg.f1,
             self.images
         );
-        let _ = writeln!(
-            s,
-            "\naccuracy: {:.4} ({} images)\n",
-            self.accuracy, self.images
-        );
+        match &self.ci95 {
+            Some(ci) => {
+                let _ = writeln!(
+                    s,
+                    "\naccuracy: {:.4} (95 % CI {:.3}-{:.3}), macro-F1 {:.3} (95 % CI {:.3}-{:.3}); {} images, {} bootstrap resamples\n",
+                    self.accuracy,
+                    ci.accuracy[0],
+                    ci.accuracy[1],
+                    self.macro_avg.f1,
+                    ci.macro_f1[0],
+                    ci.macro_f1[1],
+                    self.images,
+                    ci.resamples
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    s,
+                    "\naccuracy: {:.4} ({} images)\n",
+                    self.accuracy, self.images
+                );
+            }
+        }
         let _ = writeln!(s, "confusion matrix (rows: true class, columns: predicted)");
         let _ = write!(s, "{:width$}", "");
         for name in display_names {
@@ -236,6 +332,35 @@ fn truncate(s: &str, n: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bootstrap_intervals_bracket_the_estimate_and_shrink_with_more_images() {
+        // 80 % right, spread over two classes.
+        let make = |n: usize| -> (Vec<usize>, Vec<usize>) {
+            let labels: Vec<usize> = (0..n).map(|i| i % 2).collect();
+            let preds = labels
+                .iter()
+                .enumerate()
+                .map(|(i, &l)| if i % 5 == 0 { 1 - l } else { l })
+                .collect();
+            (labels, preds)
+        };
+        let (l, p) = make(50);
+        let small = bootstrap(&l, &p, 2, 1000, 1).unwrap();
+        assert!(
+            small.accuracy[0] < 0.8 && small.accuracy[1] > 0.8,
+            "{small:?}"
+        );
+        let (l, p) = make(1000);
+        let large = bootstrap(&l, &p, 2, 1000, 1).unwrap();
+        assert!(
+            large.accuracy[0] < 0.8 && large.accuracy[1] > 0.8,
+            "{large:?}"
+        );
+        let width = |ci: &BootstrapIntervals| ci.accuracy[1] - ci.accuracy[0];
+        assert!(width(&large) * 3.0 < width(&small));
+        assert_eq!(bootstrap(&l, &p, 2, 1000, 1), Some(large));
+    }
 
     fn one_hot(k: usize, c: usize) -> Vec<f32> {
         (0..k)

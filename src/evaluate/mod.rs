@@ -50,6 +50,8 @@ pub struct LeakCheck {
 #[derive(Debug, Clone, Serialize)]
 pub struct EvaluationReport {
     pub model: String,
+    /// Test-time augmentation (flip and shift averaging) was on.
+    pub tta: bool,
     pub model_architecture: String,
     pub oncolens_version: String,
     pub data: String,
@@ -255,6 +257,7 @@ pub fn evaluate(predictor: &Predictor, opts: &EvalOptions) -> Result<EvaluationR
         &folder,
         &all,
         Some(&bar),
+        predictor.tta,
     );
     bar.finish_and_clear();
     let predictions: Vec<Prediction> = observed
@@ -298,6 +301,7 @@ pub fn evaluate(predictor: &Predictor, opts: &EvalOptions) -> Result<EvaluationR
         .then(|| metrics::compute(&labels, &probs, &model_ids));
     Ok(EvaluationReport {
         model: manifest.name.clone(),
+        tta: predictor.tta,
         model_architecture: manifest.spec.architecture.name().into(),
         oncolens_version: env!("CARGO_PKG_VERSION").into(),
         data: opts.data.display().to_string(),
@@ -325,9 +329,14 @@ impl EvaluationReport {
     pub fn to_text(&self) -> String {
         let names: Vec<String> = self.classes.iter().map(|c| c.display.clone()).collect();
         let mut s = format!(
-            "model {} ({}) on {}\n{} images found, {} unreadable\n",
+            "model {} ({}{}) on {}\n{} images found, {} unreadable\n",
             self.model,
             self.model_architecture,
+            if self.tta {
+                ", test-time augmentation"
+            } else {
+                ""
+            },
             self.data,
             self.images_found,
             self.unreadable.len()

@@ -5,6 +5,7 @@
 //! (that activation -> class logits), so explanation methods can differentiate the class score
 //! with respect to the last conv layer.
 
+pub mod efficientnet;
 pub mod paper_cnn;
 pub mod resnet;
 pub mod trace;
@@ -13,6 +14,7 @@ use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+pub use efficientnet::EfficientNetLite0;
 pub use paper_cnn::PaperCnn;
 pub use resnet::ResnetMini;
 pub use trace::{LayerRow, Trace};
@@ -27,6 +29,11 @@ pub enum Architecture {
     ResnetMini,
     /// `resnet-mini` with a stride-1 last stage (output stride 16): finer Grad-CAM maps.
     ResnetFine,
+    /// EfficientNet-Lite0 (4.7 M parameters with an ImageNet head), for fine-tuning from
+    /// ImageNet weights (`oncolens import-weights`).
+    #[value(name = "efficientnet-lite0")]
+    #[serde(rename = "efficientnet-lite0")]
+    EfficientnetLite0,
 }
 
 impl Architecture {
@@ -35,6 +42,7 @@ impl Architecture {
             Architecture::PaperCnn => "paper-cnn",
             Architecture::ResnetMini => "resnet-mini",
             Architecture::ResnetFine => "resnet-fine",
+            Architecture::EfficientnetLite0 => "efficientnet-lite0",
         }
     }
 }
@@ -124,10 +132,13 @@ impl FeatureAlignment {
 }
 
 /// A classifier of any shipped architecture.
+// Built once per process and moved rarely: boxing the large variant buys nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Classifier {
     PaperCnn(PaperCnn),
     ResnetMini(ResnetMini),
+    EfficientnetLite0(EfficientNetLite0),
 }
 
 impl Classifier {
@@ -154,6 +165,9 @@ impl Classifier {
                     device,
                 ))
             }
+            Architecture::EfficientnetLite0 => Classifier::EfficientnetLite0(
+                EfficientNetLite0::new(spec.in_channels, spec.num_classes, spec.dropout, device),
+            ),
         }
     }
 
@@ -162,6 +176,7 @@ impl Classifier {
         match self {
             Classifier::PaperCnn(m) => m.features(self.adapt_channels(x), trace),
             Classifier::ResnetMini(m) => m.features(x, trace),
+            Classifier::EfficientnetLite0(m) => m.features(self.adapt_channels(x), trace),
         }
     }
 
@@ -170,6 +185,7 @@ impl Classifier {
         match self {
             Classifier::PaperCnn(m) => m.head(features, trace),
             Classifier::ResnetMini(m) => m.head(features, trace),
+            Classifier::EfficientnetLite0(m) => m.head(features, trace),
         }
     }
 
@@ -178,6 +194,7 @@ impl Classifier {
         match self {
             Classifier::PaperCnn(m) => m.feature_alignment(),
             Classifier::ResnetMini(m) => m.feature_alignment(),
+            Classifier::EfficientnetLite0(m) => m.feature_alignment(),
         }
     }
 
@@ -203,6 +220,7 @@ impl Classifier {
         let expected = match self {
             Classifier::PaperCnn(m) => m.in_channels(),
             Classifier::ResnetMini(_) => 1,
+            Classifier::EfficientnetLite0(m) => m.in_channels(),
         };
         let [_, c, _, _] = x.dims();
         if c == 1 && expected == 3 {
@@ -288,6 +306,27 @@ mod tests {
             FeatureAlignment {
                 stride: 8.0,
                 offset: 37.5
+            }
+        );
+    }
+
+    #[test]
+    fn efficientnet_lite0_has_the_reference_parameter_count() {
+        let device = Device::flex();
+        let mut spec = ModelSpec::new(Architecture::EfficientnetLite0, 224, 1000);
+        spec.in_channels = 3;
+        let (rows, total) = summary(&spec, &device);
+        // timm's efficientnet_lite0 and the PyTorch port: 4,652,008 learnable parameters; burn
+        // also counts batch norm's running mean and variance (2 x 21,008 channels).
+        assert_eq!(total, 4_652_008 + 2 * 21_008);
+        assert_eq!(rows.iter().map(|r| r.params).sum::<usize>(), total);
+        let head = rows.iter().find(|r| r.name == "head_conv").unwrap();
+        assert_eq!(head.output_shape, vec![1280, 7, 7]);
+        assert_eq!(
+            Classifier::init(&spec, &device).feature_alignment(),
+            FeatureAlignment {
+                stride: 32.0,
+                offset: 0.0
             }
         );
     }

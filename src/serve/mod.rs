@@ -50,6 +50,8 @@ pub struct ServeConfig {
     pub workers: usize,
     /// Analyses allowed to wait for a worker before new ones get 503.
     pub queue: usize,
+    /// Test-time augmentation of the class probabilities.
+    pub tta: bool,
 }
 
 impl Default for ServeConfig {
@@ -62,6 +64,7 @@ impl Default for ServeConfig {
             max_body_bytes: 50 * 1024 * 1024,
             workers: cores,
             queue: 4 * cores,
+            tta: false,
         }
     }
 }
@@ -84,9 +87,12 @@ pub struct Busy;
 impl AppState {
     pub async fn new(config: &ServeConfig) -> Result<Self> {
         let model = config.model.clone();
-        let explainer = tokio::task::spawn_blocking(move || Explainer::open(model.as_deref()))
-            .await
-            .map_err(|e| Error::Config(format!("model loading failed: {e}")))??;
+        let tta = config.tta;
+        let explainer = tokio::task::spawn_blocking(move || {
+            Explainer::open(model.as_deref()).map(|e| e.with_tta(tta))
+        })
+        .await
+        .map_err(|e| Error::Config(format!("model loading failed: {e}")))??;
         let db = store::open(&config.database).await?;
         Ok(Self {
             explainer: Arc::new(explainer),

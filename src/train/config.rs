@@ -55,6 +55,9 @@ pub struct TrainConfig {
     pub denoise: bool,
     /// Use at most this many training images per class (quick experiments and tests).
     pub max_per_class: Option<usize>,
+    /// Start from imported ImageNet weights (`oncolens import-weights`; EfficientNet-Lite0).
+    #[serde(default)]
+    pub pretrained: Option<std::path::PathBuf>,
 }
 
 impl Default for TrainConfig {
@@ -79,6 +82,7 @@ impl Default for TrainConfig {
             clahe: false,
             denoise: false,
             max_per_class: None,
+            pretrained: None,
         }
     }
 }
@@ -103,6 +107,14 @@ impl TrainConfig {
         }
         if !(0.0..1.0).contains(&self.weight_decay) {
             return bad("weight decay must be in [0, 1)");
+        }
+        if self.pretrained.is_some() {
+            if self.architecture != Architecture::EfficientnetLite0 {
+                return bad("pretrained weights are available for efficientnet-lite0 only");
+            }
+            if self.in_channels != 3 {
+                return bad("ImageNet weights take 3 input channels: add --channels 3");
+            }
         }
         Ok(())
     }

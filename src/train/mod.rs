@@ -269,7 +269,12 @@ pub fn train(opts: &TrainOptions, stop: &AtomicBool) -> Result<TrainReport> {
     let base_device = Device::flex();
     let device = base_device.clone().autodiff();
     device.seed(cfg.seed);
-    let mut model = Classifier::init(&spec, &device);
+    let mut model = match &cfg.pretrained {
+        Some(weights) => Classifier::EfficientnetLite0(
+            crate::import::pretrained_efficientnet_lite0(weights, k, cfg.dropout, &device)?,
+        ),
+        None => Classifier::init(&spec, &device),
+    };
     let mut optim: ModuleOptimizer = AdamConfig::new()
         .with_weight_decay(
             (cfg.weight_decay > 0.0).then(|| WeightDecayConfig::new(cfg.weight_decay as f32)),

@@ -252,11 +252,12 @@ impl FeatureDensity {
             let mut row = 0;
             let mut q = 0f64;
             for i in 0..d {
-                let mut s = f64::from(f[i] - mean[i]);
-                for j in 0..i {
-                    s -= f64::from(self.cholesky[row + j]) * y[j];
-                }
-                y[i] = s / f64::from(self.cholesky[row + i]);
+                let dot: f64 = self.cholesky[row..row + i]
+                    .iter()
+                    .zip(&y[..i])
+                    .map(|(l, y)| f64::from(*l) * y)
+                    .sum();
+                y[i] = (f64::from(f[i] - mean[i]) - dot) / f64::from(self.cholesky[row + i]);
                 q += y[i] * y[i];
                 row += i + 1;
             }

@@ -123,6 +123,9 @@ pub struct Observation {
     pub label: usize,
 }
 
+/// Folder index, prepared image, statistics and original size of one decoded sample.
+type DecodedSample = (usize, GreyImage, ImageStats, (u32, u32));
+
 /// Decodes `indices` of `folder` and runs the network over them. Unreadable files are returned
 /// apart as "path: reason".
 pub fn observe(
@@ -132,35 +135,35 @@ pub fn observe(
     folder: &ImageFolder,
     indices: &[usize],
     progress: Option<&indicatif::ProgressBar>,
+    tta: bool,
 ) -> (Vec<Observation>, Vec<String>) {
     let mut out = Vec::with_capacity(indices.len());
     let mut skipped = Vec::new();
     for chunk in indices.chunks(4 * INFERENCE_BATCH) {
-        let decoded: Vec<std::result::Result<(usize, GreyImage, ImageStats, (u32, u32)), String>> =
-            chunk
-                .par_iter()
-                .map(|&i| {
-                    let path = &folder.samples[i].path;
-                    let r = std::fs::read(path)
-                        .map_err(|e| e.to_string())
-                        .and_then(|b| decode_grey_with_info(&b))
-                        .map(|(img, info)| {
-                            let stats = ImageStats::of(&img, &info);
-                            (i, pre.prepare(&img).0, stats, img.dimensions())
-                        })
-                        .map_err(|e| format!("{}: {e}", path.display()));
-                    if let Some(p) = progress {
-                        p.inc(1);
-                    }
-                    r
-                })
-                .collect();
+        let decoded: Vec<std::result::Result<DecodedSample, String>> = chunk
+            .par_iter()
+            .map(|&i| {
+                let path = &folder.samples[i].path;
+                let r = std::fs::read(path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| decode_grey_with_info(&b))
+                    .map(|(img, info)| {
+                        let stats = ImageStats::of(&img, &info);
+                        (i, pre.prepare(&img).0, stats, img.dimensions())
+                    })
+                    .map_err(|e| format!("{}: {e}", path.display()));
+                if let Some(p) = progress {
+                    p.inc(1);
+                }
+                r
+            })
+            .collect();
         let ok: Vec<_> = decoded
             .into_iter()
             .filter_map(|r| r.map_err(|e| skipped.push(e)).ok())
             .collect();
         let images: Vec<&GreyImage> = ok.iter().map(|d| &d.1).collect();
-        let (logits, pooled) = forward_rows(model, &images, pre, device);
+        let (logits, pooled) = forward_rows(model, &images, pre, device, tta);
         for ((&(index, _, stats, size), l), p) in ok.iter().zip(logits).zip(pooled) {
             out.push(Observation {
                 index,
@@ -175,18 +178,62 @@ pub fn observe(
     (out, skipped)
 }
 
-/// Logits and pooled last-conv features, as rows, for prepared images.
+/// Test-time augmentation views: the image itself, its mirror image, and both shifted by
+/// [`TTA_SHIFT`] of the side (diagonally, opposite ways), the flips and shifts training used.
+pub const TTA_VIEWS: usize = 4;
+pub const TTA_SHIFT: f32 = 0.03;
+
+fn tta_view(img: &GreyImage, view: usize) -> GreyImage {
+    let (w, h) = img.dimensions();
+    let shift = |img: &GreyImage, d: i64| {
+        let d = (d as f32 * TTA_SHIFT * w.max(h) as f32).round() as i64;
+        GreyImage::from_fn(w, h, |x, y| {
+            let (sx, sy) = (x as i64 - d, y as i64 - d);
+            if sx < 0 || sy < 0 || sx >= w as i64 || sy >= h as i64 {
+                image::Luma([0.0])
+            } else {
+                *img.get_pixel(sx as u32, sy as u32)
+            }
+        })
+    };
+    match view {
+        0 => img.clone(),
+        1 => image::imageops::flip_horizontal(img),
+        2 => shift(img, 1),
+        _ => shift(&image::imageops::flip_horizontal(img), -1),
+    }
+}
+
+/// Logits and pooled last-conv features, as rows, for prepared images. With `tta` the logits
+/// are the mean over [`TTA_VIEWS`] views; the pooled features (for the input check, which was
+/// fitted on plain views) are always those of the image itself.
 pub fn forward_rows(
     model: &Classifier,
     images: &[&GreyImage],
     pre: &Preprocessing,
     device: &Device,
+    tta: bool,
 ) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
     let (mut logits, mut pooled) = (Vec::new(), Vec::new());
     for chunk in images.chunks(INFERENCE_BATCH) {
         let x = batch_input(chunk, pre, None, device);
         let (l, p) = model.forward_with_pooled(x);
-        logits.extend(crate::inference::rows(l));
+        let mut l = crate::inference::rows(l);
+        if tta {
+            for view in 1..TTA_VIEWS {
+                let views: Vec<GreyImage> = chunk.iter().map(|img| tta_view(img, view)).collect();
+                let refs: Vec<&GreyImage> = views.iter().collect();
+                let extra =
+                    crate::inference::rows(model.forward(batch_input(&refs, pre, None, device)));
+                for (row, e) in l.iter_mut().zip(extra) {
+                    row.iter_mut().zip(e).for_each(|(a, b)| *a += b);
+                }
+            }
+            for row in &mut l {
+                row.iter_mut().for_each(|v| *v /= TTA_VIEWS as f32);
+            }
+        }
+        logits.extend(l);
         pooled.extend(crate::inference::rows(p));
     }
     (logits, pooled)
@@ -315,8 +362,8 @@ pub fn calibrate_saved(
         indicatif::ProgressBar::hidden()
     };
     let pre = manifest.preprocessing.clone();
-    let (train_obs, _) = observe(&model, &pre, &device, folder, train, Some(&bar));
-    let (val_obs, _) = observe(&model, &pre, &device, folder, validation, Some(&bar));
+    let (train_obs, _) = observe(&model, &pre, &device, folder, train, Some(&bar), false);
+    let (val_obs, _) = observe(&model, &pre, &device, folder, validation, Some(&bar), false);
     bar.finish_and_clear();
     let (profile, threshold, report) = fit(&train_obs, &val_obs, manifest.classes.len(), options)?;
     manifest.trust = Some(profile);

@@ -79,6 +79,7 @@ pub fn start_server(
         max_body_bytes,
         workers,
         queue,
+        tta: false,
     };
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -95,3 +96,5 @@ pub fn start_server(
     rx.recv_timeout(std::time::Duration::from_secs(120))
         .expect("server started")
 }
+
+pub mod non_mri;

@@ -1,0 +1,148 @@
+//! Calibration, "uncertain" and the input check, end to end: training fits them and stores them
+//! in the model file; prediction refuses images that are not brain MRI slices, with reasons,
+//! and keeps answering real (or, without the shared data, synthetic) slices.
+
+mod common;
+
+use std::io::Cursor;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+
+use common::non_mri::synthetic_non_mri;
+use image::{DynamicImage, ImageFormat};
+use oncolens::inference::{Predictor, Scan, Verdict};
+use oncolens::model::Architecture;
+use oncolens::train::config::TrainConfig;
+use oncolens::train::{TrainOptions, train};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+fn encoded(img: &DynamicImage, format: ImageFormat) -> Vec<u8> {
+    let mut out = Cursor::new(Vec::new());
+    img.write_to(&mut out, format).unwrap();
+    out.into_inner()
+}
+
+/// Every synthetic non-MRI kind is refused with a reason; returns how many were checked.
+fn assert_non_mri_refused(predictor: &Predictor) -> usize {
+    let images = synthetic_non_mri(2, 77);
+    for (kind, img) in &images {
+        let scan = Scan::decode(&encoded(img, ImageFormat::Png)).unwrap();
+        let p = predictor
+            .predict_scans(std::slice::from_ref(&scan))
+            .remove(0);
+        assert_eq!(
+            p.verdict,
+            Verdict::NotBrainMri,
+            "{kind} was answered: {p:?}"
+        );
+        assert!(!p.rejection_reasons().is_empty(), "{kind}: no reason given");
+        assert_eq!(p.label(), "not a brain MRI slice");
+    }
+    images.len()
+}
+
+#[test]
+fn training_fits_calibration_and_an_input_check_that_refuses_non_mri() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    common::write_folder(&data, 36, 64, 21);
+    let out = tmp.path().join("model");
+    let config = TrainConfig {
+        architecture: Architecture::ResnetMini,
+        input_size: 64,
+        epochs: 8,
+        batch_size: 16,
+        learning_rate: 2e-3,
+        patience: 8,
+        validation_fraction: 0.25,
+        seed: 5,
+        ..Default::default()
+    };
+    let opts = TrainOptions {
+        data,
+        out: out.clone(),
+        config,
+        resume: false,
+        progress: false,
+        near_duplicates: None,
+    };
+    train(&opts, &AtomicBool::new(false)).unwrap();
+    for f in ["calibration.json", "reliability.png"] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let predictor = Predictor::load(&out).unwrap();
+    let trust = predictor.manifest.trust.clone().expect("no trust profile");
+    assert!(trust.temperature > 0.0 && trust.temperature.is_finite());
+    assert!(trust.features.threshold.is_finite() && trust.features.threshold > 0.0);
+    let threshold = predictor.manifest.uncertainty_threshold;
+    assert!((0.0..=1.0).contains(&threshold));
+
+    assert_non_mri_refused(&predictor);
+
+    // Fresh slices from the training distribution are answered (or uncertain), not refused.
+    let mut rng = ChaCha8Rng::seed_from_u64(1234);
+    let mut refused = 0;
+    let n = 30;
+    for i in 0..n {
+        let img = DynamicImage::ImageLuma8(common::slice(i % 3, 64, &mut rng));
+        let scan = Scan::decode(&encoded(&img, ImageFormat::Png)).unwrap();
+        let p = predictor
+            .predict_scans(std::slice::from_ref(&scan))
+            .remove(0);
+        refused += usize::from(p.verdict == Verdict::NotBrainMri);
+        assert_eq!(p.uncertain, p.confidence < threshold);
+        let sum: f32 = p.probabilities.iter().sum();
+        assert!((sum - 1.0).abs() < 1e-4);
+    }
+    assert!(
+        refused * 10 <= n,
+        "{refused} of {n} in-distribution slices refused"
+    );
+}
+
+/// The bundled model on the shared data (when present): real test slices pass the input check,
+/// synthetic non-MRI images do not.
+#[test]
+fn bundled_model_accepts_real_slices_and_refuses_non_mri() {
+    let predictor = Predictor::load_default().unwrap();
+    assert!(
+        predictor.manifest.trust.is_some(),
+        "the bundled model is not calibrated"
+    );
+    assert_non_mri_refused(&predictor);
+    let testing =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/brain-tumor-mri/Testing");
+    if !testing.is_dir() {
+        eprintln!("shared data not present: real-slice half skipped");
+        return;
+    }
+    let mut files = Vec::new();
+    for class in [
+        "glioma_tumor",
+        "meningioma_tumor",
+        "no_tumor",
+        "pituitary_tumor",
+    ] {
+        let mut in_class: Vec<_> = std::fs::read_dir(testing.join(class))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        in_class.sort();
+        files.extend(in_class.into_iter().step_by(7).take(15));
+    }
+    let results = predictor.predict_files(&files);
+    let refused: Vec<_> = files
+        .iter()
+        .zip(&results)
+        .filter(|(_, r)| r.as_ref().unwrap().verdict == Verdict::NotBrainMri)
+        .map(|(f, _)| f.display().to_string())
+        .collect();
+    // Measured on the whole Testing folder: see docs/input-check.md.
+    assert!(
+        refused.len() * 20 <= files.len(),
+        "{} of {} real slices refused: {refused:?}",
+        refused.len(),
+        files.len()
+    );
+}
