@@ -270,6 +270,17 @@ pub fn load_with_mode(path: &Path, device: &Device, mode: Mode) -> Result<(Manif
 const DEFAULT_MANIFEST: &str = include_str!("../models/default/model.json");
 const DEFAULT_WEIGHTS: &[u8] = include_bytes!("../models/default/weights.bpk");
 
+/// The model card of the bundled default model (Markdown).
+pub const DEFAULT_MODEL_CARD: &str = include_str!("../docs/model-card.md");
+
+/// Whether `manifest` is the bundled default model's (its weights checksum matches).
+pub fn is_default_model(manifest: &Manifest) -> bool {
+    serde_json::from_str::<serde_json::Value>(DEFAULT_MANIFEST)
+        .ok()
+        .and_then(|v| v["weights_sha256"].as_str().map(|s| s == manifest.weights_sha256))
+        .unwrap_or(false)
+}
+
 /// Loads the bundled default model onto `device`.
 pub fn load_default(device: &Device, mode: Mode) -> Result<(Manifest, Classifier)> {
     let origin = Path::new("<bundled default model>");

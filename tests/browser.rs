@@ -1,6 +1,6 @@
 //! The web app in real headless Chromium (Debian's `chromium` + `chromium-driver`), driven over
 //! WebDriver: upload a scan, read the class and probabilities, toggle the heat-map, send
-//! feedback, open the history. Screenshots go to `target/browser-artifacts/`.
+//! feedback, open the history, and see a colour photo refused as "not a brain MRI slice". Screenshots go to `target/browser-artifacts/`.
 //! Without Chromium the test fails and says what to install; it is never skipped.
 
 mod common;
@@ -151,7 +151,9 @@ async fn upload_read_toggle_feedback_history_in_chromium() {
             "Meningioma",
             "No tumour",
             "Pituitary",
-            "Uncertain"
+            "Uncertain",
+            // The synthetic slice is not a real MRI; the input check may say so.
+            "Not a brain MRI slice"
         ]
         .contains(&label.as_str()),
         "{label}"
@@ -235,5 +237,21 @@ async fn upload_read_toggle_feedback_history_in_chromium() {
         .unwrap();
     wait_for(&c, "#label").await;
     assert_eq!(c.current_url().await.unwrap().path(), page_url.path());
+
+    // A colour photo gets no tumour type: the page says why.
+    let photo = tmp.path().join("holiday.png");
+    common::non_mri::synthetic_non_mri(1, 9)
+        .into_iter()
+        .find(|(k, _)| *k == "colour-shapes")
+        .unwrap()
+        .1
+        .save(&photo)
+        .unwrap();
+    upload_through_the_form(&c, &base, &photo).await;
+    let label = wait_for(&c, "#label").await.text().await.unwrap();
+    assert_eq!(label, "Not a brain MRI slice");
+    let reasons = wait_for(&c, "#input-reasons").await.text().await.unwrap();
+    assert!(reasons.contains("colour picture"), "{reasons}");
+    std::fs::write(out.join("not-mri.png"), c.screenshot().await.unwrap()).unwrap();
     c.close().await.unwrap();
 }

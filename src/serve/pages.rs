@@ -194,6 +194,15 @@ pub async fn model_card(State(state): State<AppState>) -> Response {
         context! {
             m => m,
             architecture => m.spec.architecture.name(),
+            card => crate::bundle::is_default_model(m).then(|| {
+                let mut html = String::new();
+                let parser = pulldown_cmark::Parser::new_ext(
+                    crate::bundle::DEFAULT_MODEL_CARD,
+                    pulldown_cmark::Options::ENABLE_TABLES,
+                );
+                pulldown_cmark::html::push_html(&mut html, parser);
+                html
+            }),
         },
     )
 }
