@@ -277,7 +277,11 @@ pub const DEFAULT_MODEL_CARD: &str = include_str!("../docs/model-card.md");
 pub fn is_default_model(manifest: &Manifest) -> bool {
     serde_json::from_str::<serde_json::Value>(DEFAULT_MANIFEST)
         .ok()
-        .and_then(|v| v["weights_sha256"].as_str().map(|s| s == manifest.weights_sha256))
+        .and_then(|v| {
+            v["weights_sha256"]
+                .as_str()
+                .map(|s| s == manifest.weights_sha256)
+        })
         .unwrap_or(false)
 }
 
