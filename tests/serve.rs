@@ -507,3 +507,31 @@ fn an_image_that_is_not_a_brain_mri_gets_no_tumour_type() {
     assert!(page.contains("Not a brain MRI slice"), "{page}");
     assert!(page.contains("MRI slices are greyscale"));
 }
+
+#[test]
+fn the_model_page_shows_the_model_card_and_the_trust_settings() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = format!(
+        "http://{}",
+        start(&tmp.path().join("db.sqlite"), 1, 2, 1024 * 1024)
+    );
+    let page = Client::new()
+        .get(format!("{base}/model"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(page.contains("id=\"model-card\""), "{page}");
+    assert!(page.contains("Known failure modes"));
+    assert!(page.contains("<table>"), "the card's tables are rendered");
+    assert!(page.contains("temperature scaling"));
+    assert!(page.contains("Not a brain MRI slice") || page.contains("not a brain MRI slice"));
+    let api: serde_json::Value = Client::new()
+        .get(format!("{base}/api/v1/model"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert!(api["calibration"]["temperature"].as_f64().unwrap() > 0.0);
+    assert!(api["input_check"]["feature_distance_threshold"].as_f64().unwrap() > 0.0);
+}
