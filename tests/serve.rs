@@ -533,5 +533,10 @@ fn the_model_page_shows_the_model_card_and_the_trust_settings() {
         .json()
         .unwrap();
     assert!(api["calibration"]["temperature"].as_f64().unwrap() > 0.0);
-    assert!(api["input_check"]["feature_distance_threshold"].as_f64().unwrap() > 0.0);
+    assert!(
+        api["input_check"]["feature_distance_threshold"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
 }
