@@ -20,6 +20,7 @@
 //! - [`trust`]: calibration (temperature scaling), selective prediction ("uncertain") and the
 //!   input check that refuses images that do not look like brain MRI slices;
 //! - [`explain`]: Grad-CAM heat-maps drawn back onto the original scan;
+//! - [`export`]: ONNX export of trained models;
 //! - [`serve`]: the web app and JSON API (`oncolens serve`).
 //!
 //! Features: `cuda` and `wgpu` add GPU devices through burn; the default build is CPU only
@@ -31,6 +32,7 @@ pub mod data;
 pub mod error;
 pub mod evaluate;
 pub mod explain;
+pub mod export;
 pub mod import;
 pub mod inference;
 pub mod model;

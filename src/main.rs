@@ -36,6 +36,8 @@ enum Command {
     Evaluate(EvaluateArgs),
     /// Classify scans (files or folders).
     Predict(PredictArgs),
+    /// Export a model for other runtimes (ONNX).
+    Export(ExportArgs),
     /// Convert pretrained weights from another framework (EfficientNet-Lite0 ImageNet weights
     /// from a PyTorch .pth file) for `train --pretrained`.
     ImportWeights(ImportArgs),
@@ -76,6 +78,24 @@ struct ServeArgs {
     /// image itself).
     #[arg(long)]
     tta: bool,
+}
+
+#[derive(clap::Args)]
+struct ExportArgs {
+    /// Model directory (default: $ONCOLENS_MODEL, else the bundled model).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Output ONNX file: input `input` [N, 1, S, S] (the standardised network input, as
+    /// model.json's pre-processing makes it), output `probabilities` [N, K] (calibrated).
+    #[arg(long)]
+    onnx: PathBuf,
+    /// Also write reference inputs and oncolens's probabilities for up to --reference-count
+    /// images under this folder (ONNX_FILE.reference.json, .input.f32, .probabilities.f32),
+    /// for checking the export in another runtime (benches/onnx_check.py).
+    #[arg(long)]
+    reference_images: Option<PathBuf>,
+    #[arg(long, default_value_t = 50)]
+    reference_count: usize,
 }
 
 #[derive(clap::Args)]
@@ -316,6 +336,26 @@ fn run(cli: Cli) -> Result<()> {
         Command::Train(a) => cmd_train(a),
         Command::Evaluate(a) => cmd_evaluate(a),
         Command::Calibrate(a) => cmd_calibrate(a),
+        Command::Export(a) => {
+            let predictor = Predictor::open(a.model.as_deref())?;
+            let bytes = oncolens::export::to_onnx(&predictor.manifest, predictor.model())?;
+            std::fs::write(&a.onnx, &bytes)
+                .with_context(|| format!("writing {}", a.onnx.display()))?;
+            println!(
+                "wrote {} ({} bytes, ONNX opset {}): input `{}` [N, 1, {s}, {s}], output `{}` [N, {}]",
+                a.onnx.display(),
+                bytes.len(),
+                oncolens::export::OPSET,
+                oncolens::export::INPUT_NAME,
+                oncolens::export::OUTPUT_NAME,
+                predictor.manifest.classes.len(),
+                s = predictor.manifest.spec.input_size,
+            );
+            if let Some(dir) = &a.reference_images {
+                write_onnx_reference(&predictor, dir, a.reference_count, &a.onnx)?;
+            }
+            Ok(())
+        }
         Command::ImportWeights(a) => {
             let note = oncolens::import::import_efficientnet_lite0(&a.from, &a.out)?;
             println!(
@@ -627,6 +667,48 @@ fn collect_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
         }
     }
     Ok(out)
+}
+
+/// Network inputs and probabilities of `count` images, spread over `dir`, beside `onnx`.
+fn write_onnx_reference(
+    predictor: &Predictor,
+    dir: &Path,
+    count: usize,
+    onnx: &Path,
+) -> Result<()> {
+    let files = collect_inputs(&[dir.to_path_buf()])?;
+    let step = (files.len() / count.max(1)).max(1);
+    let chosen: Vec<PathBuf> = files.into_iter().step_by(step).take(count).collect();
+    let (mut inputs, mut probs, mut names) = (Vec::new(), Vec::new(), Vec::new());
+    for f in &chosen {
+        let scan = oncolens::inference::Scan::load(f)?;
+        let (input, _) = predictor.input(&scan.image);
+        let p = predictor
+            .predict_scans(std::slice::from_ref(&scan))
+            .remove(0);
+        inputs.extend(input);
+        probs.extend(p.probabilities);
+        names.push(f.display().to_string());
+    }
+    let base = onnx.display().to_string();
+    let f32_bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    std::fs::write(format!("{base}.input.f32"), f32_bytes(&inputs))?;
+    std::fs::write(format!("{base}.probabilities.f32"), f32_bytes(&probs))?;
+    let s = predictor.manifest.spec.input_size;
+    oncolens::bundle::write_json_atomic(
+        Path::new(&format!("{base}.reference.json")),
+        &serde_json::json!({
+            "count": chosen.len(),
+            "input_shape": [chosen.len(), 1, s, s],
+            "classes": predictor.manifest.class_ids(),
+            "files": names,
+        }),
+    )?;
+    println!(
+        "wrote reference inputs and probabilities of {} images beside it",
+        chosen.len()
+    );
+    Ok(())
 }
 
 fn verdict_name(v: Verdict) -> &'static str {

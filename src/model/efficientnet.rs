@@ -190,6 +190,31 @@ impl EfficientNetLite0 {
         x
     }
 
+    /// The same computation as an ONNX graph (batch norm folded into the convolutions).
+    pub fn export_onnx(
+        &self,
+        g: &mut crate::export::OnnxGraph,
+        input: &str,
+    ) -> crate::Result<String> {
+        let stem = g.conv(input, &self.stem, Some(&self.stem_bn))?;
+        let mut x = g.relu6(&stem);
+        for b in &self.blocks {
+            let mut y = x.clone();
+            if let (Some(c), Some(n)) = (&b.expand, &b.expand_bn) {
+                let e = g.conv(&y, c, Some(n))?;
+                y = g.relu6(&e);
+            }
+            let d = g.conv(&y, &b.depthwise, Some(&b.depthwise_bn))?;
+            let d = g.relu6(&d);
+            let p = g.conv(&d, &b.project, Some(&b.project_bn))?;
+            x = if b.residual { g.add(&p, &x) } else { p };
+        }
+        let h = g.conv(&x, &self.head_conv, Some(&self.head_bn))?;
+        let h = g.relu6(&h);
+        let pooled = g.global_average(&h);
+        Ok(g.linear(&pooled, &self.output))
+    }
+
     /// Every strided layer has padding `k / 2`, so it centres output `j` on input `2j`.
     pub fn feature_alignment(&self) -> super::FeatureAlignment {
         let strided = 1 + self.blocks.iter().filter(|b| b.stride == 2).count();

@@ -198,6 +198,25 @@ impl Classifier {
         }
     }
 
+    /// Adds this network to an ONNX graph (inference behaviour); returns the logits' name.
+    pub fn export_onnx(
+        &self,
+        g: &mut crate::export::OnnxGraph,
+        input: &str,
+    ) -> crate::Result<String> {
+        match self {
+            Classifier::PaperCnn(m) => {
+                let x = crate::export::adapt_channels(g, input, m.in_channels());
+                m.export_onnx(g, &x)
+            }
+            Classifier::ResnetMini(m) => m.export_onnx(g, input),
+            Classifier::EfficientnetLite0(m) => {
+                let x = crate::export::adapt_channels(g, input, m.in_channels());
+                m.export_onnx(g, &x)
+            }
+        }
+    }
+
     /// Logits for a batch.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
         let mut trace = Trace::off();

@@ -127,6 +127,40 @@ impl PaperCnn {
         a
     }
 
+    /// The same computation as an ONNX graph (dropout is the identity at inference).
+    pub fn export_onnx(
+        &self,
+        g: &mut crate::export::OnnxGraph,
+        input: &str,
+    ) -> crate::Result<String> {
+        use crate::export::Attr;
+        let pool = |g: &mut crate::export::OnnxGraph, x: &str| {
+            g.node(
+                "MaxPool",
+                &[x],
+                &[
+                    Attr::Ints("kernel_shape", vec![2, 2]),
+                    Attr::Ints("strides", vec![2, 2]),
+                ],
+            )
+        };
+        let mut x = input.to_string();
+        for (i, conv) in self.convs.iter().enumerate() {
+            let y = g.conv(&x, conv, None)?;
+            x = g.relu(&y);
+            if POOL_AFTER.contains(&i) {
+                // The pool after the last conv belongs to the head, same place in the graph.
+                x = pool(g, &x);
+            }
+        }
+        let flat = g.node("Flatten", &[&x], &[Attr::Int("axis", 1)]);
+        let d1 = g.linear(&flat, &self.dense1);
+        let d1 = g.relu(&d1);
+        let d2 = g.linear(&d1, &self.dense2);
+        let d2 = g.relu(&d2);
+        Ok(g.linear(&d2, &self.output))
+    }
+
     /// From the last conv activation to class logits.
     pub fn head(&self, features: Tensor<4>, trace: &mut Trace) -> Tensor<2> {
         let x = self.pool.forward(features);

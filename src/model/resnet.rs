@@ -152,6 +152,29 @@ impl ResnetMini {
         (0..strided).fold(super::FeatureAlignment::IDENTITY, |a, _| a.then(2.0, 0.0))
     }
 
+    /// The same computation as an ONNX graph (batch norm folded into the convolutions).
+    pub fn export_onnx(
+        &self,
+        g: &mut crate::export::OnnxGraph,
+        input: &str,
+    ) -> crate::Result<String> {
+        let stem = g.conv(input, &self.stem, Some(&self.stem_bn))?;
+        let mut x = g.relu(&stem);
+        for block in &self.stages {
+            let identity = match &block.shortcut {
+                Some(p) => g.conv(&x, &p.conv, Some(&p.bn))?,
+                None => x.clone(),
+            };
+            let y = g.conv(&x, &block.conv1, Some(&block.bn1))?;
+            let y = g.relu(&y);
+            let y = g.conv(&y, &block.conv2, Some(&block.bn2))?;
+            let sum = g.add(&y, &identity);
+            x = g.relu(&sum);
+        }
+        let pooled = g.global_average(&x);
+        Ok(g.linear(&pooled, &self.output))
+    }
+
     pub fn head(&self, features: Tensor<4>, trace: &mut Trace) -> Tensor<2> {
         let x: Tensor<2> = self.pool.forward(features).flatten(1, 3);
         trace.record("gap", "GlobalAvgPool", &x, 0);
