@@ -3,14 +3,11 @@
 
 mod common;
 
-use std::sync::atomic::AtomicBool;
-
 use image::Luma;
 use oncolens::data::image_io::GreyImage;
 use oncolens::explain::Explainer;
 use oncolens::model::Architecture;
 use oncolens::train::config::TrainConfig;
-use oncolens::train::{TrainOptions, train};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -58,7 +55,6 @@ fn train_blob_model(dir: &std::path::Path, architecture: Architecture) -> std::p
             img.save(data.join(class).join(format!("{i}.png"))).unwrap();
         }
     }
-    let out = dir.join("model");
     let config = TrainConfig {
         architecture,
         input_size: SIZE as usize,
@@ -70,16 +66,7 @@ fn train_blob_model(dir: &std::path::Path, architecture: Architecture) -> std::p
         seed: 3,
         ..Default::default()
     };
-    let opts = TrainOptions {
-        data,
-        out: out.clone(),
-        config,
-        resume: false,
-        progress: false,
-        near_duplicates: None,
-    };
-    train(&opts, &AtomicBool::new(false)).unwrap();
-    out
+    common::train_model(&data, &dir.join("model"), config)
 }
 
 /// Share of held-out blob images whose Grad-CAM peak (at the original size) lies in the blob.
@@ -185,7 +172,6 @@ fn grad_cam_works_for_every_architecture() {
         (Architecture::ResnetFine, 1),
         (Architecture::EfficientnetLite0, 3),
     ] {
-        let out = tmp.path().join(architecture.name());
         let config = TrainConfig {
             architecture,
             in_channels: channels,
@@ -196,15 +182,7 @@ fn grad_cam_works_for_every_architecture() {
             seed: 1,
             ..Default::default()
         };
-        let opts = TrainOptions {
-            data: data.clone(),
-            out: out.clone(),
-            config,
-            resume: false,
-            progress: false,
-            near_duplicates: None,
-        };
-        train(&opts, &AtomicBool::new(false)).unwrap();
+        let out = common::train_model(&data, &tmp.path().join(architecture.name()), config);
         let explainer = Explainer::open(Some(&out)).unwrap();
         for class in 0..3 {
             let e = explainer.explain(&scan, Some(class)).unwrap();

@@ -6,14 +6,12 @@ mod common;
 
 use std::io::Cursor;
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
 
 use common::non_mri::synthetic_non_mri;
 use image::{DynamicImage, ImageFormat};
 use oncolens::inference::{Predictor, Scan, Verdict};
 use oncolens::model::Architecture;
 use oncolens::train::config::TrainConfig;
-use oncolens::train::{TrainOptions, train};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -47,7 +45,6 @@ fn training_fits_calibration_and_an_input_check_that_refuses_non_mri() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     common::write_folder(&data, 36, 64, 21);
-    let out = tmp.path().join("model");
     let config = TrainConfig {
         architecture: Architecture::ResnetMini,
         input_size: 64,
@@ -59,15 +56,7 @@ fn training_fits_calibration_and_an_input_check_that_refuses_non_mri() {
         seed: 5,
         ..Default::default()
     };
-    let opts = TrainOptions {
-        data,
-        out: out.clone(),
-        config,
-        resume: false,
-        progress: false,
-        near_duplicates: None,
-    };
-    train(&opts, &AtomicBool::new(false)).unwrap();
+    let out = common::train_model(&data, &tmp.path().join("model"), config);
     for f in ["calibration.json", "reliability.png"] {
         assert!(out.join(f).is_file(), "{f} missing");
     }

@@ -131,6 +131,22 @@ impl FeatureAlignment {
     }
 }
 
+/// Global average pooling, dropout and the linear classifier: the head both residual networks
+/// and EfficientNet-Lite0 end with.
+pub(crate) fn pooled_linear_head(
+    features: Tensor<4>,
+    pool: &burn::nn::pool::AdaptiveAvgPool2d,
+    dropout: &burn::nn::Dropout,
+    output: &burn::nn::Linear,
+    trace: &mut Trace,
+) -> Tensor<2> {
+    let x: Tensor<2> = pool.forward(features).flatten(1, 3);
+    trace.record("gap", "GlobalAvgPool", &x, 0);
+    let x = output.forward(dropout.forward(x));
+    trace.record("logits", "Dropout + Dense", &x, output.num_params());
+    x
+}
+
 /// A classifier of any shipped architecture.
 // Built once per process and moved rarely: boxing the large variant buys nothing.
 #[allow(clippy::large_enum_variant)]

@@ -176,10 +176,6 @@ impl ResnetMini {
     }
 
     pub fn head(&self, features: Tensor<4>, trace: &mut Trace) -> Tensor<2> {
-        let x: Tensor<2> = self.pool.forward(features).flatten(1, 3);
-        trace.record("gap", "GlobalAvgPool", &x, 0);
-        let x = self.output.forward(self.dropout.forward(x));
-        trace.record("logits", "Dropout + Dense", &x, self.output.num_params());
-        x
+        super::pooled_linear_head(features, &self.pool, &self.dropout, &self.output, trace)
     }
 }

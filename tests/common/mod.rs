@@ -98,3 +98,21 @@ pub fn start_server(
 }
 
 pub mod non_mri;
+
+/// Trains `config` on `data` into `out` (no near-duplicate search, no progress bars).
+pub fn train_model(
+    data: &Path,
+    out: &Path,
+    config: oncolens::train::config::TrainConfig,
+) -> PathBuf {
+    let opts = oncolens::train::TrainOptions {
+        data: data.to_path_buf(),
+        out: out.to_path_buf(),
+        config,
+        resume: false,
+        progress: false,
+        near_duplicates: None,
+    };
+    oncolens::train::train(&opts, &std::sync::atomic::AtomicBool::new(false)).unwrap();
+    out.to_path_buf()
+}
