@@ -275,14 +275,16 @@ pub const DEFAULT_MODEL_CARD: &str = include_str!("../docs/model-card.md");
 
 /// Whether `manifest` is the bundled default model's (its weights checksum matches).
 pub fn is_default_model(manifest: &Manifest) -> bool {
-    serde_json::from_str::<serde_json::Value>(DEFAULT_MANIFEST)
-        .ok()
-        .and_then(|v| {
-            v["weights_sha256"]
-                .as_str()
-                .map(|s| s == manifest.weights_sha256)
+    // Parsed once: the default manifest carries the input check's packed covariance.
+    static DEFAULT_SHA: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    DEFAULT_SHA
+        .get_or_init(|| {
+            serde_json::from_str::<serde_json::Value>(DEFAULT_MANIFEST)
+                .ok()
+                .and_then(|v| v["weights_sha256"].as_str().map(str::to_string))
         })
-        .unwrap_or(false)
+        .as_deref()
+        == Some(manifest.weights_sha256.as_str())
 }
 
 /// Loads the bundled default model onto `device`.

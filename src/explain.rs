@@ -82,7 +82,8 @@ impl Explainer {
                 "class index {c} is out of range (model has {k} classes)"
             )));
         }
-        let (input, geometry) = pre.run(image);
+        let (prepared, geometry) = pre.prepare(image);
+        let input = pre.standardize(&prepared);
         let s = pre.input_size as usize;
         let x = Tensor::<4>::from_data(TensorData::new(input, [1, 1, s, s]), &self.device);
         let mut trace = Trace::off();
@@ -91,7 +92,6 @@ impl Explainer {
         let logits = self.model.head(features.clone(), &mut trace);
         let mut logit_row = rows(logits.clone().detach()).remove(0);
         if self.tta {
-            let prepared = pre.prepare(image).0;
             let (tta_logits, _) = forward_rows(&self.model, &[&prepared], pre, &self.device, true);
             if let Some(l) = tta_logits.into_iter().next() {
                 logit_row = l;

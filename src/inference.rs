@@ -133,10 +133,19 @@ impl Scan {
     pub fn stats(&self) -> ImageStats {
         ImageStats::of(&self.image, &self.info)
     }
+
+    /// What the network and the input check take from a scan.
+    pub fn prepared(&self, pre: &Preprocessing) -> PreparedScan {
+        (
+            pre.prepare(&self.image).0,
+            self.stats(),
+            self.image.dimensions(),
+        )
+    }
 }
 
 /// A scan ready for the network: prepared image, image statistics, original size.
-type PreparedScan = (GreyImage, ImageStats, (u32, u32));
+pub type PreparedScan = (GreyImage, ImageStats, (u32, u32));
 
 /// A model ready to answer.
 pub struct Predictor {
@@ -251,7 +260,7 @@ impl Predictor {
                 .par_iter()
                 .map(|p| {
                     Scan::load(p)
-                        .map(|s| (pre.prepare(&s.image).0, s.stats(), s.image.dimensions()))
+                        .map(|s| s.prepared(pre))
                         .map_err(|e| e.to_string())
                 })
                 .collect();

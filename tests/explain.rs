@@ -66,7 +66,7 @@ fn train_blob_model(dir: &std::path::Path, architecture: Architecture) -> std::p
         seed: 3,
         ..Default::default()
     };
-    common::train_model(&data, &dir.join("model"), config)
+    common::train_model(&data, &dir.join("model"), config).model_dir
 }
 
 /// Share of held-out blob images whose Grad-CAM peak (at the original size) lies in the blob.

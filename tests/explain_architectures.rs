@@ -36,7 +36,8 @@ fn grad_cam_works_for_every_architecture() {
             seed: 1,
             ..Default::default()
         };
-        let out = common::train_model(&data, &tmp.path().join(architecture.name()), config);
+        let out =
+            common::train_model(&data, &tmp.path().join(architecture.name()), config).model_dir;
         let explainer = Explainer::open(Some(&out)).unwrap();
         for class in 0..3 {
             let e = explainer.explain(&scan, Some(class)).unwrap();

@@ -2,7 +2,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
 use oncolens::data::ImageFolder;
@@ -25,18 +24,6 @@ fn quick_config(arch: Architecture, input_size: usize, epochs: usize) -> TrainCo
         seed: 7,
         ..Default::default()
     }
-}
-
-fn train_on(data: &Path, out: &Path, config: TrainConfig) -> oncolens::train::TrainReport {
-    let opts = TrainOptions {
-        data: data.to_path_buf(),
-        out: out.to_path_buf(),
-        config,
-        resume: false,
-        progress: false,
-        near_duplicates: None,
-    };
-    train(&opts, &AtomicBool::new(false)).expect("training runs")
 }
 
 #[test]
@@ -63,7 +50,7 @@ fn train_evaluate_predict_beats_chance_and_skips_bad_files() {
     .unwrap();
 
     let out = tmp.path().join("model out");
-    let report = train_on(
+    let report = common::train_model(
         &training,
         &out,
         quick_config(Architecture::ResnetMini, 48, 8),
@@ -146,7 +133,7 @@ fn predict_feeds_the_network_exactly_what_training_fed_it() {
     let mut cfg = quick_config(Architecture::ResnetMini, 40, 1);
     cfg.clahe = true;
     cfg.denoise = true;
-    train_on(&data, &out, cfg);
+    common::train_model(&data, &out, cfg);
     let predictor = Predictor::load(&out).unwrap();
     let pre = &predictor.manifest.preprocessing;
     assert!(
@@ -188,7 +175,7 @@ fn both_architectures_learn_from_initialisation_without_collapsing() {
         let mut cfg = quick_config(arch, size, epochs);
         cfg.learning_rate = 1e-3;
         cfg.batch_size = 8;
-        let report = train_on(&data, &out, cfg);
+        let report = common::train_model(&data, &out, cfg);
         let first = report.history.first().unwrap().train_loss;
         let last = report.history.last().unwrap().train_loss;
         let chance = (3f64).ln();

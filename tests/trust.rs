@@ -56,7 +56,7 @@ fn training_fits_calibration_and_an_input_check_that_refuses_non_mri() {
         seed: 5,
         ..Default::default()
     };
-    let out = common::train_model(&data, &tmp.path().join("model"), config);
+    let out = common::train_model(&data, &tmp.path().join("model"), config).model_dir;
     for f in ["calibration.json", "reliability.png"] {
         assert!(out.join(f).is_file(), "{f} missing");
     }

@@ -18,10 +18,10 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::data::ImageFolder;
-use crate::data::image_io::{GreyImage, ImageInfo, decode_grey_with_info};
+use crate::data::image_io::GreyImage;
 use crate::data::loader::batch_input;
 use crate::error::{Error, Result};
-use crate::inference::INFERENCE_BATCH;
+use crate::inference::{INFERENCE_BATCH, PreparedScan, Scan};
 use crate::model::Classifier;
 use crate::preprocess::Preprocessing;
 
@@ -123,9 +123,6 @@ pub struct Observation {
     pub label: usize,
 }
 
-/// Folder index, prepared image, statistics and original size of one decoded sample.
-type DecodedSample = (usize, GreyImage, ImageStats, (u32, u32));
-
 /// Decodes `indices` of `folder` and runs the network over them. Unreadable files are returned
 /// apart as "path: reason".
 pub fn observe(
@@ -140,18 +137,12 @@ pub fn observe(
     let mut out = Vec::with_capacity(indices.len());
     let mut skipped = Vec::new();
     for chunk in indices.chunks(4 * INFERENCE_BATCH) {
-        let decoded: Vec<std::result::Result<DecodedSample, String>> = chunk
+        let decoded: Vec<std::result::Result<(usize, PreparedScan), String>> = chunk
             .par_iter()
             .map(|&i| {
-                let path = &folder.samples[i].path;
-                let r = std::fs::read(path)
-                    .map_err(|e| e.to_string())
-                    .and_then(|b| decode_grey_with_info(&b))
-                    .map(|(img, info)| {
-                        let stats = ImageStats::of(&img, &info);
-                        (i, pre.prepare(&img).0, stats, img.dimensions())
-                    })
-                    .map_err(|e| format!("{}: {e}", path.display()));
+                let r = Scan::load(&folder.samples[i].path)
+                    .map(|s| (i, s.prepared(pre)))
+                    .map_err(|e| e.to_string());
                 if let Some(p) = progress {
                     p.inc(1);
                 }
@@ -162,9 +153,9 @@ pub fn observe(
             .into_iter()
             .filter_map(|r| r.map_err(|e| skipped.push(e)).ok())
             .collect();
-        let images: Vec<&GreyImage> = ok.iter().map(|d| &d.1).collect();
+        let images: Vec<&GreyImage> = ok.iter().map(|(_, d)| &d.0).collect();
         let (logits, pooled) = forward_rows(model, &images, pre, device, tta);
-        for ((&(index, _, stats, size), l), p) in ok.iter().zip(logits).zip(pooled) {
+        for ((&(index, (_, stats, size)), l), p) in ok.iter().zip(logits).zip(pooled) {
             out.push(Observation {
                 index,
                 logits: l,
@@ -320,22 +311,6 @@ pub fn fit(
             validation_rejected_by_image_checks: rejected_by_images,
         },
     ))
-}
-
-/// The statistics of a decoded image whose file details are unknown (treated as greyscale).
-pub fn stats_of_grey(image: &GreyImage) -> ImageStats {
-    let (w, h) = image.dimensions();
-    ImageStats::of(
-        image,
-        &ImageInfo {
-            format: "unknown",
-            width: w,
-            height: h,
-            color: "L32F".into(),
-            bits_per_channel: 32,
-            colourfulness: 0.0,
-        },
-    )
 }
 
 /// Files [`calibrate_saved`] writes beside the model.

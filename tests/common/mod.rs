@@ -104,7 +104,7 @@ pub fn train_model(
     data: &Path,
     out: &Path,
     config: oncolens::train::config::TrainConfig,
-) -> PathBuf {
+) -> oncolens::train::TrainReport {
     let opts = oncolens::train::TrainOptions {
         data: data.to_path_buf(),
         out: out.to_path_buf(),
@@ -113,6 +113,6 @@ pub fn train_model(
         progress: false,
         near_duplicates: None,
     };
-    oncolens::train::train(&opts, &std::sync::atomic::AtomicBool::new(false)).unwrap();
-    out.to_path_buf()
+    oncolens::train::train(&opts, &std::sync::atomic::AtomicBool::new(false))
+        .expect("training runs")
 }
