@@ -123,6 +123,10 @@ struct CalibrateArgs {
     /// Share of validation images inside the input check's feature-distance threshold.
     #[arg(long, default_value_t = 0.995)]
     feature_quantile: f64,
+    /// Shrinkage of the feature covariance (0-1); by default the value under which the
+    /// validation features are most likely.
+    #[arg(long)]
+    shrinkage: Option<f32>,
     #[arg(long)]
     quiet: bool,
 }
@@ -509,6 +513,11 @@ fn cmd_calibrate(a: CalibrateArgs) -> Result<()> {
     if !(0.5..=1.0).contains(&a.coverage) || !(0.5..=1.0).contains(&a.feature_quantile) {
         bail!("--coverage and --feature-quantile must be between 0.5 and 1");
     }
+    if a.shrinkage
+        .is_some_and(|s| !(0.0..=1.0).contains(&s) || s == 0.0)
+    {
+        bail!("--shrinkage must be in (0, 1]");
+    }
     let dir = oncolens::bundle::model_dir(&a.model);
     let split_file = dir.join("split.json");
     let text = std::fs::read_to_string(&split_file).with_context(|| {
@@ -545,7 +554,7 @@ fn cmd_calibrate(a: CalibrateArgs) -> Result<()> {
     let options = oncolens::trust::FitOptions {
         coverage: a.coverage,
         feature_quantile: a.feature_quantile,
-        ..Default::default()
+        shrinkage: a.shrinkage,
     };
     let progress = !a.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let r =
@@ -555,7 +564,7 @@ fn cmd_calibrate(a: CalibrateArgs) -> Result<()> {
         "calibrated {} on {} validation images ({} training images for the input check)\n\
          temperature {:.3}: NLL {:.4} -> {:.4}, ECE {:.4} -> {:.4}\n\
          \"uncertain\" below a calibrated probability of {:.3}\n\
-         input check: feature-distance threshold {:.2}; {} validation images outside the image bounds\n\
+         input check: feature-distance threshold {:.2} (covariance shrinkage {}{}); {} validation images outside the image bounds\n\
          wrote {} and {}",
         dir.display(),
         c.images,
@@ -567,6 +576,19 @@ fn cmd_calibrate(a: CalibrateArgs) -> Result<()> {
         c.ece_after,
         r.uncertainty_threshold,
         oncolens::trust::input_check::quantile(&r.validation_distances, a.feature_quantile),
+        r.shrinkage,
+        if r.shrinkage_scores.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ", chosen on validation; mean log-likelihood per candidate: {}",
+                r.shrinkage_scores
+                    .iter()
+                    .map(|s| format!("{}: {:.1}", s.shrinkage, s.validation_log_likelihood))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        },
         r.validation_rejected_by_image_checks,
         dir.join(oncolens::trust::REPORT_FILE).display(),
         dir.join(oncolens::trust::RELIABILITY_PNG).display(),

@@ -161,6 +161,9 @@ pub struct FeatureDensity {
     pub cholesky_base64: String,
     /// Weight of the identity (scaled to the mean variance) mixed into the covariance.
     pub shrinkage: f32,
+    /// How the shrinkage was chosen, in words.
+    #[serde(default)]
+    pub shrinkage_rule: String,
     /// Distances above this are out of distribution.
     pub threshold: f32,
     /// How the threshold was chosen, in words.
@@ -169,14 +172,25 @@ pub struct FeatureDensity {
     cholesky: Vec<f32>,
 }
 
-impl FeatureDensity {
-    /// Fits class means and the pooled within-class covariance, shrunk towards a scaled identity.
-    pub fn fit(
-        features: &[Vec<f32>],
-        labels: &[usize],
-        classes: usize,
-        shrinkage: f32,
-    ) -> Option<Self> {
+/// Shrinkage values tried when the choice is left to the validation images.
+pub const SHRINKAGE_CANDIDATES: [f32; 10] = [0.01, 0.03, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 0.99];
+
+/// Mean held-out log-likelihood of the validation features at one shrinkage.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ShrinkageScore {
+    pub shrinkage: f32,
+    /// Mean log-density of each validation feature vector under its own class's Gaussian.
+    pub validation_log_likelihood: f64,
+}
+
+/// Class means and the pooled within-class covariance of training features.
+struct Moments {
+    means: Vec<Vec<f64>>,
+    cov: DMatrix<f64>,
+}
+
+impl Moments {
+    fn of(features: &[Vec<f32>], labels: &[usize], classes: usize) -> Option<Self> {
         let d = features.first()?.len();
         let mut means = vec![vec![0f64; d]; classes];
         let mut counts = vec![0usize; classes];
@@ -196,11 +210,17 @@ impl FeatureDensity {
             cov.ger(1.0, &diff, &diff, 1.0);
         }
         cov /= (features.len().saturating_sub(classes)).max(1) as f64;
-        let mean_var = cov.trace() / d as f64;
+        Some(Self { means, cov })
+    }
+
+    /// The density with the covariance shrunk towards the identity scaled to the mean variance.
+    fn density(&self, shrinkage: f32) -> Option<FeatureDensity> {
+        let d = self.cov.nrows();
+        let mean_var = self.cov.trace() / d as f64;
         let a = f64::from(shrinkage);
-        let shrunk = cov * (1.0 - a) + DMatrix::<f64>::identity(d, d) * (a * mean_var.max(1e-12));
-        let chol = shrunk.cholesky()?;
-        let l = chol.l();
+        let shrunk =
+            &self.cov * (1.0 - a) + DMatrix::<f64>::identity(d, d) * (a * mean_var.max(1e-12));
+        let l = shrunk.cholesky()?.l();
         let mut packed = Vec::with_capacity(d * (d + 1) / 2);
         for i in 0..d {
             for j in 0..=i {
@@ -208,18 +228,93 @@ impl FeatureDensity {
             }
         }
         let bytes: Vec<u8> = packed.iter().flat_map(|v| v.to_le_bytes()).collect();
-        Some(Self {
+        Some(FeatureDensity {
             dimension: d,
-            means: means
+            means: self
+                .means
                 .iter()
                 .map(|m| m.iter().map(|&v| v as f32).collect())
                 .collect(),
             cholesky_base64: base64::engine::general_purpose::STANDARD.encode(bytes),
             shrinkage,
+            shrinkage_rule: format!("fixed at {shrinkage}"),
             threshold: f32::MAX, // set by the caller; JSON has no infinity
             threshold_rule: String::new(),
             cholesky: packed,
         })
+    }
+}
+
+impl FeatureDensity {
+    /// Fits class means and the pooled within-class covariance, shrunk towards a scaled identity.
+    pub fn fit(
+        features: &[Vec<f32>],
+        labels: &[usize],
+        classes: usize,
+        shrinkage: f32,
+    ) -> Option<Self> {
+        Moments::of(features, labels, classes)?.density(shrinkage)
+    }
+
+    /// Fits on the training features and picks, among `candidates`, the shrinkage under which
+    /// the held-out validation features are most likely (each under its own class's Gaussian):
+    /// the covariance that generalises best to unseen slices, chosen without the test set.
+    pub fn fit_choosing_shrinkage(
+        features: &[Vec<f32>],
+        labels: &[usize],
+        classes: usize,
+        validation: (&[Vec<f32>], &[usize]),
+        candidates: &[f32],
+    ) -> Option<(Self, Vec<ShrinkageScore>)> {
+        let moments = Moments::of(features, labels, classes)?;
+        let mut scores = Vec::new();
+        let mut best: Option<(f64, FeatureDensity)> = None;
+        for &a in candidates {
+            let Some(density) = moments.density(a) else {
+                continue; // not positive definite at this shrinkage
+            };
+            let (feats, ys) = validation;
+            let ll = feats
+                .iter()
+                .zip(ys)
+                .map(|(f, &y)| density.log_likelihood(f, y))
+                .sum::<f64>()
+                / feats.len().max(1) as f64;
+            scores.push(ShrinkageScore {
+                shrinkage: a,
+                validation_log_likelihood: ll,
+            });
+            if best.as_ref().is_none_or(|(b, _)| ll > *b) {
+                best = Some((ll, density));
+            }
+        }
+        let (_, mut density) = best?;
+        density.shrinkage_rule = format!(
+            "the most likely for {} held-out validation images among {} candidates",
+            validation.0.len(),
+            scores.len()
+        );
+        Some((density, scores))
+    }
+
+    /// Log-density of `f` under class `class`'s Gaussian.
+    pub fn log_likelihood(&self, f: &[f32], class: usize) -> f64 {
+        let d = self.dimension;
+        let Some(mean) = self.means.get(class) else {
+            return f64::NEG_INFINITY;
+        };
+        if f.len() != d || self.cholesky.len() != d * (d + 1) / 2 {
+            return f64::NEG_INFINITY;
+        }
+        let mut log_det = 0.0;
+        let mut row = 0;
+        for i in 0..d {
+            log_det += 2.0 * f64::from(self.cholesky[row + i]).ln();
+            row += i + 1;
+        }
+        -0.5 * (self.quadratic_form(f, mean)
+            + log_det
+            + d as f64 * (2.0 * std::f64::consts::PI).ln())
     }
 
     /// Decodes the stored factor (after deserialising); false when it does not fit the dimension.
@@ -239,31 +334,37 @@ impl FeatureDensity {
         true
     }
 
-    /// The smallest Mahalanobis distance from `f` to a class mean (square root of the quadratic
-    /// form), by forward substitution with the Cholesky factor.
+    /// The smallest Mahalanobis distance from `f` to a class mean.
     pub fn distance(&self, f: &[f32]) -> f32 {
         let d = self.dimension;
         if f.len() != d || self.cholesky.len() != d * (d + 1) / 2 {
             return f32::INFINITY;
         }
-        let mut best = f64::INFINITY;
-        let mut y = vec![0f64; d];
-        for mean in &self.means {
-            let mut row = 0;
-            let mut q = 0f64;
-            for i in 0..d {
-                let dot: f64 = self.cholesky[row..row + i]
-                    .iter()
-                    .zip(&y[..i])
-                    .map(|(l, y)| f64::from(*l) * y)
-                    .sum();
-                y[i] = (f64::from(f[i] - mean[i]) - dot) / f64::from(self.cholesky[row + i]);
-                q += y[i] * y[i];
-                row += i + 1;
-            }
-            best = best.min(q);
-        }
+        let best = self
+            .means
+            .iter()
+            .map(|mean| self.quadratic_form(f, mean))
+            .fold(f64::INFINITY, f64::min);
         best.sqrt() as f32
+    }
+
+    /// (f - mean)' S^-1 (f - mean), by forward substitution with the Cholesky factor of S.
+    fn quadratic_form(&self, f: &[f32], mean: &[f32]) -> f64 {
+        let d = self.dimension;
+        let mut y = vec![0f64; d];
+        let mut row = 0;
+        let mut q = 0f64;
+        for i in 0..d {
+            let dot: f64 = self.cholesky[row..row + i]
+                .iter()
+                .zip(&y[..i])
+                .map(|(l, y)| f64::from(*l) * y)
+                .sum();
+            y[i] = (f64::from(f[i] - mean[i]) - dot) / f64::from(self.cholesky[row + i]);
+            q += y[i] * y[i];
+            row += i + 1;
+        }
+        q
     }
 }
 
@@ -316,6 +417,86 @@ mod tests {
         let d = density.distance(&[10.0, 0.0, 3.0]);
         assert!((d - 1.0).abs() < 0.1, "{d}");
         assert_eq!(density.distance(&[1.0]), f32::INFINITY);
+    }
+
+    /// Gaussian samples of `d` dimensions with standard deviation `scale(i)` on axis `i`.
+    fn gaussian_rows(
+        rng: &mut ChaCha8Rng,
+        n: usize,
+        d: usize,
+        scale: impl Fn(usize) -> f32,
+    ) -> Vec<Vec<f32>> {
+        (0..n)
+            .map(|_| {
+                (0..d)
+                    .map(|i| {
+                        let g = (0..12).map(|_| rng.random_range(0.0..1.0f32)).sum::<f32>() - 6.0;
+                        g * scale(i)
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn validation_picks_little_shrinkage_for_plenty_of_data_and_much_for_scarce_data() {
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        // Plenty of samples, axis scales 1..20: the sample covariance is right, the identity
+        // is wrong.
+        let scale = |i: usize| 1.0 + i as f32;
+        let train = gaussian_rows(&mut rng, 3000, 20, scale);
+        let val = gaussian_rows(&mut rng, 500, 20, scale);
+        let (plenty, scores) = FeatureDensity::fit_choosing_shrinkage(
+            &train,
+            &vec![0; train.len()],
+            1,
+            (&val, &vec![0; val.len()]),
+            &SHRINKAGE_CANDIDATES,
+        )
+        .unwrap();
+        assert_eq!(scores.len(), SHRINKAGE_CANDIDATES.len());
+        assert!(plenty.shrinkage <= 0.05, "{scores:?}");
+        assert!(
+            plenty
+                .shrinkage_rule
+                .contains("500 held-out validation images")
+        );
+        // Scarce samples of an isotropic Gaussian in 60 dimensions: the sample covariance is
+        // nearly singular, the identity is right.
+        let train = gaussian_rows(&mut rng, 70, 60, |_| 1.0);
+        let val = gaussian_rows(&mut rng, 200, 60, |_| 1.0);
+        let (scarce, scores) = FeatureDensity::fit_choosing_shrinkage(
+            &train,
+            &vec![0; train.len()],
+            1,
+            (&val, &vec![0; val.len()]),
+            &SHRINKAGE_CANDIDATES,
+        )
+        .unwrap();
+        assert!(scarce.shrinkage >= 0.5, "{scores:?}");
+        // The chosen one is the best scored.
+        let best = scores
+            .iter()
+            .max_by(|a, b| {
+                a.validation_log_likelihood
+                    .total_cmp(&b.validation_log_likelihood)
+            })
+            .unwrap();
+        assert_eq!(best.shrinkage, scarce.shrinkage);
+    }
+
+    #[test]
+    fn log_likelihood_matches_the_standard_normal_density() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let train = gaussian_rows(&mut rng, 20000, 2, |_| 1.0);
+        let density = FeatureDensity::fit(&train, &vec![0; train.len()], 1, 0.01).unwrap();
+        // log N(0; 0, I) in 2-D = -ln(2 pi).
+        let ll = density.log_likelihood(&[0.0, 0.0], 0);
+        assert!(
+            (ll + (2.0 * std::f64::consts::PI).ln()).abs() < 0.05,
+            "{ll}"
+        );
+        assert_eq!(density.log_likelihood(&[0.0, 0.0], 5), f64::NEG_INFINITY);
     }
 
     #[test]

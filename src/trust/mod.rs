@@ -26,7 +26,7 @@ use crate::model::Classifier;
 use crate::preprocess::Preprocessing;
 
 pub use calibration::CalibrationReport;
-pub use input_check::{FeatureDensity, ImageBounds, ImageStats};
+pub use input_check::{FeatureDensity, ImageBounds, ImageStats, ShrinkageScore};
 
 /// What a model file stores to decide between an answer, "uncertain" and "not a brain MRI".
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -96,8 +96,9 @@ pub struct FitOptions {
     pub coverage: f64,
     /// Share of validation images whose feature distance stays below the OOD threshold.
     pub feature_quantile: f64,
-    /// Shrinkage of the feature covariance towards a scaled identity.
-    pub shrinkage: f32,
+    /// Shrinkage of the feature covariance towards a scaled identity; `None`: the candidate
+    /// under which the validation features are most likely.
+    pub shrinkage: Option<f32>,
 }
 
 impl Default for FitOptions {
@@ -105,7 +106,7 @@ impl Default for FitOptions {
         Self {
             coverage: 0.95,
             feature_quantile: 0.995,
-            shrinkage: 0.1,
+            shrinkage: None,
         }
     }
 }
@@ -238,6 +239,10 @@ pub struct FitReport {
     /// Feature distances of the validation images, sorted.
     pub validation_distances: Vec<f32>,
     pub validation_rejected_by_image_checks: usize,
+    /// The covariance shrinkage used.
+    pub shrinkage: f32,
+    /// Validation log-likelihood per shrinkage tried (empty when it was fixed).
+    pub shrinkage_scores: Vec<ShrinkageScore>,
 }
 
 /// Fits temperature, uncertainty threshold, image bounds and feature density: features and
@@ -266,8 +271,24 @@ pub fn fit(
     let image_bounds = ImageBounds::fit(&stats);
     let feats: Vec<Vec<f32>> = train.iter().map(|o| o.pooled.clone()).collect();
     let labels: Vec<usize> = train.iter().map(|o| o.label).collect();
-    let mut features = FeatureDensity::fit(&feats, &labels, classes, options.shrinkage)
-        .ok_or_else(|| Error::Config("the feature covariance is not positive definite".into()))?;
+    let not_pd = || Error::Config("the feature covariance is not positive definite".into());
+    let (mut features, shrinkage_scores) = match options.shrinkage {
+        Some(a) => (
+            FeatureDensity::fit(&feats, &labels, classes, a).ok_or_else(not_pd)?,
+            Vec::new(),
+        ),
+        None => {
+            let val_feats: Vec<Vec<f32>> = validation.iter().map(|o| o.pooled.clone()).collect();
+            FeatureDensity::fit_choosing_shrinkage(
+                &feats,
+                &labels,
+                classes,
+                (&val_feats, &val_labels),
+                &input_check::SHRINKAGE_CANDIDATES,
+            )
+            .ok_or_else(not_pd)?
+        }
+    };
     let mut distances: Vec<f32> = validation
         .iter()
         .map(|o| features.distance(&o.pooled))
@@ -283,6 +304,7 @@ pub fn fit(
         .iter()
         .filter(|o| !image_bounds.reasons(&o.stats, o.size).is_empty())
         .count();
+    let profile_shrinkage = features.shrinkage;
     let profile = TrustProfile {
         temperature: report.temperature,
         calibration: CalibrationSummary {
@@ -309,6 +331,8 @@ pub fn fit(
             uncertainty_threshold: threshold,
             validation_distances: distances,
             validation_rejected_by_image_checks: rejected_by_images,
+            shrinkage: profile_shrinkage,
+            shrinkage_scores,
         },
     ))
 }
