@@ -11,7 +11,8 @@ import subprocess
 import sys
 
 NETS = ["paper-cnn", "resnet-fine"]
-STACKS = ["oncolens", "torch", "torch-channels-last", "keras", "ort"]
+STACKS = ["oncolens", "oncolens-int8", "torch", "torch-channels-last", "keras", "ort"]
+PEERS = ["torch", "torch-channels-last", "keras", "ort"]
 
 
 def load(folder):
@@ -91,19 +92,26 @@ def main():
             print(f"| {name} | {fmt(tr)} | {pct(tg)} | "
                   f"{fmt(i and i['batch1_median_ms'])} / {fmt(i and i['batch1_p95_ms'])} | "
                   f"{fmt(th)} | {pct(ig)} | {fmt(t and t['peak_rss_mib'], 0)} / {fmt(i and i['peak_rss_mib'], 0)} |")
-        o_t, o_i = r.get((net, "train", "oncolens")), r.get((net, "infer", "oncolens"))
-        print()
-        print("| oncolens vs | training | batch-1 latency | batch-32 throughput | memory (peer RSS / ours, infer) |")
-        print("|---|---:|---:|---:|---:|")
-        for stack in STACKS[1:]:
-            t, i = r.get((net, "train", stack)), r.get((net, "infer", stack))
-            ratio = lambda a, b: f"{a / b:.2f}x" if a and b else "-"
-            print(f"| {(i or t)['framework']} | "
-                  f"{ratio(o_t and o_t['train_images_per_s'], t and t['train_images_per_s'])} | "
-                  f"{ratio(i and i['batch1_median_ms'], o_i and o_i['batch1_median_ms'])} | "
-                  f"{ratio(o_i and o_i['batch32_images_per_s'], i and i['batch32_images_per_s'])} | "
-                  f"{ratio(i and i['peak_rss_mib'], o_i and o_i['peak_rss_mib'])} |")
-
+        o_t = r.get((net, "train", "oncolens"))
+        ratio = lambda a, b: f"{a / b:.2f}x" if a and b else "-"
+        for ours in ("oncolens", "oncolens-int8"):
+            o_i = r.get((net, "infer", ours))
+            if not o_i:
+                continue
+            print()
+            print(f"| {o_i['framework']} vs | training | batch-1 latency | batch-32 throughput | "
+                  "memory (peer RSS / ours, infer) |")
+            print("|---|---:|---:|---:|---:|")
+            for stack in PEERS:
+                t, i = r.get((net, "train", stack)), r.get((net, "infer", stack))
+                if not t and not i:
+                    continue
+                train = ratio(o_t and o_t["train_images_per_s"], t and t["train_images_per_s"]) \
+                    if ours == "oncolens" else "-"
+                print(f"| {(i or t)['framework']} | {train} | "
+                      f"{ratio(i and i['batch1_median_ms'], o_i['batch1_median_ms'])} | "
+                      f"{ratio(o_i['batch32_images_per_s'], i and i['batch32_images_per_s'])} | "
+                      f"{ratio(i and i['peak_rss_mib'], o_i['peak_rss_mib'])} |")
 
 if __name__ == "__main__":
     main()

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The framework benchmark (issue #7): oncolens vs PyTorch (plain and channels-last) vs
-# TensorFlow/Keras vs ONNX Runtime on the same CPU, back to back, for paper-cnn (the seed's
+# TensorFlow/Keras vs ONNX Runtime (and oncolens' int8 engine) on the same CPU, back to back, for paper-cnn (the seed's
 # network) and resnet-fine (the default model's network). Each measurement runs in its own
 # process, so each peak RSS is that measurement's alone.
 #
@@ -38,6 +38,7 @@ for net in paper-cnn resnet-fine; do
   done
   $PY --framework ort --net "$net" --mode infer --onnx "$OUT/$net.onnx" "${REPS[@]}" \
     > "$OUT/$net-infer-ort.json"
+  $ONC --net "$net" --mode infer-int8 "${REPS[@]}" > "$OUT/$net-infer-oncolens-int8.json"
 done
 "$V/bin/python" benches/report.py "$OUT" > "$OUT/report.md"
 cat "$OUT/report.md"

@@ -30,6 +30,9 @@ use rand_chacha::ChaCha8Rng;
 enum Mode {
     Train,
     Infer,
+    /// As `infer`, with oncolens' int8 engine (calibrated on a few random inputs: the speed
+    /// does not depend on the ranges).
+    InferInt8,
     Onnx,
 }
 
@@ -173,6 +176,62 @@ fn main() -> Result<()> {
                 "batch32_images_per_s": (a.batch_runs * BATCH) as f64 / seconds,
             })
         }
+        Mode::InferInt8 => {
+            use rayon::prelude::*;
+            let model = Classifier::init(&spec, &base);
+            let mut engine = oncolens::int8::Int8Engine::new(&oncolens::export::network(&model)?)?;
+            let size = a.input_size;
+            let sample = |rng: &mut ChaCha8Rng| -> Vec<f32> {
+                input(1, size, &base, rng)
+                    .into_data()
+                    .try_to_vec()
+                    .unwrap_or_default()
+            };
+            let calibration: Vec<Vec<f32>> = (0..4).map(|_| sample(&mut rng)).collect();
+            engine.calibrate(&calibration, size)?;
+            let probabilities = |x: &[f32]| -> Result<Vec<f32>> {
+                let (logits, _) = engine.forward(x, size)?;
+                let m = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+                let e: Vec<f32> = logits.iter().map(|v| (v - m).exp()).collect();
+                let s: f32 = e.iter().sum();
+                Ok(e.iter().map(|v| v / s).collect())
+            };
+            let one = sample(&mut rng);
+            let latency = |x: &[f32]| -> Result<f64> {
+                let started = Instant::now();
+                let p = probabilities(x)?;
+                assert_eq!(p.len(), 4);
+                Ok(started.elapsed().as_secs_f64() * 1e3)
+            };
+            for _ in 0..5 {
+                latency(&one)?;
+            }
+            let mut ms = (0..a.latency_runs)
+                .map(|_| latency(&one))
+                .collect::<Result<Vec<f64>>>()?;
+            ms.sort_by(f64::total_cmp);
+            let batch: Vec<Vec<f32>> = (0..BATCH).map(|_| sample(&mut rng)).collect();
+            let run_batch = || -> Result<()> {
+                batch
+                    .par_iter()
+                    .map(|x| probabilities(x).map(|_| ()))
+                    .collect::<Result<Vec<()>>>()?;
+                Ok(())
+            };
+            run_batch()?;
+            let started = Instant::now();
+            for _ in 0..a.batch_runs {
+                run_batch()?;
+            }
+            let seconds = started.elapsed().as_secs_f64();
+            serde_json::json!({
+                "batch1_median_ms": percentile(&ms, 0.5),
+                "batch1_p95_ms": percentile(&ms, 0.95),
+                "latency_runs": a.latency_runs,
+                "batch32_images_per_s": (a.batch_runs * BATCH) as f64 / seconds,
+                "int8_weight_bytes": engine.int8_weight_bytes(),
+            })
+        }
         Mode::Onnx => {
             let path = a.onnx.context("--mode onnx needs --onnx FILE")?;
             let model = Classifier::init(&spec, &base);
@@ -186,7 +245,12 @@ fn main() -> Result<()> {
         }
     };
     let mut out = out;
-    out["framework"] = "oncolens (burn 0.22 flex)".into();
+    out["framework"] = if a.mode == Mode::InferInt8 {
+        "oncolens int8 engine"
+    } else {
+        "oncolens (burn 0.22 flex)"
+    }
+    .into();
     out["net"] = a.net.clone().into();
     out["threads"] = threads.into();
     out["peak_rss_mib"] = peak_rss_mib().into();

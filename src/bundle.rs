@@ -73,6 +73,9 @@ pub struct Manifest {
     /// (`oncolens calibrate` adds it).
     #[serde(default)]
     pub trust: Option<TrustProfile>,
+    /// Activation ranges for the int8 engine; `None` until `oncolens quantize` fits them.
+    #[serde(default)]
+    pub int8: Option<crate::int8::Int8Calibration>,
     pub weights_sha256: String,
 }
 

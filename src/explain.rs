@@ -19,7 +19,7 @@ use crate::inference::rows;
 use crate::model::{Classifier, Trace};
 use crate::preprocess::Geometry;
 use crate::trust::calibration::softmax_with_temperature;
-use crate::trust::forward_rows;
+use crate::trust::{Compute, forward_rows};
 
 /// A model loaded for explanations (autodiff device, inference behaviour).
 pub struct Explainer {
@@ -28,6 +28,8 @@ pub struct Explainer {
     device: Device,
     /// Class probabilities from test-time augmentation (the map stays on the image itself).
     pub tta: bool,
+    /// Class probabilities from the int8 engine (the map still needs the f32 model's gradients).
+    int8: Option<crate::int8::Int8Engine>,
 }
 
 /// Grad-CAM of one image.
@@ -63,12 +65,30 @@ impl Explainer {
             model,
             device,
             tta: false,
+            int8: None,
         })
     }
 
     pub fn with_tta(mut self, tta: bool) -> Self {
         self.tta = tta;
         self
+    }
+
+    /// Answers from the int8 engine (as `Predictor::with_int8`), maps from the f32 model.
+    pub fn with_int8(mut self, on: bool) -> Result<Self> {
+        self.int8 = None;
+        if on {
+            let calibration = self.manifest.int8.as_ref().ok_or_else(|| {
+                Error::Config(format!(
+                    "model {} has no int8 calibration; run `oncolens quantize`",
+                    self.manifest.name
+                ))
+            })?;
+            let network = crate::export::network(&self.model)?;
+            self.int8 =
+                Some(crate::int8::Int8Engine::new(&network)?.with_calibration(calibration)?);
+        }
+        Ok(self)
     }
 
     /// Grad-CAM of `class` (default: the predicted class) for a decoded scan.
@@ -92,14 +112,27 @@ impl Explainer {
         let logits = self.model.head(features.clone(), &mut trace);
         let mut logit_row = rows(logits.clone().detach()).remove(0);
         if self.tta {
-            let (tta_logits, _) = forward_rows(&self.model, &[&prepared], pre, &self.device, true);
+            let (tta_logits, _) = forward_rows(
+                Compute::F32(&self.model, &self.device),
+                &[&prepared],
+                pre,
+                true,
+            );
             if let Some(l) = tta_logits.into_iter().next() {
                 logit_row = l;
             }
         }
+        let mut int8_pooled = None;
+        if let Some(engine) = &self.int8 {
+            let (l, p) = forward_rows(Compute::Int8(engine), &[&prepared], pre, self.tta);
+            if let (Some(l), Some(p)) = (l.into_iter().next(), p.into_iter().next()) {
+                logit_row = l;
+                int8_pooled = Some(p);
+            }
+        }
         let probabilities = softmax_with_temperature(&logit_row, self.manifest.temperature());
         let [_, c, fh, fw] = features.dims();
-        let pooled = rows(
+        let f32_pooled = rows(
             features
                 .clone()
                 .detach()
@@ -108,6 +141,7 @@ impl Explainer {
                 .reshape([1, c]),
         )
         .remove(0);
+        let pooled = int8_pooled.unwrap_or(f32_pooled);
         debug_assert!(fh * fw > 0);
         let class_index = class.unwrap_or_else(|| argmax(&probabilities));
         let grads = logits.narrow(1, class_index, 1).sum().backward();

@@ -96,12 +96,87 @@ impl Attr {
     }
 }
 
-/// A graph under construction: nodes in topological order, float initializers.
+/// One layer of a network in inference form (batch norm folded), as the ONNX graph records it:
+/// the same walk over the network feeds ONNX export and oncolens' own int8 engine
+/// ([`crate::int8`]). Tensors are named; `input` names what a layer reads.
+#[derive(Debug, Clone)]
+pub enum LayerOp {
+    /// `weight` is `[out, in / groups, kh, kw]`, `pads` top, left, bottom, right.
+    Conv {
+        input: String,
+        weight: Vec<f32>,
+        bias: Vec<f32>,
+        dims: [usize; 4],
+        stride: [usize; 2],
+        pads: [usize; 4],
+        groups: usize,
+    },
+    /// `weight` is `[in, out]`.
+    Linear {
+        input: String,
+        weight: Vec<f32>,
+        bias: Vec<f32>,
+        dims: [usize; 2],
+    },
+    Relu {
+        input: String,
+    },
+    Relu6 {
+        input: String,
+    },
+    Add {
+        a: String,
+        b: String,
+    },
+    /// Global average pool to `[N, C]`.
+    GlobalAverage {
+        input: String,
+    },
+    MaxPool {
+        input: String,
+        size: usize,
+    },
+    /// `[N, C, H, W]` to `[N, C * H * W]` in that (channel-major) order.
+    Flatten {
+        input: String,
+    },
+    /// A grey input repeated to `channels` channels.
+    Repeat {
+        input: String,
+        channels: usize,
+    },
+}
+
+/// A network's layers in topological order; each output is named.
+#[derive(Debug, Clone, Default)]
+pub struct Network {
+    pub layers: Vec<(String, LayerOp)>,
+    /// The logits.
+    pub output: String,
+    /// The last conv activation, whose global average the input check measures.
+    pub features: String,
+}
+
+/// The inference-form layers of a loaded model.
+pub fn network(model: &Classifier) -> Result<Network> {
+    let mut g = OnnxGraph::default();
+    let output = model.export_onnx(&mut g, INPUT_NAME)?;
+    Ok(Network {
+        layers: g.layers,
+        output,
+        features: g.features,
+    })
+}
+
+/// A graph under construction: nodes in topological order, float initializers, and the same
+/// layers in structured form.
 #[derive(Default)]
 pub struct OnnxGraph {
     nodes: Vec<Pb>,
     initializers: Vec<Pb>,
     next: usize,
+    layers: Vec<(String, LayerOp)>,
+    features: String,
 }
 
 fn tensor_values(t: burn::tensor::Tensor<1>) -> Vec<f32> {
@@ -188,7 +263,7 @@ impl OnnxGraph {
         };
         let weight = self.constant("conv_w", &dims, &w);
         let bias = self.constant("conv_b", &[out_channels], &b);
-        Ok(self.node(
+        let out = self.node(
             "Conv",
             &[x, &weight, &bias],
             &[
@@ -202,7 +277,20 @@ impl OnnxGraph {
                 ),
                 Attr::Int("group", conv.groups as i64),
             ],
-        ))
+        );
+        self.layers.push((
+            out.clone(),
+            LayerOp::Conv {
+                input: x.to_string(),
+                weight: w,
+                bias: b,
+                dims: [dims[0], dims[1], dims[2], dims[3]],
+                stride: conv.stride,
+                pads,
+                groups: conv.groups,
+            },
+        ));
+        Ok(out)
     }
 
     /// `x @ W + b` (burn keeps linear weights as `[in, out]`, which is Gemm's B untransposed).
@@ -220,28 +308,81 @@ impl OnnxGraph {
         };
         let weight = self.constant("fc_w", &dims, &w);
         let bias = self.constant("fc_b", &[dims[1]], &b);
-        self.node("Gemm", &[x, &weight, &bias], &[])
+        let out = self.node("Gemm", &[x, &weight, &bias], &[]);
+        self.record(
+            &out,
+            LayerOp::Linear {
+                input: x.to_string(),
+                weight: w,
+                bias: b,
+                dims: [dims[0], dims[1]],
+            },
+        )
+    }
+
+    fn record(&mut self, out: &str, op: LayerOp) -> String {
+        self.layers.push((out.to_string(), op));
+        out.to_string()
+    }
+
+    /// Marks `x` as the last conv activation (see [`Network::features`]).
+    pub fn mark_features(&mut self, x: &str) {
+        self.features = x.to_string();
     }
 
     pub fn relu(&mut self, x: &str) -> String {
-        self.node("Relu", &[x], &[])
+        let out = self.node("Relu", &[x], &[]);
+        self.record(&out, LayerOp::Relu { input: x.into() })
+    }
+
+    /// Square max pool, stride equal to its size, no padding (floor).
+    pub fn max_pool(&mut self, x: &str, size: usize) -> String {
+        let out = self.node(
+            "MaxPool",
+            &[x],
+            &[
+                Attr::Ints("kernel_shape", vec![size as i64; 2]),
+                Attr::Ints("strides", vec![size as i64; 2]),
+            ],
+        );
+        self.record(
+            &out,
+            LayerOp::MaxPool {
+                input: x.into(),
+                size,
+            },
+        )
+    }
+
+    pub fn flatten(&mut self, x: &str) -> String {
+        let out = self.node("Flatten", &[x], &[Attr::Int("axis", 1)]);
+        self.record(&out, LayerOp::Flatten { input: x.into() })
     }
 
     /// ReLU6 as Clip(0, 6) (opset 13 takes the bounds as inputs).
     pub fn relu6(&mut self, x: &str) -> String {
         let lo = self.constant("zero", &[], &[0.0]);
         let hi = self.constant("six", &[], &[6.0]);
-        self.node("Clip", &[x, &lo, &hi], &[])
+        let out = self.node("Clip", &[x, &lo, &hi], &[]);
+        self.record(&out, LayerOp::Relu6 { input: x.into() })
     }
 
     pub fn add(&mut self, a: &str, b: &str) -> String {
-        self.node("Add", &[a, b], &[])
+        let out = self.node("Add", &[a, b], &[]);
+        self.record(
+            &out,
+            LayerOp::Add {
+                a: a.into(),
+                b: b.into(),
+            },
+        )
     }
 
     /// Global average pool then flatten to `[N, C]`.
     pub fn global_average(&mut self, x: &str) -> String {
         let pooled = self.node("GlobalAveragePool", &[x], &[]);
-        self.node("Flatten", &[&pooled], &[Attr::Int("axis", 1)])
+        let out = self.node("Flatten", &[&pooled], &[Attr::Int("axis", 1)]);
+        self.record(&out, LayerOp::GlobalAverage { input: x.into() })
     }
 
     fn encode(self, name: &str, input_size: usize, classes: usize) -> Vec<u8> {
@@ -326,7 +467,14 @@ pub fn adapt_channels(g: &mut OnnxGraph, x: &str, channels: usize) -> String {
         return x.to_string();
     }
     let inputs: Vec<&str> = std::iter::repeat_n(x, channels).collect();
-    g.node("Concat", &inputs, &[Attr::Int("axis", 1)])
+    let out = g.node("Concat", &inputs, &[Attr::Int("axis", 1)]);
+    g.record(
+        &out,
+        LayerOp::Repeat {
+            input: x.into(),
+            channels,
+        },
+    )
 }
 
 #[cfg(test)]

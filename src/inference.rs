@@ -16,7 +16,7 @@ use crate::evaluate::metrics::argmax;
 use crate::model::Classifier;
 use crate::preprocess::{Geometry, Preprocessing};
 use crate::trust::calibration::softmax_with_temperature;
-use crate::trust::{ImageStats, InputCheck, forward_rows};
+use crate::trust::{Compute, ImageStats, InputCheck, forward_rows};
 
 /// Images per forward pass in batch inference.
 pub const INFERENCE_BATCH: usize = 32;
@@ -154,6 +154,8 @@ pub struct Predictor {
     device: Device,
     /// Test-time augmentation: average the logits over flipped and shifted views.
     pub tta: bool,
+    /// When set, the int8 engine computes the answers (Grad-CAM still uses the f32 model).
+    int8: Option<crate::int8::Int8Engine>,
 }
 
 impl Predictor {
@@ -165,6 +167,7 @@ impl Predictor {
             model,
             device,
             tta: false,
+            int8: None,
         })
     }
 
@@ -177,6 +180,7 @@ impl Predictor {
             model,
             device,
             tta: false,
+            int8: None,
         })
     }
 
@@ -197,6 +201,7 @@ impl Predictor {
             model,
             device,
             tta: false,
+            int8: None,
         }
     }
 
@@ -204,6 +209,36 @@ impl Predictor {
     pub fn with_tta(mut self, tta: bool) -> Self {
         self.tta = tta;
         self
+    }
+
+    /// Switches the int8 engine on (with the model's stored calibration) or off.
+    pub fn with_int8(mut self, on: bool) -> Result<Self> {
+        self.int8 = None;
+        if on {
+            let calibration = self.manifest.int8.as_ref().ok_or_else(|| {
+                crate::Error::Config(format!(
+                    "model {} has no int8 calibration; run `oncolens quantize --model DIR --data TRAINING`",
+                    self.manifest.name
+                ))
+            })?;
+            let network = crate::export::network(&self.model)?;
+            self.int8 =
+                Some(crate::int8::Int8Engine::new(&network)?.with_calibration(calibration)?);
+        }
+        Ok(self)
+    }
+
+    /// Whether answers come from the int8 engine.
+    pub fn is_int8(&self) -> bool {
+        self.int8.is_some()
+    }
+
+    /// What runs the network for this predictor (f32 model or int8 engine).
+    pub fn compute(&self) -> Compute<'_> {
+        match &self.int8 {
+            Some(engine) => Compute::Int8(engine),
+            None => Compute::F32(&self.model, &self.device),
+        }
     }
 
     pub fn model(&self) -> &Classifier {
@@ -224,7 +259,7 @@ impl Predictor {
         let pre = &self.manifest.preprocessing;
         let prepared: Vec<GreyImage> = scans.iter().map(|s| pre.prepare(&s.image).0).collect();
         let refs: Vec<&GreyImage> = prepared.iter().collect();
-        let (logits, pooled) = forward_rows(&self.model, &refs, pre, &self.device, self.tta);
+        let (logits, pooled) = forward_rows(self.compute(), &refs, pre, self.tta);
         scans
             .iter()
             .zip(logits)
@@ -268,7 +303,7 @@ impl Predictor {
                 .iter()
                 .filter_map(|r| r.as_ref().ok().map(|p| &p.0))
                 .collect();
-            let (logits, pooled) = forward_rows(&self.model, &ok, pre, &self.device, self.tta);
+            let (logits, pooled) = forward_rows(self.compute(), &ok, pre, self.tta);
             let mut answers = logits.iter().zip(&pooled);
             for r in prepared {
                 out.push(match r {

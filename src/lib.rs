@@ -35,6 +35,7 @@ pub mod explain;
 pub mod export;
 pub mod import;
 pub mod inference;
+pub mod int8;
 pub mod model;
 pub mod plot;
 pub mod preprocess;

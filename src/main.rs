@@ -44,6 +44,9 @@ enum Command {
     /// Fit temperature, "uncertain" threshold and input check of a trained model on its own
     /// training data (train already does this; for older models or other settings).
     Calibrate(CalibrateArgs),
+    /// int8 post-training quantisation: calibrate activation ranges on the model's validation
+    /// images and store them in model.json (then `--int8` in predict, evaluate, serve).
+    Quantize(QuantizeArgs),
     /// Grad-CAM heat-maps: which parts of each scan drove the answer.
     Explain(ExplainArgs),
     /// Audit a data set: duplicates, near-duplicates, leakage between splits, balance.
@@ -78,6 +81,9 @@ struct ServeArgs {
     /// image itself).
     #[arg(long)]
     tta: bool,
+    /// Class probabilities from the int8 engine (`oncolens quantize` first; Grad-CAM stays f32).
+    #[arg(long)]
+    int8: bool,
 }
 
 #[derive(clap::Args)]
@@ -107,6 +113,19 @@ struct ImportArgs {
     /// Output directory (imagenet.bpk and import.json).
     #[arg(long)]
     out: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct QuantizeArgs {
+    /// Model directory; its split.json (written by train) names the validation images.
+    #[arg(long)]
+    model: PathBuf,
+    /// The training folder the model was trained on.
+    #[arg(long)]
+    data: PathBuf,
+    /// Validation images used for the activation ranges (spread over the classes by order).
+    #[arg(long, default_value_t = 200)]
+    images: usize,
 }
 
 #[derive(clap::Args)]
@@ -203,6 +222,9 @@ struct EvaluateArgs {
     /// Test-time augmentation (flip and shift averaging), as `predict --tta`.
     #[arg(long)]
     tta: bool,
+    /// Run the int8 engine (the model needs `oncolens quantize` first).
+    #[arg(long)]
+    int8: bool,
     /// Labelled test folder, e.g. ../shared/data/brain-tumor-mri/Testing
     #[arg(long)]
     data: PathBuf,
@@ -304,6 +326,9 @@ struct PredictArgs {
     /// inference time).
     #[arg(long)]
     tta: bool,
+    /// Run the int8 engine (the model needs `oncolens quantize` first).
+    #[arg(long)]
+    int8: bool,
 }
 
 #[derive(Subcommand)]
@@ -340,6 +365,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Train(a) => cmd_train(a),
         Command::Evaluate(a) => cmd_evaluate(a),
         Command::Calibrate(a) => cmd_calibrate(a),
+        Command::Quantize(a) => cmd_quantize(a),
         Command::Export(a) => {
             let predictor = Predictor::open(a.model.as_deref())?;
             let bytes = oncolens::export::to_onnx(&predictor.manifest, predictor.model())?;
@@ -509,16 +535,12 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-fn cmd_calibrate(a: CalibrateArgs) -> Result<()> {
-    if !(0.5..=1.0).contains(&a.coverage) || !(0.5..=1.0).contains(&a.feature_quantile) {
-        bail!("--coverage and --feature-quantile must be between 0.5 and 1");
-    }
-    if a.shrinkage
-        .is_some_and(|s| !(0.0..=1.0).contains(&s) || s == 0.0)
-    {
-        bail!("--shrinkage must be in (0, 1]");
-    }
-    let dir = oncolens::bundle::model_dir(&a.model);
+/// The training folder and the model's train / validation indices in it, from the model's
+/// split.json: calibration and quantisation must use the images training held out.
+fn held_out_split(
+    dir: &Path,
+    data: &Path,
+) -> Result<(oncolens::data::ImageFolder, Vec<usize>, Vec<usize>)> {
     let split_file = dir.join("split.json");
     let text = std::fs::read_to_string(&split_file).with_context(|| {
         format!(
@@ -532,7 +554,7 @@ fn cmd_calibrate(a: CalibrateArgs) -> Result<()> {
     }
     let split: SplitFile = serde_json::from_str(&text)
         .with_context(|| format!("{} is malformed", split_file.display()))?;
-    let folder = oncolens::data::ImageFolder::scan(&a.data)?;
+    let folder = oncolens::data::ImageFolder::scan(data)?;
     let held_out: std::collections::HashSet<&str> =
         split.validation.iter().map(String::as_str).collect();
     let (mut train, mut validation) = (Vec::new(), Vec::new());
@@ -548,9 +570,76 @@ fn cmd_calibrate(a: CalibrateArgs) -> Result<()> {
             "{} of the {} validation images in split.json are not in {}; is this the training folder?",
             held_out.len() - validation.len(),
             held_out.len(),
-            a.data.display()
+            data.display()
         );
     }
+    Ok((folder, train, validation))
+}
+
+fn cmd_quantize(a: QuantizeArgs) -> Result<()> {
+    let dir = oncolens::bundle::model_dir(&a.model);
+    let (folder, _, validation) = held_out_split(&dir, &a.data)?;
+    let device = burn::tensor::Device::flex();
+    let (mut manifest, model) = oncolens::bundle::load(&dir, &device)?;
+    let pre = manifest.preprocessing.clone();
+    // Every k-th validation image: the split is stratified, so the classes stay mixed.
+    let step = (validation.len() / a.images.max(1)).max(1);
+    let picked: Vec<usize> = validation
+        .iter()
+        .step_by(step)
+        .take(a.images)
+        .copied()
+        .collect();
+    let inputs: Vec<Vec<f32>> = picked
+        .iter()
+        .filter_map(|&i| {
+            oncolens::inference::Scan::load(&folder.samples[i].path)
+                .ok()
+                .map(|s| pre.standardize(&s.prepared(&pre).0))
+        })
+        .collect();
+    let network = oncolens::export::network(&model)?;
+    let mut engine = oncolens::int8::Int8Engine::new(&network)?;
+    let started = std::time::Instant::now();
+    let calibration = engine.calibrate(&inputs, pre.input_size as usize)?;
+    let fp32_bytes = std::fs::metadata(dir.join(oncolens::bundle::WEIGHTS_FILE))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    println!(
+        "quantised {} layers of {}; activation ranges from {} validation images ({:.1} s)\n\
+         on those images the int8 engine agrees with f32 on the top class for {:.1} %, \
+         largest probability difference {:.4}\n\
+         int8 weights {:.2} MB (f32 weights file {:.2} MB)",
+        engine.quantised_layers(),
+        dir.display(),
+        calibration.images,
+        started.elapsed().as_secs_f64(),
+        100.0 * calibration.top1_agreement,
+        calibration.max_probability_difference,
+        engine.int8_weight_bytes() as f64 / 1e6,
+        fp32_bytes as f64 / 1e6,
+    );
+    manifest.int8 = Some(calibration);
+    manifest.validate(&dir)?;
+    oncolens::bundle::write_json_atomic(&dir.join(oncolens::bundle::MANIFEST_FILE), &manifest)?;
+    println!(
+        "wrote {}",
+        dir.join(oncolens::bundle::MANIFEST_FILE).display()
+    );
+    Ok(())
+}
+
+fn cmd_calibrate(a: CalibrateArgs) -> Result<()> {
+    if !(0.5..=1.0).contains(&a.coverage) || !(0.5..=1.0).contains(&a.feature_quantile) {
+        bail!("--coverage and --feature-quantile must be between 0.5 and 1");
+    }
+    if a.shrinkage
+        .is_some_and(|s| !(0.0..=1.0).contains(&s) || s == 0.0)
+    {
+        bail!("--shrinkage must be in (0, 1]");
+    }
+    let dir = oncolens::bundle::model_dir(&a.model);
+    let (folder, train, validation) = held_out_split(&dir, &a.data)?;
     let options = oncolens::trust::FitOptions {
         coverage: a.coverage,
         feature_quantile: a.feature_quantile,
@@ -597,7 +686,9 @@ fn cmd_calibrate(a: CalibrateArgs) -> Result<()> {
 }
 
 fn cmd_evaluate(a: EvaluateArgs) -> Result<()> {
-    let predictor = Predictor::open(a.model.as_deref())?.with_tta(a.tta);
+    let predictor = Predictor::open(a.model.as_deref())?
+        .with_tta(a.tta)
+        .with_int8(a.int8)?;
     let opts = EvalOptions {
         data: a.data,
         train_data: a.train_data,
@@ -742,7 +833,9 @@ fn verdict_name(v: Verdict) -> &'static str {
 }
 
 fn cmd_predict(a: PredictArgs) -> Result<()> {
-    let predictor = Predictor::open(a.model.as_deref())?.with_tta(a.tta);
+    let predictor = Predictor::open(a.model.as_deref())?
+        .with_tta(a.tta)
+        .with_int8(a.int8)?;
     let files = collect_inputs(&a.inputs)?;
     let predictions = predictor.predict_files(&files);
     let results: Vec<(PathBuf, Result<Prediction, String>)> =
@@ -967,6 +1060,7 @@ fn cmd_serve(a: ServeArgs) -> Result<()> {
         workers: a.workers.unwrap_or(defaults.workers),
         queue: a.queue.unwrap_or(defaults.queue),
         tta: a.tta,
+        int8: a.int8,
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(oncolens::serve::serve(config))?;

@@ -122,6 +122,63 @@ fn train_then_predict_from_the_command_line() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
 
+    // int8: refused until quantised, then close to f32 on the same images.
+    let int8_refused = oncolens()
+        .args(["predict", "--int8", "--model"])
+        .arg(&model)
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!int8_refused.status.success());
+    assert!(String::from_utf8_lossy(&int8_refused.stderr).contains("oncolens quantize"));
+    let out = oncolens()
+        .args(["quantize", "--images", "12", "--model"])
+        .arg(&model)
+        .arg("--data")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("agrees with f32"));
+    let probabilities = |extra: &[&str]| -> Vec<Vec<f64>> {
+        let out = oncolens()
+            .args(["predict", "--format", "json"])
+            .args(extra)
+            .arg("--model")
+            .arg(&model)
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        json["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                r["prediction"]["probabilities"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|p| p.as_f64().unwrap())
+                    .collect()
+            })
+            .collect()
+    };
+    let (f32_p, int8_p) = (probabilities(&[]), probabilities(&["--int8"]));
+    assert_eq!(int8_p.len(), 24);
+    let worst = f32_p
+        .iter()
+        .flatten()
+        .zip(int8_p.iter().flatten())
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(worst < 0.1, "int8 probabilities differ from f32 by {worst}");
+
     // A tampered weights file is refused.
     let weights = model.join("weights.bpk");
     let mut bytes = std::fs::read(&weights).unwrap();

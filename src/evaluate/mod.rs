@@ -52,6 +52,9 @@ pub struct EvaluationReport {
     pub model: String,
     /// Test-time augmentation (flip and shift averaging) was on.
     pub tta: bool,
+    /// The int8 engine computed the answers.
+    #[serde(default)]
+    pub int8: bool,
     pub model_architecture: String,
     pub oncolens_version: String,
     pub data: String,
@@ -251,9 +254,8 @@ pub fn evaluate(predictor: &Predictor, opts: &EvalOptions) -> Result<EvaluationR
         indicatif::ProgressBar::hidden()
     };
     let (observed, skipped) = crate::trust::observe(
-        predictor.model(),
+        predictor.compute(),
         pre,
-        predictor.device(),
         &folder,
         &all,
         Some(&bar),
@@ -302,6 +304,7 @@ pub fn evaluate(predictor: &Predictor, opts: &EvalOptions) -> Result<EvaluationR
     Ok(EvaluationReport {
         model: manifest.name.clone(),
         tta: predictor.tta,
+        int8: predictor.is_int8(),
         model_architecture: manifest.spec.architecture.name().into(),
         oncolens_version: env!("CARGO_PKG_VERSION").into(),
         data: opts.data.display().to_string(),
@@ -329,9 +332,10 @@ impl EvaluationReport {
     pub fn to_text(&self) -> String {
         let names: Vec<String> = self.classes.iter().map(|c| c.display.clone()).collect();
         let mut s = format!(
-            "model {} ({}{}) on {}\n{} images found, {} unreadable\n",
+            "model {} ({}{}{}) on {}\n{} images found, {} unreadable\n",
             self.model,
             self.model_architecture,
+            if self.int8 { ", int8" } else { "" },
             if self.tta {
                 ", test-time augmentation"
             } else {

@@ -207,6 +207,7 @@ impl EfficientNetLite0 {
         }
         let h = g.conv(&x, &self.head_conv, Some(&self.head_bn))?;
         let h = g.relu6(&h);
+        g.mark_features(&h);
         let pooled = g.global_average(&h);
         Ok(g.linear(&pooled, &self.output))
     }

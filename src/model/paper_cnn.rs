@@ -133,27 +133,19 @@ impl PaperCnn {
         g: &mut crate::export::OnnxGraph,
         input: &str,
     ) -> crate::Result<String> {
-        use crate::export::Attr;
-        let pool = |g: &mut crate::export::OnnxGraph, x: &str| {
-            g.node(
-                "MaxPool",
-                &[x],
-                &[
-                    Attr::Ints("kernel_shape", vec![2, 2]),
-                    Attr::Ints("strides", vec![2, 2]),
-                ],
-            )
-        };
         let mut x = input.to_string();
         for (i, conv) in self.convs.iter().enumerate() {
             let y = g.conv(&x, conv, None)?;
             x = g.relu(&y);
+            if i + 1 == self.convs.len() {
+                g.mark_features(&x);
+            }
             if POOL_AFTER.contains(&i) {
                 // The pool after the last conv belongs to the head, same place in the graph.
-                x = pool(g, &x);
+                x = g.max_pool(&x, 2);
             }
         }
-        let flat = g.node("Flatten", &[&x], &[Attr::Int("axis", 1)]);
+        let flat = g.flatten(&x);
         let d1 = g.linear(&flat, &self.dense1);
         let d1 = g.relu(&d1);
         let d2 = g.linear(&d1, &self.dense2);

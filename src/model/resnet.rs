@@ -171,6 +171,7 @@ impl ResnetMini {
             let sum = g.add(&y, &identity);
             x = g.relu(&sum);
         }
+        g.mark_features(&x);
         let pooled = g.global_average(&x);
         Ok(g.linear(&pooled, &self.output))
     }

@@ -52,6 +52,8 @@ pub struct ServeConfig {
     pub queue: usize,
     /// Test-time augmentation of the class probabilities.
     pub tta: bool,
+    /// Class probabilities from the int8 engine (needs the model's int8 calibration).
+    pub int8: bool,
 }
 
 impl Default for ServeConfig {
@@ -65,6 +67,7 @@ impl Default for ServeConfig {
             workers: cores,
             queue: 4 * cores,
             tta: false,
+            int8: false,
         }
     }
 }
@@ -87,9 +90,9 @@ pub struct Busy;
 impl AppState {
     pub async fn new(config: &ServeConfig) -> Result<Self> {
         let model = config.model.clone();
-        let tta = config.tta;
+        let (tta, int8) = (config.tta, config.int8);
         let explainer = tokio::task::spawn_blocking(move || {
-            Explainer::open(model.as_deref()).map(|e| e.with_tta(tta))
+            Explainer::open(model.as_deref()).and_then(|e| e.with_tta(tta).with_int8(int8))
         })
         .await
         .map_err(|e| Error::Config(format!("model loading failed: {e}")))??;

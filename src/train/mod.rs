@@ -454,6 +454,7 @@ pub fn train(opts: &TrainOptions, stop: &AtomicBool) -> Result<TrainReport> {
                 // between the top two classes.
                 uncertainty_threshold: 0.5,
                 trust: None,
+                int8: None,
                 weights_sha256: String::new(),
             };
             bundle::save(&opts.out, &eval_model, &mut manifest)?;

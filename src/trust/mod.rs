@@ -127,9 +127,8 @@ pub struct Observation {
 /// Decodes `indices` of `folder` and runs the network over them. Unreadable files are returned
 /// apart as "path: reason".
 pub fn observe(
-    model: &Classifier,
+    compute: Compute<'_>,
     pre: &Preprocessing,
-    device: &Device,
     folder: &ImageFolder,
     indices: &[usize],
     progress: Option<&indicatif::ProgressBar>,
@@ -155,7 +154,7 @@ pub fn observe(
             .filter_map(|r| r.map_err(|e| skipped.push(e)).ok())
             .collect();
         let images: Vec<&GreyImage> = ok.iter().map(|(_, d)| &d.0).collect();
-        let (logits, pooled) = forward_rows(model, &images, pre, device, tta);
+        let (logits, pooled) = forward_rows(compute, &images, pre, tta);
         for ((&(index, (_, stats, size)), l), p) in ok.iter().zip(logits).zip(pooled) {
             out.push(Observation {
                 index,
@@ -196,27 +195,53 @@ fn tta_view(img: &GreyImage, view: usize) -> GreyImage {
     }
 }
 
+/// What runs the network: burn's f32 model, or oncolens' int8 engine.
+#[derive(Clone, Copy)]
+pub enum Compute<'a> {
+    F32(&'a Classifier, &'a Device),
+    Int8(&'a crate::int8::Int8Engine),
+}
+
+impl Compute<'_> {
+    /// Logits and pooled features, as rows, for at most [`INFERENCE_BATCH`] prepared images.
+    fn rows(&self, images: &[&GreyImage], pre: &Preprocessing) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
+        match self {
+            Compute::F32(model, device) => {
+                let (l, p) = model.forward_with_pooled(batch_input(images, pre, None, device));
+                (crate::inference::rows(l), crate::inference::rows(p))
+            }
+            Compute::Int8(engine) => {
+                let size = pre.input_size as usize;
+                images
+                    .par_iter()
+                    .map(|img| {
+                        engine
+                            .forward(&pre.standardize(img), size)
+                            .unwrap_or_else(|_| (vec![f32::NAN; 4], Vec::new()))
+                    })
+                    .unzip()
+            }
+        }
+    }
+}
+
 /// Logits and pooled last-conv features, as rows, for prepared images. With `tta` the logits
 /// are the mean over [`TTA_VIEWS`] views; the pooled features (for the input check, which was
 /// fitted on plain views) are always those of the image itself.
 pub fn forward_rows(
-    model: &Classifier,
+    compute: Compute<'_>,
     images: &[&GreyImage],
     pre: &Preprocessing,
-    device: &Device,
     tta: bool,
 ) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
     let (mut logits, mut pooled) = (Vec::new(), Vec::new());
     for chunk in images.chunks(INFERENCE_BATCH) {
-        let x = batch_input(chunk, pre, None, device);
-        let (l, p) = model.forward_with_pooled(x);
-        let mut l = crate::inference::rows(l);
+        let (mut l, p) = compute.rows(chunk, pre);
         if tta {
             for view in 1..TTA_VIEWS {
                 let views: Vec<GreyImage> = chunk.iter().map(|img| tta_view(img, view)).collect();
                 let refs: Vec<&GreyImage> = views.iter().collect();
-                let extra =
-                    crate::inference::rows(model.forward(batch_input(&refs, pre, None, device)));
+                let (extra, _) = compute.rows(&refs, pre);
                 for (row, e) in l.iter_mut().zip(extra) {
                     row.iter_mut().zip(e).for_each(|(a, b)| *a += b);
                 }
@@ -226,7 +251,7 @@ pub fn forward_rows(
             }
         }
         logits.extend(l);
-        pooled.extend(crate::inference::rows(p));
+        pooled.extend(p);
     }
     (logits, pooled)
 }
@@ -361,8 +386,9 @@ pub fn calibrate_saved(
         indicatif::ProgressBar::hidden()
     };
     let pre = manifest.preprocessing.clone();
-    let (train_obs, _) = observe(&model, &pre, &device, folder, train, Some(&bar), false);
-    let (val_obs, _) = observe(&model, &pre, &device, folder, validation, Some(&bar), false);
+    let compute = Compute::F32(&model, &device);
+    let (train_obs, _) = observe(compute, &pre, folder, train, Some(&bar), false);
+    let (val_obs, _) = observe(compute, &pre, folder, validation, Some(&bar), false);
     bar.finish_and_clear();
     let (profile, threshold, report) = fit(&train_obs, &val_obs, manifest.classes.len(), options)?;
     manifest.trust = Some(profile);

@@ -79,7 +79,7 @@ pub fn start_server(
         max_body_bytes,
         workers,
         queue,
-        tta: false,
+        ..Default::default()
     };
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
