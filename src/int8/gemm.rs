@@ -61,12 +61,15 @@ impl PackedWeights {
     }
 }
 
-/// Whether this CPU runs the VNNI kernel.
+/// Whether this CPU runs the VNNI kernel (detected once).
 pub fn has_vnni() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512vnni")
+        static VNNI: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *VNNI.get_or_init(|| {
+            std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512vnni")
+        })
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -79,24 +82,26 @@ pub fn matmul(a: &[u8], rows: usize, w: &PackedWeights, c: &mut [i32]) {
     let width = w.blocks() * LANES;
     debug_assert_eq!(a.len(), rows * w.k);
     debug_assert_eq!(c.len(), rows * width);
-    let vnni = has_vnni();
     c.par_chunks_mut(ROWS_PER_TASK * width)
         .enumerate()
         .for_each(|(task, out)| {
             let first = task * ROWS_PER_TASK;
             let n_rows = out.len() / width;
-            let a = &a[first * w.k..(first + n_rows) * w.k];
-            #[cfg(target_arch = "x86_64")]
-            if vnni {
-                // SAFETY: the CPU has AVX-512F and VNNI (checked above); the kernel reads
-                // `n_rows * w.k` bytes of `a`, all of `w.data`, and writes `out`, whose sizes
-                // the slices guarantee.
-                unsafe { vnni_kernel(a, n_rows, w, out) };
-                return;
-            }
-            let _ = vnni;
-            portable_kernel(a, n_rows, w, out);
+            matmul_serial(&a[first * w.k..(first + n_rows) * w.k], n_rows, w, out);
         });
+}
+
+/// [`matmul`] on the calling thread (for callers that parallelise over rows themselves).
+pub fn matmul_serial(a: &[u8], rows: usize, w: &PackedWeights, c: &mut [i32]) {
+    assert!(a.len() >= rows * w.k && c.len() >= rows * w.blocks() * LANES);
+    #[cfg(target_arch = "x86_64")]
+    if has_vnni() {
+        // SAFETY: the CPU has AVX-512F and VNNI (checked); the kernel reads `rows * w.k` bytes
+        // of `a`, all of `w.data`, and writes `rows` rows of `c`, which the assert guarantees.
+        unsafe { vnni_kernel(a, rows, w, c) };
+        return;
+    }
+    portable_kernel(a, rows, w, c);
 }
 
 fn portable_kernel(a: &[u8], rows: usize, w: &PackedWeights, out: &mut [i32]) {
@@ -133,7 +138,32 @@ unsafe fn vnni_kernel(a: &[u8], rows: usize, w: &PackedWeights, out: &mut [i32])
         let mut r = 0;
         while r < rows {
             let n = (rows - r).min(ROWS);
-            for b in 0..w.blocks() {
+            let mut b = 0;
+            // Two blocks of 16 channels at a time: each broadcast input feeds two products.
+            while b + 1 < w.blocks() {
+                let b0 = w.data.as_ptr().add(b * w.k * LANES);
+                let b1 = w.data.as_ptr().add((b + 1) * w.k * LANES);
+                let mut acc0 = [_mm512_setzero_si512(); ROWS];
+                let mut acc1 = [_mm512_setzero_si512(); ROWS];
+                for k4 in 0..k4s {
+                    let w0 = _mm512_loadu_si512(b0.add(k4 * LANES * 4) as *const _);
+                    let w1 = _mm512_loadu_si512(b1.add(k4 * LANES * 4) as *const _);
+                    for i in 0..n {
+                        let x =
+                            (a.as_ptr().add((r + i) * w.k + k4 * 4) as *const i32).read_unaligned();
+                        let x = _mm512_set1_epi32(x);
+                        acc0[i] = _mm512_dpbusd_epi32(acc0[i], x, w0);
+                        acc1[i] = _mm512_dpbusd_epi32(acc1[i], x, w1);
+                    }
+                }
+                for i in 0..n {
+                    let o = out.as_mut_ptr().add((r + i) * width + b * LANES);
+                    _mm512_storeu_si512(o as *mut _, acc0[i]);
+                    _mm512_storeu_si512(o.add(LANES) as *mut _, acc1[i]);
+                }
+                b += 2;
+            }
+            if b < w.blocks() {
                 let block = w.data.as_ptr().add(b * w.k * LANES);
                 let mut acc = [_mm512_setzero_si512(); ROWS];
                 for k4 in 0..k4s {

@@ -38,10 +38,14 @@ impl QParams {
         Self { scale, zero_point }
     }
 
+    #[cfg(test)]
     fn quantize(&self, x: f32) -> u8 {
-        (x / self.scale + f32::from(self.zero_point))
-            .round()
-            .clamp(0.0, 255.0) as u8
+        self.quantize_with(1.0 / self.scale, x)
+    }
+
+    /// Round half up after clamping (all values are then non-negative): no libm call.
+    fn quantize_with(&self, inv_scale: f32, x: f32) -> u8 {
+        ((x * inv_scale + f32::from(self.zero_point)).clamp(0.0, 255.0) + 0.5) as u8
     }
 }
 
@@ -83,6 +87,26 @@ struct ConvLayer {
     quant: QuantWeights,
     /// Index of this layer's input range in the calibration.
     slot: usize,
+    /// An activation applied in the epilogue (fused with the ReLU that follows).
+    post: Post,
+}
+
+/// Activation fused into a layer's epilogue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Post {
+    None,
+    Relu,
+    Relu6,
+}
+
+impl Post {
+    fn apply(self, v: f32) -> f32 {
+        match self {
+            Post::None => v,
+            Post::Relu => v.max(0.0),
+            Post::Relu6 => v.clamp(0.0, 6.0),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -130,6 +154,8 @@ enum Step {
     Linear(ConvLayer),
     Relu(usize),
     Relu6(usize),
+    /// The value of an earlier step whose activation was fused into it (moved, not copied).
+    Fused(usize),
     Add(usize, usize),
     GlobalAverage(usize),
     MaxPool(usize, usize),
@@ -206,6 +232,7 @@ impl Int8Engine {
                             weight: reordered,
                             bias: bias.clone(),
                             slot: slots - 1,
+                            post: Post::None,
                         })
                     } else if *groups == n && c_per_group == 1 {
                         Step::Depthwise {
@@ -248,6 +275,7 @@ impl Int8Engine {
                         weight: transposed,
                         bias: bias.clone(),
                         slot: slots - 1,
+                        post: Post::None,
                     })
                 }
                 LayerOp::Relu { input } => Step::Relu(find(&index, input)?),
@@ -263,9 +291,14 @@ impl Int8Engine {
             steps.push(step);
             index.insert(name.clone(), i + 1);
         }
+        let (output, features) = (
+            find(&index, &network.output)?,
+            find(&index, &network.features)?,
+        );
+        fuse_activations(&mut steps, &[output, features]);
         Ok(Self {
-            output: find(&index, &network.output)?,
-            features: find(&index, &network.features)?,
+            output,
+            features,
             steps,
             quantised_layers: slots,
             activations: Vec::new(),
@@ -385,6 +418,10 @@ impl Int8Engine {
             data: Vec::new(),
         };
         for (i, step) in self.steps.iter().enumerate() {
+            if let Step::Fused(j) = step {
+                values[i + 1] = values[*j].take();
+                continue;
+            }
             let get = |j: usize| values[j].as_ref().unwrap_or(&empty);
             let out = match step {
                 Step::Conv(l) | Step::Linear(l) => {
@@ -413,6 +450,7 @@ impl Int8Engine {
                     weight,
                     bias,
                 } => depthwise(get(*input), *c, *kernel, *stride, *pads, weight, bias),
+                Step::Fused(_) => unreachable!("handled above"),
                 Step::Relu(j) => map(get(*j), |v| v.max(0.0)),
                 Step::Relu6(j) => map(get(*j), |v| v.clamp(0.0, 6.0)),
                 Step::Add(a, b) => {
@@ -474,6 +512,52 @@ impl Int8Engine {
     }
 }
 
+/// Parallel tasks per int8 layer (a few per core, for balance).
+const TASKS_PER_LAYER: usize = 8;
+
+/// Elements per parallel task when quantising an activation.
+const QUANTISE_CHUNK: usize = 16 * 1024;
+
+/// Folds each ReLU / ReLU6 into the convolution or dense layer it follows when nothing else
+/// reads the layer's raw output: one pass over the activation instead of two.
+fn fuse_activations(steps: &mut [Step], kept: &[usize]) {
+    let mut readers = vec![0usize; steps.len() + 1];
+    for s in steps.iter() {
+        match s {
+            Step::Conv(l) | Step::Linear(l) => readers[l.input] += 1,
+            Step::Depthwise { input, .. } => readers[*input] += 1,
+            Step::Add(a, b) => {
+                readers[*a] += 1;
+                readers[*b] += 1;
+            }
+            Step::Relu(j)
+            | Step::Relu6(j)
+            | Step::Fused(j)
+            | Step::GlobalAverage(j)
+            | Step::MaxPool(j, _)
+            | Step::Flatten(j)
+            | Step::Repeat(j, _) => readers[*j] += 1,
+        }
+    }
+    for i in 0..steps.len() {
+        let (j, post) = match steps[i] {
+            Step::Relu(j) => (j, Post::Relu),
+            Step::Relu6(j) => (j, Post::Relu6),
+            _ => continue,
+        };
+        // Value j is written by step j - 1 (value 0 is the input).
+        if j == 0 || readers[j] != 1 || kept.contains(&j) {
+            continue;
+        }
+        if let Step::Conv(l) | Step::Linear(l) = &mut steps[j - 1]
+            && l.post == Post::None
+        {
+            l.post = post;
+            steps[i] = Step::Fused(j);
+        }
+    }
+}
+
 fn map(x: &Act, f: impl Fn(f32) -> f32) -> Act {
     Act {
         data: x.data.iter().map(|&v| f(v)).collect(),
@@ -523,14 +607,24 @@ fn patch<T: Copy>(
     let [kh, kw] = l.kernel;
     for ky in 0..kh {
         let iy = (oy * l.stride[0] + ky) as isize - l.pads[0] as isize;
-        for kx in 0..kw {
-            let ix = (ox * l.stride[1] + kx) as isize - l.pads[1] as isize;
-            let d = &mut dst[(ky * kw + kx) * c..(ky * kw + kx + 1) * c];
-            if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
-                d.fill(fill);
-            } else {
-                let s = (iy as usize * w + ix as usize) * c;
-                d.copy_from_slice(&src[s..s + c]);
+        let ix0 = (ox * l.stride[1]) as isize - l.pads[1] as isize;
+        let row = &mut dst[ky * kw * c..(ky + 1) * kw * c];
+        if iy < 0 || iy >= h as isize {
+            row.fill(fill);
+        } else if ix0 >= 0 && ix0 + kw as isize <= w as isize {
+            // The whole kernel row lies inside: NHWC makes it one contiguous run.
+            let s = (iy as usize * w + ix0 as usize) * c;
+            row.copy_from_slice(&src[s..s + kw * c]);
+        } else {
+            for kx in 0..kw {
+                let ix = ix0 + kx as isize;
+                let d = &mut row[kx * c..(kx + 1) * c];
+                if ix < 0 || ix >= w as isize {
+                    d.fill(fill);
+                } else {
+                    let s = (iy as usize * w + ix as usize) * c;
+                    d.copy_from_slice(&src[s..s + c]);
+                }
             }
         }
     }
@@ -549,7 +643,9 @@ fn conv_f32(l: &ConvLayer, x: &Act) -> Act {
             patch(&x.data, (x.h, x.w, x.c), l, p / ow, p % ow, 0.0, col);
             for (o, v) in out.iter_mut().enumerate() {
                 let w = &l.weight[o * k..(o + 1) * k];
-                *v = l.bias[o] + w.iter().zip(col.iter()).map(|(a, b)| a * b).sum::<f32>();
+                *v = l
+                    .post
+                    .apply(l.bias[o] + w.iter().zip(col.iter()).map(|(a, b)| a * b).sum::<f32>());
             }
         },
     );
@@ -568,31 +664,53 @@ fn conv_int8(l: &ConvLayer, x: &Act, q: QParams) -> Act {
     );
     let k = l.kernel[0] * l.kernel[1] * l.c_in;
     let kp = l.quant.packed.k;
-    let quantised: Vec<u8> = x.data.iter().map(|&v| q.quantize(v)).collect();
+    let inv = 1.0 / q.scale;
+    let mut quantised = vec![0u8; x.data.len()];
+    quantised
+        .par_chunks_mut(QUANTISE_CHUNK)
+        .zip(x.data.par_chunks(QUANTISE_CHUNK))
+        .for_each(|(d, s)| {
+            d.iter_mut()
+                .zip(s)
+                .for_each(|(d, &v)| *d = q.quantize_with(inv, v));
+        });
     let rows = oh * ow;
-    let mut a = vec![0u8; rows * kp];
-    a.par_chunks_mut(kp).enumerate().for_each(|(p, row)| {
-        patch(
-            &quantised,
-            (x.h, x.w, x.c),
-            l,
-            p / ow,
-            p % ow,
-            q.zero_point,
-            &mut row[..k],
-        );
-    });
     let width = l.n.div_ceil(gemm::LANES) * gemm::LANES;
-    let mut acc = vec![0i32; rows * width];
-    gemm::matmul(&a, rows, &l.quant.packed, &mut acc);
     let zp = i32::from(q.zero_point);
     let scales: Vec<f32> = l.quant.scales.iter().map(|s| s * q.scale).collect();
     let mut data = vec![0f32; rows * l.n];
-    data.par_chunks_mut(l.n)
-        .zip(acc.par_chunks(width))
-        .for_each(|(out, acc)| {
-            for o in 0..l.n {
-                out[o] = (acc[o] - zp * l.quant.packed.sums[o]) as f32 * scales[o] + l.bias[o];
+    // One parallel pass per layer: each task gathers its rows' patches, multiplies and runs the
+    // epilogue (fewer thread hand-offs than one pass per stage, which matters at batch 1).
+    let rows_per_task = rows.div_ceil(TASKS_PER_LAYER).clamp(8, 256);
+    data.par_chunks_mut(rows_per_task * l.n)
+        .enumerate()
+        .for_each(|(task, out)| {
+            let first = task * rows_per_task;
+            let n_rows = out.len() / l.n;
+            let mut a = vec![0u8; n_rows * kp];
+            for r in 0..n_rows {
+                let p = first + r;
+                patch(
+                    &quantised,
+                    (x.h, x.w, x.c),
+                    l,
+                    p / ow,
+                    p % ow,
+                    q.zero_point,
+                    &mut a[r * kp..r * kp + k],
+                );
+            }
+            let mut acc = vec![0i32; n_rows * width];
+            gemm::matmul_serial(&a, n_rows, &l.quant.packed, &mut acc);
+            let sums = &l.quant.packed.sums;
+            match l.post {
+                Post::None => epilogue(out, &acc, width, zp, sums, &scales, &l.bias, |v| v),
+                Post::Relu => {
+                    epilogue(out, &acc, width, zp, sums, &scales, &l.bias, |v| v.max(0.0))
+                }
+                Post::Relu6 => epilogue(out, &acc, width, zp, sums, &scales, &l.bias, |v| {
+                    v.clamp(0.0, 6.0)
+                }),
             }
         });
     Act {
@@ -600,6 +718,28 @@ fn conv_int8(l: &ConvLayer, x: &Act, q: QParams) -> Act {
         w: ow,
         c: l.n,
         data,
+    }
+}
+
+/// `out = post((acc - zp * sum_w) * scale + bias)` per row; `post` is a closure, not a match
+/// per element, so that the loop vectorises.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn epilogue(
+    out: &mut [f32],
+    acc: &[i32],
+    width: usize,
+    zp: i32,
+    sums: &[i32],
+    scales: &[f32],
+    bias: &[f32],
+    post: impl Fn(f32) -> f32,
+) {
+    let n = bias.len();
+    for (out, acc) in out.chunks_mut(n).zip(acc.chunks(width)) {
+        for ((((o, &a), &s), &sc), &b) in out.iter_mut().zip(acc).zip(sums).zip(scales).zip(bias) {
+            *o = post((a - zp * s) as f32 * sc + b);
+        }
     }
 }
 
