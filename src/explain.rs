@@ -74,6 +74,11 @@ impl Explainer {
         self
     }
 
+    /// Whether answers come from the int8 engine.
+    pub fn is_int8(&self) -> bool {
+        self.int8.is_some()
+    }
+
     /// Answers from the int8 engine (as `Predictor::with_int8`), maps from the f32 model.
     pub fn with_int8(mut self, on: bool) -> Result<Self> {
         self.int8 = None;

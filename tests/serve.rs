@@ -533,10 +533,62 @@ fn the_model_page_shows_the_model_card_and_the_trust_settings() {
         .json()
         .unwrap();
     assert!(api["calibration"]["temperature"].as_f64().unwrap() > 0.0);
+    assert_eq!(api["precision"], "f32");
+    assert!(
+        api["int8_calibration"]["top1_agreement_with_f32"]
+            .as_f64()
+            .unwrap()
+            > 0.95,
+        "the bundled model carries int8 ranges"
+    );
     assert!(
         api["input_check"]["feature_distance_threshold"]
             .as_f64()
             .unwrap()
             > 0.0
     );
+}
+
+#[test]
+fn an_int8_server_answers_with_the_int8_engine_and_still_draws_the_map() {
+    let tmp = tempfile::tempdir().unwrap();
+    let addr = common::start_server_with(oncolens::serve::ServeConfig {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        database: format!("sqlite://{}", tmp.path().join("int8.db").display()),
+        int8: true,
+        ..Default::default()
+    });
+    let base = format!("http://{addr}");
+    let api: serde_json::Value = Client::new()
+        .get(format!("{base}/api/v1/model"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(api["precision"], "int8");
+    let client = Client::new();
+    let r = upload(
+        &client,
+        &base,
+        "/api/v1/analyses",
+        "scan.png",
+        png_bytes(300, 1),
+    );
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let a: serde_json::Value = r.json().unwrap();
+    let total: f64 = a["probabilities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["probability"].as_f64().unwrap())
+        .sum();
+    assert!((total - 1.0).abs() < 1e-3);
+    let heatmap = client
+        .get(format!(
+            "{base}/api/v1/analyses/{}/heatmap",
+            a["id"].as_str().unwrap()
+        ))
+        .send()
+        .unwrap();
+    assert_eq!(heatmap.status(), 200);
 }

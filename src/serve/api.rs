@@ -385,6 +385,13 @@ pub async fn model(State(state): State<AppState>) -> Response {
         "input_size": m.spec.input_size,
         "classes": m.classes,
         "uncertainty_threshold": m.uncertainty_threshold,
+        // How this server computes answers.
+        "precision": if state.explainer.is_int8() { "int8" } else { "f32" },
+        "test_time_augmentation": state.explainer.tta,
+        "int8_calibration": m.int8.as_ref().map(|q| json!({
+            "rule": q.rule,
+            "top1_agreement_with_f32": q.top1_agreement,
+        })),
         "calibration": m.trust.as_ref().map(|t| json!({
             "temperature": t.temperature,
             "validation": t.calibration,

@@ -72,7 +72,7 @@ pub fn start_server(
     queue: usize,
     max_body_bytes: usize,
 ) -> std::net::SocketAddr {
-    let config = oncolens::serve::ServeConfig {
+    start_server_with(oncolens::serve::ServeConfig {
         bind: "127.0.0.1:0".parse().unwrap(),
         database: format!("sqlite://{}", db.display()),
         model: None,
@@ -80,7 +80,11 @@ pub fn start_server(
         workers,
         queue,
         ..Default::default()
-    };
+    })
+}
+
+/// Starts a server with `config` (bind to port 0 for a free one); returns its address.
+pub fn start_server_with(config: oncolens::serve::ServeConfig) -> std::net::SocketAddr {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Runtime::new().unwrap();
