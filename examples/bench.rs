@@ -99,6 +99,40 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[((q * (sorted.len() - 1) as f64).round() as usize).min(sorted.len() - 1)]
 }
 
+/// Batch-1 latency (median, p95 over `runs` after 5 warm-up runs) and batch-32 throughput
+/// (`batch_runs` after one warm-up run) of two closures.
+fn time_inference(
+    one: impl Fn() -> Result<()>,
+    batch: impl Fn() -> Result<()>,
+    runs: usize,
+    batch_runs: usize,
+) -> Result<serde_json::Value> {
+    let timed = |f: &dyn Fn() -> Result<()>| -> Result<f64> {
+        let started = Instant::now();
+        f()?;
+        Ok(started.elapsed().as_secs_f64() * 1e3)
+    };
+    for _ in 0..5 {
+        one()?;
+    }
+    let mut ms = (0..runs)
+        .map(|_| timed(&one))
+        .collect::<Result<Vec<f64>>>()?;
+    ms.sort_by(f64::total_cmp);
+    batch()?;
+    let started = Instant::now();
+    for _ in 0..batch_runs {
+        batch()?;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(serde_json::json!({
+        "batch1_median_ms": percentile(&ms, 0.5),
+        "batch1_p95_ms": percentile(&ms, 0.95),
+        "latency_runs": runs,
+        "batch32_images_per_s": (batch_runs * BATCH) as f64 / seconds,
+    }))
+}
+
 fn main() -> Result<()> {
     let a = Args::parse();
     let spec = spec(&a.net, a.input_size)?;
@@ -137,44 +171,35 @@ fn main() -> Result<()> {
         }
         Mode::Infer => {
             let model = Classifier::init(&spec, &base);
-            let run = |x: Tensor<4>| -> Vec<f32> {
-                softmax(model.forward(x), 1)
+            let size = a.input_size;
+            let run = |x: Tensor<4>| -> Result<()> {
+                let p: Vec<f32> = softmax(model.forward(x), 1)
                     .into_data()
                     .try_to_vec()
-                    .unwrap_or_default()
+                    .unwrap_or_default();
+                anyhow::ensure!(
+                    p.len().is_multiple_of(4) && !p.is_empty(),
+                    "no probabilities"
+                );
+                Ok(())
             };
-            let one: Vec<f32> = input(1, a.input_size, &base, &mut rng)
+            let one: Vec<f32> = input(1, size, &base, &mut rng)
                 .into_data()
                 .try_to_vec()
                 .unwrap_or_default();
-            let size = a.input_size;
-            let latency = |x: &[f32]| {
-                let started = Instant::now();
-                let p = run(Tensor::from_data(
-                    TensorData::new(x.to_vec(), [1, 1, size, size]),
-                    &base,
-                ));
-                assert_eq!(p.len(), 4);
-                started.elapsed().as_secs_f64() * 1e3
-            };
-            for _ in 0..5 {
-                latency(&one);
-            }
-            let mut ms: Vec<f64> = (0..a.latency_runs).map(|_| latency(&one)).collect();
-            ms.sort_by(f64::total_cmp);
-            let batch = input(BATCH, a.input_size, &base, &mut rng);
-            run(batch.clone());
-            let started = Instant::now();
-            for _ in 0..a.batch_runs {
-                run(batch.clone());
-            }
-            let seconds = started.elapsed().as_secs_f64();
-            serde_json::json!({
-                "batch1_median_ms": percentile(&ms, 0.5),
-                "batch1_p95_ms": percentile(&ms, 0.95),
-                "latency_runs": a.latency_runs,
-                "batch32_images_per_s": (a.batch_runs * BATCH) as f64 / seconds,
-            })
+            let batch = input(BATCH, size, &base, &mut rng);
+            time_inference(
+                // From a plain vector, as an application holds a decoded scan.
+                || {
+                    run(Tensor::from_data(
+                        TensorData::new(one.clone(), [1, 1, size, size]),
+                        &base,
+                    ))
+                },
+                || run(batch.clone()),
+                a.latency_runs,
+                a.batch_runs,
+            )?
         }
         Mode::InferInt8 => {
             use rayon::prelude::*;
@@ -197,40 +222,21 @@ fn main() -> Result<()> {
                 Ok(e.iter().map(|v| v / s).collect())
             };
             let one = sample(&mut rng);
-            let latency = |x: &[f32]| -> Result<f64> {
-                let started = Instant::now();
-                let p = probabilities(x)?;
-                assert_eq!(p.len(), 4);
-                Ok(started.elapsed().as_secs_f64() * 1e3)
-            };
-            for _ in 0..5 {
-                latency(&one)?;
-            }
-            let mut ms = (0..a.latency_runs)
-                .map(|_| latency(&one))
-                .collect::<Result<Vec<f64>>>()?;
-            ms.sort_by(f64::total_cmp);
             let batch: Vec<Vec<f32>> = (0..BATCH).map(|_| sample(&mut rng)).collect();
-            let run_batch = || -> Result<()> {
-                batch
-                    .par_iter()
-                    .map(|x| probabilities(x).map(|_| ()))
-                    .collect::<Result<Vec<()>>>()?;
-                Ok(())
-            };
-            run_batch()?;
-            let started = Instant::now();
-            for _ in 0..a.batch_runs {
-                run_batch()?;
-            }
-            let seconds = started.elapsed().as_secs_f64();
-            serde_json::json!({
-                "batch1_median_ms": percentile(&ms, 0.5),
-                "batch1_p95_ms": percentile(&ms, 0.95),
-                "latency_runs": a.latency_runs,
-                "batch32_images_per_s": (a.batch_runs * BATCH) as f64 / seconds,
-                "int8_weight_bytes": engine.int8_weight_bytes(),
-            })
+            let mut out = time_inference(
+                || probabilities(&one).map(|_| ()),
+                || {
+                    batch
+                        .par_iter()
+                        .map(|x| probabilities(x).map(|_| ()))
+                        .collect::<Result<Vec<()>>>()?;
+                    Ok(())
+                },
+                a.latency_runs,
+                a.batch_runs,
+            )?;
+            out["int8_weight_bytes"] = engine.int8_weight_bytes().into();
+            out
         }
         Mode::Onnx => {
             let path = a.onnx.context("--mode onnx needs --onnx FILE")?;

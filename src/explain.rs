@@ -81,18 +81,14 @@ impl Explainer {
 
     /// Answers from the int8 engine (as `Predictor::with_int8`), maps from the f32 model.
     pub fn with_int8(mut self, on: bool) -> Result<Self> {
-        self.int8 = None;
-        if on {
-            let calibration = self.manifest.int8.as_ref().ok_or_else(|| {
-                Error::Config(format!(
-                    "model {} has no int8 calibration; run `oncolens quantize`",
-                    self.manifest.name
-                ))
-            })?;
-            let network = crate::export::network(&self.model)?;
-            self.int8 =
-                Some(crate::int8::Int8Engine::new(&network)?.with_calibration(calibration)?);
-        }
+        self.int8 = if on {
+            Some(crate::int8::Int8Engine::for_model(
+                &self.manifest,
+                &self.model,
+            )?)
+        } else {
+            None
+        };
         Ok(self)
     }
 

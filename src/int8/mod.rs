@@ -305,6 +305,20 @@ impl Int8Engine {
         })
     }
 
+    /// The engine for a loaded model with the int8 calibration its manifest stores.
+    pub fn for_model(
+        manifest: &crate::bundle::Manifest,
+        model: &crate::model::Classifier,
+    ) -> Result<Self> {
+        let calibration = manifest.int8.as_ref().ok_or_else(|| {
+            Error::Config(format!(
+                "model {} has no int8 calibration; run `oncolens quantize --model DIR --data TRAINING`",
+                manifest.name
+            ))
+        })?;
+        Self::new(&crate::export::network(model)?)?.with_calibration(calibration)
+    }
+
     /// Layers whose products run in int8 (convolutions and dense layers).
     pub fn quantised_layers(&self) -> usize {
         self.quantised_layers
