@@ -216,10 +216,9 @@ fn main() -> Result<()> {
             engine.calibrate(&calibration, size)?;
             let probabilities = |x: &[f32]| -> Result<Vec<f32>> {
                 let (logits, _) = engine.forward(x, size)?;
-                let m = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-                let e: Vec<f32> = logits.iter().map(|v| (v - m).exp()).collect();
-                let s: f32 = e.iter().sum();
-                Ok(e.iter().map(|v| v / s).collect())
+                Ok(oncolens::trust::calibration::softmax_with_temperature(
+                    &logits, 1.0,
+                ))
             };
             let one = sample(&mut rng);
             let batch: Vec<Vec<f32>> = (0..BATCH).map(|_| sample(&mut rng)).collect();

@@ -111,24 +111,22 @@ impl Explainer {
         // A leaf copy of the activation: the gradient stops here.
         let features = self.model.features(x, &mut trace).detach().require_grad();
         let logits = self.model.head(features.clone(), &mut trace);
+        // The answer: the int8 engine's when on, else the f32 network's (averaged over the TTA
+        // views when on); the map below always comes from the f32 forward pass.
         let mut logit_row = rows(logits.clone().detach()).remove(0);
-        if self.tta {
-            let (tta_logits, _) = forward_rows(
-                Compute::F32(&self.model, &self.device),
-                &[&prepared],
-                pre,
-                true,
-            );
-            if let Some(l) = tta_logits.into_iter().next() {
+        let mut int8_pooled = None;
+        let answer = match &self.int8 {
+            Some(engine) => Some(Compute::Int8(engine)),
+            None if self.tta => Some(Compute::F32(&self.model, &self.device)),
+            None => None,
+        };
+        if let Some(compute) = answer {
+            let (l, p) = forward_rows(compute, &[&prepared], pre, self.tta);
+            if let Some(l) = l.into_iter().next() {
                 logit_row = l;
             }
-        }
-        let mut int8_pooled = None;
-        if let Some(engine) = &self.int8 {
-            let (l, p) = forward_rows(Compute::Int8(engine), &[&prepared], pre, self.tta);
-            if let (Some(l), Some(p)) = (l.into_iter().next(), p.into_iter().next()) {
-                logit_row = l;
-                int8_pooled = Some(p);
+            if self.int8.is_some() {
+                int8_pooled = p.into_iter().next();
             }
         }
         let probabilities = softmax_with_temperature(&logit_row, self.manifest.temperature());

@@ -6,14 +6,10 @@
 //! multiplies 64 byte pairs and adds them, four at a time, into 16 lanes. CPUs without VNNI
 //! get a portable loop over the same layout (same results, slower).
 
-use rayon::prelude::*;
-
 /// Output channels per packed block.
 pub const LANES: usize = 16;
 /// Rows of `A` computed together by the kernel.
 const ROWS: usize = 4;
-/// Rows per parallel task.
-const ROWS_PER_TASK: usize = 32;
 
 /// Weights packed for the kernel.
 #[derive(Debug, Clone)]
@@ -78,21 +74,8 @@ pub fn has_vnni() -> bool {
 }
 
 /// `C = A B^T` for `rows` rows of `a` (each `w.k` bytes); `c` gets `rows x blocks * 16` values.
+/// Runs on the calling thread: the engine parallelises over rows itself.
 pub fn matmul(a: &[u8], rows: usize, w: &PackedWeights, c: &mut [i32]) {
-    let width = w.blocks() * LANES;
-    debug_assert_eq!(a.len(), rows * w.k);
-    debug_assert_eq!(c.len(), rows * width);
-    c.par_chunks_mut(ROWS_PER_TASK * width)
-        .enumerate()
-        .for_each(|(task, out)| {
-            let first = task * ROWS_PER_TASK;
-            let n_rows = out.len() / width;
-            matmul_serial(&a[first * w.k..(first + n_rows) * w.k], n_rows, w, out);
-        });
-}
-
-/// [`matmul`] on the calling thread (for callers that parallelise over rows themselves).
-pub fn matmul_serial(a: &[u8], rows: usize, w: &PackedWeights, c: &mut [i32]) {
     assert!(a.len() >= rows * w.k && c.len() >= rows * w.blocks() * LANES);
     #[cfg(target_arch = "x86_64")]
     if has_vnni() {

@@ -19,7 +19,9 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::evaluate::metrics::argmax;
 use crate::export::{LayerOp, Network};
+use crate::trust::calibration::softmax_with_temperature;
 use gemm::PackedWeights;
 
 /// How a tensor's real values map to `u8`: `real = scale * (q - zero_point)`.
@@ -356,14 +358,15 @@ impl Int8Engine {
         if inputs.is_empty() {
             return Err(Error::Config("int8 calibration needs images".into()));
         }
-        let ranges: Vec<Vec<(f32, f32)>> = inputs
+        // One f32 pass gives both the ranges and the reference logits for the agreement check.
+        let (ranges, f32_logits): (Vec<Vec<(f32, f32)>>, Vec<_>) = inputs
             .par_iter()
             .map(|x| {
                 let mut r = vec![(f32::INFINITY, f32::NEG_INFINITY); self.quantised_layers];
-                self.run(x, size, Precision::F32, Some(&mut r));
-                r
+                let (logits, _) = self.run(x, size, Precision::F32, Some(&mut r));
+                (r, logits)
             })
-            .collect();
+            .unzip();
         self.activations = (0..self.quantised_layers)
             .map(|i| {
                 let (lo, hi) = ranges
@@ -375,10 +378,12 @@ impl Int8Engine {
             })
             .collect();
         let (mut agree, mut max_diff) = (0usize, 0f32);
-        for x in inputs {
-            let (a, _) = self.run(x, size, Precision::F32, None);
+        for (x, a) in inputs.iter().zip(&f32_logits) {
             let (b, _) = self.run(x, size, Precision::Int8, None);
-            let (pa, pb) = (softmax(&a), softmax(&b));
+            let (pa, pb) = (
+                softmax_with_temperature(a, 1.0),
+                softmax_with_temperature(&b, 1.0),
+            );
             agree += usize::from(argmax(&pa) == argmax(&pb));
             for (u, v) in pa.iter().zip(&pb) {
                 max_diff = max_diff.max((u - v).abs());
@@ -715,7 +720,7 @@ fn conv_int8(l: &ConvLayer, x: &Act, q: QParams) -> Act {
                 );
             }
             let mut acc = vec![0i32; n_rows * width];
-            gemm::matmul_serial(&a, n_rows, &l.quant.packed, &mut acc);
+            gemm::matmul(&a, n_rows, &l.quant.packed, &mut acc);
             let sums = &l.quant.packed.sums;
             match l.post {
                 Post::None => epilogue(out, &acc, width, zp, sums, &scales, &l.bias, |v| v),
@@ -795,20 +800,6 @@ fn depthwise(
         c,
         data,
     }
-}
-
-fn softmax(v: &[f32]) -> Vec<f32> {
-    let m = v.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-    let e: Vec<f32> = v.iter().map(|x| (x - m).exp()).collect();
-    let s: f32 = e.iter().sum();
-    e.iter().map(|x| x / s).collect()
-}
-
-fn argmax(v: &[f32]) -> usize {
-    v.iter()
-        .enumerate()
-        .max_by(|a, b| a.1.total_cmp(b.1))
-        .map_or(0, |(i, _)| i)
 }
 
 #[cfg(test)]
