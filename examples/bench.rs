@@ -150,7 +150,9 @@ fn main() -> Result<()> {
             let x = input(BATCH, a.input_size, &device, &mut rng);
             let mut step = |model: Classifier| {
                 let logits = model.forward(x.clone());
-                let loss = oncolens::train::classification_loss(logits, &labels, &[1.0; 4], 0.0);
+                let loss = oncolens::workflows::train::classification_loss(
+                    logits, &labels, &[1.0; 4], 0.0,
+                );
                 let _: f32 = loss.clone().into_scalar();
                 let grads = GradientsParams::from_grads(loss.backward(), &model);
                 optim.step(1e-3, model, grads)
@@ -204,7 +206,7 @@ fn main() -> Result<()> {
         Mode::InferInt8 => {
             use rayon::prelude::*;
             let model = Classifier::init(&spec, &base);
-            let mut engine = oncolens::int8::Int8Engine::new(&oncolens::export::network(&model)?)?;
+            let mut engine = oncolens::backend::Int8Engine::new(&model.describe()?)?;
             let size = a.input_size;
             let sample = |rng: &mut ChaCha8Rng| -> Vec<f32> {
                 input(1, size, &base, rng)
@@ -216,7 +218,7 @@ fn main() -> Result<()> {
             engine.calibrate(&calibration, size)?;
             let probabilities = |x: &[f32]| -> Result<Vec<f32>> {
                 let (logits, _) = engine.forward(x, size)?;
-                Ok(oncolens::trust::calibration::softmax_with_temperature(
+                Ok(oncolens::core::numeric::softmax_with_temperature(
                     &logits, 1.0,
                 ))
             };
@@ -240,11 +242,13 @@ fn main() -> Result<()> {
         Mode::Onnx => {
             let path = a.onnx.context("--mode onnx needs --onnx FILE")?;
             let model = Classifier::init(&spec, &base);
-            let (mut manifest, _) =
-                oncolens::bundle::load_default(&base, oncolens::bundle::Mode::Inference)?;
+            let (mut manifest, _) = oncolens::modelfile::bundle::load_default(
+                &base,
+                oncolens::modelfile::bundle::Mode::Inference,
+            )?;
             manifest.name = format!("{}-benchmark", a.net);
             manifest.spec = spec.clone();
-            let bytes = oncolens::export::to_onnx(&manifest, &model)?;
+            let bytes = oncolens::backend::onnx::to_onnx(&manifest, &model)?;
             std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
             serde_json::json!({ "onnx": path })
         }

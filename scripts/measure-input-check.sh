@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Measures the input check (docs/input-check.md): the share of real MRI slices (the whole
+# Measures the input check (docs/explainability.md, "Input check"): the share of real MRI slices (the whole
 # Testing folder) called "not a brain MRI slice", and the share of the non-MRI set
 # (scripts/non-mri-set.sh) that is refused, per source. Uses the release build.
 # Usage: scripts/measure-input-check.sh [MODEL_DIR]   (default: the bundled model)

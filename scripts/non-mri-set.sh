@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Rebuilds the non-MRI set the input check is measured on (docs/input-check.md), under
+# Rebuilds the non-MRI set the input check is measured on (docs/explainability.md, "Input check"), under
 # target/non-mri/ (ignored by git; none of these images is committed):
 #   packages/  the sample images that matplotlib and scikit-image ship in their wheels (PyPI)
 #   synthetic/ flat, noise, gradients, text-like, checkerboards, colour shapes (made here)

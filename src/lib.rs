@@ -5,42 +5,49 @@
 //! A research and decision-support tool, not a diagnostic device; classes are tumour types,
 //! never stages or grades.
 //!
-//! Layout, in the order data flows:
-//! - [`data`]: decoding scans (PNG/JPEG, 8/16-bit, grey/RGB/RGBA), image-folder data sets,
-//!   leak-free stratified splits, augmentation and batching;
-//! - [`preprocess`]: the pipeline stored in every model file (rescale, crop to the brain, resize,
-//!   optional CLAHE and denoise, standardisation);
-//! - [`model`]: the networks (`paper-cnn`, the seed's CNN; `resnet-mini` and `resnet-fine`,
-//!   residual networks), free of backend specifics;
-//! - [`train`]: the training loop, checkpoints, history and curves;
-//! - [`bundle`]: the self-describing model file; [`import`]: ImageNet weights from PyTorch files;
-//! - [`inference`]: [`inference::Predictor`], used by `predict`, `evaluate` and serving;
-//! - [`evaluate`]: metrics and leak-free reports; [`plot`]: PNG figures;
-//! - [`audit`]: duplicates, near-duplicates, leakage and balance of a data set;
-//! - [`trust`]: calibration (temperature scaling), selective prediction ("uncertain") and the
-//!   input check that refuses images that do not look like brain MRI slices;
-//! - [`explain`]: Grad-CAM heat-maps drawn back onto the original scan;
-//! - [`export`]: ONNX export of trained models;
-//! - [`serve`]: the web app and JSON API (`oncolens serve`).
+//! ## Layers
+//!
+//! Each module imports only from the layers below it (`tests/layers.rs` fails the build's tests
+//! otherwise), so each can be read, tested and replaced on its own:
+//!
+//! | layer | modules | what they hold |
+//! |---|---|---|
+//! | 0 | [`core`] | typed errors, numeric helpers, union-find, atomic files |
+//! | 1 | [`imaging`], [`metrics`], [`plot`] | one image (decode, statistics, pre-processing, augmentation); figures from labels and probabilities; PNG charts |
+//! | 2 | [`data`], [`ir`] | data sets (folders, splits, batching); the network description |
+//! | 3 | [`model`] | the architectures, each describing itself in the `ir` |
+//! | 4 | [`modelfile`] | the model file's plain data types, and reading/writing it |
+//! | 5 | [`backend`] | back ends over the `ir`: ONNX writer, int8 engine |
+//! | 6 | [`runtime`] | the one model loader; f32/int8 forward passes, TTA |
+//! | 7 | [`inference`] | answers (`Predictor`) and Grad-CAM (`Explainer`) |
+//! | 8 | [`workflows`] | audit, train, calibrate, quantize, evaluate, export, import |
+//! | 9 | [`serve`] | the web app and JSON API |
+//!
+//! The command line (`src/main.rs`, `src/cli/`) sits on top as a thin shell.
 //!
 //! Features: `cuda` and `wgpu` add GPU devices through burn; the default build is CPU only
 //! (burn's `flex` backend).
 
-pub mod audit;
-pub mod bundle;
-pub mod data;
-pub mod error;
-pub mod evaluate;
-pub mod explain;
-pub mod export;
-pub mod import;
-pub mod inference;
-pub mod int8;
-pub mod model;
+pub mod core;
+pub mod imaging;
+pub mod metrics;
 pub mod plot;
-pub mod preprocess;
-pub mod serve;
-pub mod train;
-pub mod trust;
 
-pub use error::{Error, Result};
+pub mod data;
+pub mod ir;
+
+pub mod model;
+
+pub mod modelfile;
+
+pub mod backend;
+
+pub mod runtime;
+
+pub mod inference;
+
+pub mod workflows;
+
+pub mod serve;
+
+pub use crate::core::error::{Error, Result};

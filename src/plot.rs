@@ -1,4 +1,4 @@
-//! PNG figures: the training curves (accuracy and loss, train vs validation) and the confusion
+//! Layer 1: PNG figures: the training curves (accuracy and loss, train vs validation) and the confusion
 //! matrix. Text is drawn with a system TrueType font (DejaVu Sans from Debian's
 //! `fonts-dejavu-core`, or any font named by `ONCOLENS_FONT`).
 
@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
-use crate::error::{Error, Result};
+use crate::core::error::{Error, Result};
 
 const FONT_CANDIDATES: [&str; 4] = [
     "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
@@ -36,11 +36,11 @@ pub fn ensure_font() -> Result<()> {
             .map_err(|_| "the font file could not be parsed".to_string())
     })
     .clone()
-    .map_err(Error::Config)
+    .map_err(Error::Font)
 }
 
 fn draw_err(path: &Path, e: impl std::fmt::Debug) -> Error {
-    Error::output(path, format!("{e:?}"))
+    Error::write_debug(path, e)
 }
 
 /// One line chart of `series` (name, colour index, values per epoch).

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use image::{GrayImage, ImageFormat, Luma, imageops};
-use oncolens::audit::{NearDuplicateCriteria, audit};
+use oncolens::workflows::audit::{NearDuplicateCriteria, audit};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -168,7 +168,7 @@ fn audit_finds_exactly_the_planted_groups() {
         .collect();
     if oncolens::plot::ensure_font().is_ok() {
         let sheet = root.join("sheet.png");
-        oncolens::audit::sheet::contact_sheet(&sheet, root, &rows, 8).unwrap();
+        oncolens::workflows::audit::sheet::contact_sheet(&sheet, root, &rows, 8).unwrap();
         assert!(image::open(&sheet).unwrap().width() > 300);
     }
 }

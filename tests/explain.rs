@@ -4,10 +4,10 @@
 mod common;
 
 use image::Luma;
-use oncolens::data::image_io::GreyImage;
-use oncolens::explain::Explainer;
+use oncolens::imaging::GreyImage;
+use oncolens::inference::Explainer;
 use oncolens::model::Architecture;
-use oncolens::train::config::TrainConfig;
+use oncolens::modelfile::TrainConfig;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -69,8 +69,8 @@ fn train_blob_model(dir: &std::path::Path, architecture: Architecture) -> std::p
     common::train_model(&data, &dir.join("model"), config).model_dir
 }
 
-/// Share of held-out blob images whose Grad-CAM peak (at the original size) lies in the blob.
-fn peak_in_blob_rate(model: &std::path::Path, n: usize) -> f64 {
+/// Held-out blob images (of `n`) whose Grad-CAM peak (at the original size) lies in the blob.
+fn peaks_in_blob(model: &std::path::Path, n: usize) -> usize {
     let explainer = Explainer::open(Some(model)).unwrap();
     let blob_class = explainer
         .manifest
@@ -102,14 +102,17 @@ fn peak_in_blob_rate(model: &std::path::Path, n: usize) -> f64 {
             );
         }
     }
-    inside as f64 / n as f64
+    inside
 }
 
 #[test]
 fn grad_cam_peak_falls_inside_the_deciding_blob() {
     let tmp = tempfile::tempdir().unwrap();
     let model = train_blob_model(tmp.path(), Architecture::ResnetFine);
-    let rate = peak_in_blob_rate(&model, 40);
+    let n = 40;
+    let inside = peaks_in_blob(&model, n);
+    // The figure docs/explainability.md reports (`-- --show-output` prints it).
+    println!("Grad-CAM peak inside the deciding blob in {inside} of {n} held-out images");
     // A map with the wrong sign, from the wrong layer or misplaced by the crop geometry puts
     // the peak in the blob (3 % of the image) far less often. Measured 40 of 40 with
     // resnet-fine; 22 of 40 before the map was aligned with the receptive-field centres (half
@@ -118,9 +121,8 @@ fn grad_cam_peak_falls_inside_the_deciding_blob() {
     // trains in a process of its own (no other training test in this file): burn's device RNG
     // is global, and a concurrent training would change this network's initialisation.
     assert!(
-        rate >= 0.9,
-        "peak inside the blob in only {:.0} %",
-        rate * 100.0
+        inside * 10 >= n * 9,
+        "peak inside the blob in only {inside} of {n}"
     );
 }
 

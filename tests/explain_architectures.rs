@@ -3,10 +3,10 @@
 
 mod common;
 
-use oncolens::data::image_io::GreyImage;
-use oncolens::explain::Explainer;
+use oncolens::imaging::GreyImage;
+use oncolens::inference::Explainer;
 use oncolens::model::Architecture;
-use oncolens::train::config::TrainConfig;
+use oncolens::modelfile::TrainConfig;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 

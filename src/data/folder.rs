@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
-use super::image_io::has_image_extension;
-use crate::error::{Error, Result};
+use crate::core::error::{DatasetProblem, Error, Result};
+use crate::imaging::decode::has_image_extension;
 
 /// One image file and its class.
 #[derive(Debug, Clone)]
@@ -35,10 +35,7 @@ pub struct ImageFolder {
 impl ImageFolder {
     /// Scans `root`: each sub-folder is a class, each image file in it a sample.
     pub fn scan(root: &Path) -> Result<Self> {
-        let dataset_err = |reason: String| Error::Dataset {
-            path: root.to_path_buf(),
-            reason,
-        };
+        let dataset_err = |problem| Error::dataset(root, problem);
         let entries = std::fs::read_dir(root).map_err(|e| Error::io(root, e))?;
         let mut classes: Vec<String> = Vec::new();
         for entry in entries {
@@ -48,18 +45,14 @@ impl ImageFolder {
                     Ok(name) if !name.starts_with('.') => classes.push(name),
                     Ok(_) => {}
                     Err(name) => {
-                        return Err(dataset_err(format!(
-                            "class folder name {name:?} is not valid UTF-8"
-                        )));
+                        return Err(dataset_err(DatasetProblem::NonUtf8ClassName(name)));
                     }
                 }
             }
         }
         classes.sort();
         if classes.is_empty() {
-            return Err(dataset_err(
-                "no class folders found (expected ROOT/<class>/<image files>)".into(),
-            ));
+            return Err(dataset_err(DatasetProblem::NoClassFolders));
         }
         let mut files: Vec<(PathBuf, usize)> = Vec::new();
         for (label, class) in classes.iter().enumerate() {
@@ -73,9 +66,7 @@ impl ImageFolder {
             files.extend(paths.into_iter().map(|p| (p, label)));
         }
         if files.is_empty() {
-            return Err(dataset_err(
-                "no PNG or JPEG files in the class folders".into(),
-            ));
+            return Err(dataset_err(DatasetProblem::NoImages));
         }
         let samples = files
             .into_par_iter()
@@ -171,6 +162,39 @@ pub fn display_name(class_id: &str) -> String {
     }
 }
 
+/// Files under `inputs`: files as given, folders searched recursively (sorted) for PNG/JPEG.
+pub fn collect_image_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| Error::io(dir, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        entries.sort();
+        for p in entries {
+            if p.is_dir() {
+                walk(&p, out)?;
+            } else if has_image_extension(&p) {
+                out.push(p);
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    for input in inputs {
+        if input.is_dir() {
+            walk(input, &mut out)?;
+        } else if input.exists() {
+            out.push(input.clone());
+        } else {
+            return Err(Error::io(
+                input,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "does not exist"),
+            ));
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,7 +238,7 @@ mod tests {
     #[test]
     fn empty_folder_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
-        let err = ImageFolder::scan(dir.path()).unwrap_err().to_string();
+        let err = ImageFolder::scan(dir.path()).unwrap_err().sentence();
         assert!(err.contains("no class folders"), "{err}");
     }
 }

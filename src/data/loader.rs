@@ -1,14 +1,16 @@
 //! From files to network input: decode and prepare images once (in parallel), then build
 //! batches, augmented for training or plain for validation and inference.
 
+use std::path::Path;
+
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use indicatif::ProgressBar;
 use rayon::prelude::*;
 
-use super::augment::{Augmentation, sample_rng};
 use super::folder::ImageFolder;
-use super::image_io::{GreyImage, load_grey};
-use crate::preprocess::Preprocessing;
+use crate::core::error::Result;
+use crate::imaging::augment::{Augmentation, sample_rng};
+use crate::imaging::{GreyImage, Preprocessing, Scan};
 
 /// Prepared (pre-processed, not yet standardised) images of some samples of a folder.
 #[derive(Debug, Default)]
@@ -21,6 +23,25 @@ pub struct PreparedImages {
     pub skipped: Vec<String>,
 }
 
+/// Decodes `paths` in parallel and maps each scan with `take`: the one decode-and-prepare step
+/// of training, calibration, evaluation and inference. Each file gets its own result.
+pub fn prepare_files<P: AsRef<Path> + Sync, T: Send>(
+    paths: &[P],
+    progress: Option<&ProgressBar>,
+    take: impl Fn(Scan) -> T + Sync,
+) -> Vec<Result<T>> {
+    paths
+        .par_iter()
+        .map(|p| {
+            let r = Scan::load(p.as_ref()).map(&take);
+            if let Some(bar) = progress {
+                bar.inc(1);
+            }
+            r
+        })
+        .collect()
+}
+
 /// Decodes and prepares `indices` of `folder`; unreadable files are reported and skipped.
 pub fn prepare_samples(
     folder: &ImageFolder,
@@ -28,28 +49,22 @@ pub fn prepare_samples(
     pre: &Preprocessing,
     progress: Option<&ProgressBar>,
 ) -> PreparedImages {
-    let results: Vec<(usize, Result<GreyImage, String>)> = indices
-        .par_iter()
-        .map(|&i| {
-            let r = load_grey(&folder.samples[i].path)
-                .map(|img| pre.prepare(&img).0)
-                .map_err(|e| e.to_string());
-            if let Some(p) = progress {
-                p.inc(1);
-            }
-            (i, r)
-        })
+    let paths: Vec<&Path> = indices
+        .iter()
+        .map(|&i| folder.samples[i].path.as_path())
         .collect();
+    let results = prepare_files(&paths, progress, |scan| pre.prepare(&scan.image).0);
     let mut out = PreparedImages::default();
-    for (i, r) in results {
+    for (&i, r) in indices.iter().zip(results) {
         match r {
             Ok(img) => {
                 out.images.push(img);
                 out.labels.push(folder.samples[i].label);
                 out.sample_indices.push(i);
             }
-            Err(reason) => {
-                tracing::warn!("skipped unreadable file {reason}");
+            Err(e) => {
+                let reason = e.sentence();
+                tracing::warn!("skipped unreadable file: {reason}");
                 out.skipped.push(reason);
             }
         }

@@ -1,10 +1,9 @@
-//! Data in: decoding scans, image-folder data sets, leak-free splits, augmentation and batching.
+//! Layer 2: data sets. Image-folder data sets ([`folder`]), leak-free stratified splits and the
+//! `split.json` a trained model keeps ([`split`]), and the step from files to network input:
+//! parallel decode-and-prepare and batching ([`loader`]).
 
-pub mod augment;
 pub mod folder;
-pub mod image_io;
 pub mod loader;
 pub mod split;
 
 pub use folder::{ImageFolder, Sample, display_name};
-pub use image_io::{GreyImage, decode_grey, load_grey};

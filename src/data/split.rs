@@ -4,12 +4,20 @@
 //! data audit's near-duplicates); a whole group always lands on one side, so the validation score
 //! is never measured on a copy of a training image.
 
+use std::path::Path;
+
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::folder::ImageFolder;
+use crate::core::DisjointSet;
+use crate::core::error::{DatasetProblem, Error, Result};
+use crate::core::files::write_json_atomic;
+
+/// The file beside a trained model naming its validation images.
+pub const SPLIT_FILE: &str = "split.json";
 
 /// Indices into the folder's samples.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -18,40 +26,19 @@ pub struct Split {
     pub validation: Vec<usize>,
 }
 
-/// Union-find over sample indices.
-struct DisjointSets(Vec<usize>);
-
-impl DisjointSets {
-    fn find(&mut self, mut i: usize) -> usize {
-        while self.0[i] != i {
-            self.0[i] = self.0[self.0[i]];
-            i = self.0[i];
-        }
-        i
-    }
-    fn union(&mut self, a: usize, b: usize) {
-        let (ra, rb) = (self.find(a), self.find(b));
-        if ra != rb {
-            self.0[ra.max(rb)] = ra.min(rb);
-        }
-    }
-}
-
 /// Group id of every sample: byte-identical files share a group, and so do the extra `links`.
 pub fn group_ids(folder: &ImageFolder, links: &[(usize, usize)]) -> Vec<usize> {
     let n = folder.samples.len();
-    let mut sets = DisjointSets((0..n).collect());
+    let mut sets = DisjointSet::new(n);
     for members in folder.exact_duplicate_groups().values() {
-        for w in members.windows(2) {
-            sets.union(w[0], w[1]);
-        }
+        sets.union_all(members);
     }
     for &(a, b) in links {
         if a < n && b < n {
             sets.union(a, b);
         }
     }
-    (0..n).map(|i| sets.find(i)).collect()
+    sets.roots()
 }
 
 /// Splits off about `fraction` of each class for validation, whole groups at a time.
@@ -94,6 +81,72 @@ pub fn stratified_group_split(
     split.train.sort_unstable();
     split.validation.sort_unstable();
     split
+}
+
+/// `split.json`: how many images trained the model and which files (relative to the training
+/// folder) were held out; calibration and quantisation must use the images training held out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SplitFile {
+    #[serde(default)]
+    pub train: usize,
+    pub validation: Vec<String>,
+}
+
+impl SplitFile {
+    pub fn of(folder: &ImageFolder, split: &Split) -> Self {
+        Self {
+            train: split.train.len(),
+            validation: split
+                .validation
+                .iter()
+                .map(|&i| folder.relative_path(i))
+                .collect(),
+        }
+    }
+
+    pub fn write(&self, path: &Path) -> Result<()> {
+        write_json_atomic(path, self)
+    }
+
+    /// Reads the split file of the model in `model_dir`.
+    pub fn read(model_dir: &Path) -> Result<Self> {
+        let path = model_dir.join(SPLIT_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        serde_json::from_str(&text).map_err(|e| Error::malformed(&path, e))
+    }
+
+    /// The split in `folder`: the listed files are the validation set, all others trained.
+    pub fn resolve(&self, folder: &ImageFolder) -> Result<Split> {
+        let held_out: std::collections::HashSet<&str> =
+            self.validation.iter().map(String::as_str).collect();
+        let (mut train, mut validation) = (Vec::new(), Vec::new());
+        for i in 0..folder.samples.len() {
+            if held_out.contains(folder.relative_path(i).as_str()) {
+                validation.push(i);
+            } else {
+                train.push(i);
+            }
+        }
+        if validation.len() != held_out.len() {
+            return Err(Error::dataset(
+                &folder.root,
+                DatasetProblem::SplitMismatch {
+                    missing: held_out.len() - validation.len(),
+                    listed: held_out.len(),
+                },
+            ));
+        }
+        Ok(Split { train, validation })
+    }
+}
+
+/// The training folder at `data` and the train / validation indices the model in `model_dir`
+/// was trained with (from its `split.json`).
+pub fn held_out_split(model_dir: &Path, data: &Path) -> Result<(ImageFolder, Split)> {
+    let file = SplitFile::read(model_dir)?;
+    let folder = ImageFolder::scan(data)?;
+    let split = file.resolve(&folder)?;
+    Ok((folder, split))
 }
 
 #[cfg(test)]

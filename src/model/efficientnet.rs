@@ -3,7 +3,7 @@
 //! 4,652,008 parameters with the 1000-class ImageNet head, 3-channel input (grey is repeated).
 //!
 //! Field names follow the PyTorch port's state dict after a fixed renaming (see
-//! [`crate::import`]), so ImageNet weights load tensor for tensor. Convolutions use symmetric
+//! `oncolens import-weights`), so ImageNet weights load tensor for tensor. Convolutions use symmetric
 //! padding (`k / 2`); batch norm uses the port's epsilon of 1e-3.
 
 use burn::module::Module;
@@ -16,8 +16,11 @@ use burn::tensor::Device;
 use burn::tensor::Tensor;
 use burn::tensor::activation::relu6;
 
+use super::describe;
 use super::paper_cnn::he_init;
 use super::trace::Trace;
+use crate::core::error::NetworkError;
+use crate::ir::NetworkBuilder;
 
 /// (expansion, kernel, stride, output channels, repeats) of the seven stages.
 const STAGES: [(usize, usize, usize, usize, usize); 7] = [
@@ -186,30 +189,26 @@ impl EfficientNetLite0 {
         super::pooled_linear_head(features, &self.pool, &self.dropout, &self.output, trace)
     }
 
-    /// The same computation as an ONNX graph (batch norm folded into the convolutions).
-    pub fn export_onnx(
-        &self,
-        g: &mut crate::export::OnnxGraph,
-        input: &str,
-    ) -> crate::Result<String> {
-        let stem = g.conv(input, &self.stem, Some(&self.stem_bn))?;
+    /// The same computation in the network description (batch norm folded into the convolutions).
+    pub fn describe(&self, g: &mut NetworkBuilder, input: &str) -> Result<String, NetworkError> {
+        let stem = describe::conv(g, input, &self.stem, Some(&self.stem_bn))?;
         let mut x = g.relu6(&stem);
         for b in &self.blocks {
             let mut y = x.clone();
             if let (Some(c), Some(n)) = (&b.expand, &b.expand_bn) {
-                let e = g.conv(&y, c, Some(n))?;
+                let e = describe::conv(g, &y, c, Some(n))?;
                 y = g.relu6(&e);
             }
-            let d = g.conv(&y, &b.depthwise, Some(&b.depthwise_bn))?;
+            let d = describe::conv(g, &y, &b.depthwise, Some(&b.depthwise_bn))?;
             let d = g.relu6(&d);
-            let p = g.conv(&d, &b.project, Some(&b.project_bn))?;
+            let p = describe::conv(g, &d, &b.project, Some(&b.project_bn))?;
             x = if b.residual { g.add(&p, &x) } else { p };
         }
-        let h = g.conv(&x, &self.head_conv, Some(&self.head_bn))?;
+        let h = describe::conv(g, &x, &self.head_conv, Some(&self.head_bn))?;
         let h = g.relu6(&h);
         g.mark_features(&h);
         let pooled = g.global_average(&h);
-        Ok(g.linear(&pooled, &self.output))
+        Ok(describe::linear(g, &pooled, &self.output))
     }
 
     /// Every strided layer has padding `k / 2`, so it centres output `j` on input `2j`.

@@ -1,10 +1,11 @@
-//! The networks. Model code is free of backend specifics: it runs on whatever [`Device`] it is
+//! Layer 3: the networks. Model code is free of backend specifics: it runs on whatever [`Device`] it is
 //! given (flex on CPU today; CUDA or wgpu behind cargo features).
 //!
 //! Every architecture splits into `features` (input -> last convolutional activation) and `head`
 //! (that activation -> class logits), so explanation methods can differentiate the class score
 //! with respect to the last conv layer.
 
+pub mod describe;
 pub mod efficientnet;
 pub mod paper_cnn;
 pub mod resnet;
@@ -13,6 +14,9 @@ pub mod trace;
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
+
+use crate::core::error::{NetworkError, SettingError};
+use crate::ir::{self, Network, NetworkBuilder};
 
 pub use efficientnet::EfficientNetLite0;
 pub use paper_cnn::PaperCnn;
@@ -70,8 +74,8 @@ impl ModelSpec {
         }
     }
 
-    pub fn validate(&self) -> crate::Result<()> {
-        let bad = |m: String| Err(crate::Error::Config(m));
+    pub fn validate(&self) -> Result<(), SettingError> {
+        let bad = |m: String| Err(SettingError::new("network", m));
         if self.in_channels != 1 && self.in_channels != 3 {
             return bad(format!(
                 "in_channels must be 1 or 3, not {}",
@@ -214,23 +218,22 @@ impl Classifier {
         }
     }
 
-    /// Adds this network to an ONNX graph (inference behaviour); returns the logits' name.
-    pub fn export_onnx(
-        &self,
-        g: &mut crate::export::OnnxGraph,
-        input: &str,
-    ) -> crate::Result<String> {
-        match self {
+    /// This network in the network description (inference behaviour, batch norm folded),
+    /// reading [`ir::INPUT`].
+    pub fn describe(&self) -> Result<Network, NetworkError> {
+        let mut g = NetworkBuilder::default();
+        let output = match self {
             Classifier::PaperCnn(m) => {
-                let x = crate::export::adapt_channels(g, input, m.in_channels());
-                m.export_onnx(g, &x)
+                let x = g.repeat(ir::INPUT, m.in_channels());
+                m.describe(&mut g, &x)?
             }
-            Classifier::ResnetMini(m) => m.export_onnx(g, input),
+            Classifier::ResnetMini(m) => m.describe(&mut g, ir::INPUT)?,
             Classifier::EfficientnetLite0(m) => {
-                let x = crate::export::adapt_channels(g, input, m.in_channels());
-                m.export_onnx(g, &x)
+                let x = g.repeat(ir::INPUT, m.in_channels());
+                m.describe(&mut g, &x)?
             }
-        }
+        };
+        Ok(g.finish(output))
     }
 
     /// Logits for a batch.
@@ -276,6 +279,59 @@ pub fn summary(spec: &ModelSpec, device: &Device) -> (Vec<LayerRow>, usize) {
     let features = model.features(x, &mut trace);
     model.head(features, &mut trace);
     (trace.rows(), total)
+}
+
+/// [`summary`] as a Keras-style table: a header line, one line per layer, the total.
+pub fn summary_table(spec: &ModelSpec, device: &Device) -> String {
+    use std::fmt::Write;
+    let (rows, total) = summary(spec, device);
+    let mut out = String::new();
+    let s = spec.input_size;
+    let _ = writeln!(
+        out,
+        "Model: {} ({}x{s}x{s} input, {} classes)",
+        spec.architecture.name(),
+        spec.in_channels,
+        spec.num_classes
+    );
+    let _ = writeln!(
+        out,
+        "{:<10} {:<26} {:<18} {:>12}",
+        "layer", "type", "output shape", "params"
+    );
+    let _ = writeln!(out, "{}", "-".repeat(69));
+    for r in rows {
+        let shape = r
+            .output_shape
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join("x");
+        let _ = writeln!(
+            out,
+            "{:<10} {:<26} {:<18} {:>12}",
+            r.name,
+            r.kind,
+            shape,
+            group_digits(r.params)
+        );
+    }
+    let _ = writeln!(out, "{}", "-".repeat(69));
+    let _ = writeln!(out, "Total params: {}", group_digits(total));
+    out
+}
+
+/// `1234567` as `1,234,567`.
+pub fn group_digits(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -364,6 +420,12 @@ mod tests {
                 offset: 0.0
             }
         );
+    }
+
+    #[test]
+    fn digits_are_grouped_in_threes() {
+        assert_eq!(group_digits(4_447_044), "4,447,044");
+        assert_eq!(group_digits(999), "999");
     }
 
     #[test]

@@ -9,7 +9,10 @@ use burn::tensor::Device;
 use burn::tensor::Tensor;
 use burn::tensor::activation::relu;
 
+use super::describe;
 use super::trace::Trace;
+use crate::core::error::NetworkError;
+use crate::ir::NetworkBuilder;
 
 #[derive(Module, Debug)]
 pub struct PaperCnn {
@@ -127,15 +130,11 @@ impl PaperCnn {
         a
     }
 
-    /// The same computation as an ONNX graph (dropout is the identity at inference).
-    pub fn export_onnx(
-        &self,
-        g: &mut crate::export::OnnxGraph,
-        input: &str,
-    ) -> crate::Result<String> {
+    /// The same computation in the network description (dropout is the identity at inference).
+    pub fn describe(&self, g: &mut NetworkBuilder, input: &str) -> Result<String, NetworkError> {
         let mut x = input.to_string();
         for (i, conv) in self.convs.iter().enumerate() {
-            let y = g.conv(&x, conv, None)?;
+            let y = describe::conv(g, &x, conv, None)?;
             x = g.relu(&y);
             if i + 1 == self.convs.len() {
                 g.mark_features(&x);
@@ -146,11 +145,11 @@ impl PaperCnn {
             }
         }
         let flat = g.flatten(&x);
-        let d1 = g.linear(&flat, &self.dense1);
+        let d1 = describe::linear(g, &flat, &self.dense1);
         let d1 = g.relu(&d1);
-        let d2 = g.linear(&d1, &self.dense2);
+        let d2 = describe::linear(g, &d1, &self.dense2);
         let d2 = g.relu(&d2);
-        Ok(g.linear(&d2, &self.output))
+        Ok(describe::linear(g, &d2, &self.output))
     }
 
     /// From the last conv activation to class logits.

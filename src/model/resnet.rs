@@ -17,8 +17,11 @@ use burn::tensor::Device;
 use burn::tensor::Tensor;
 use burn::tensor::activation::relu;
 
+use super::describe;
 use super::paper_cnn::he_init;
 use super::trace::Trace;
+use crate::core::error::NetworkError;
+use crate::ir::NetworkBuilder;
 
 /// Channels of the stem and of each stage.
 pub const STEM_WIDTH: usize = 24;
@@ -152,28 +155,24 @@ impl ResnetMini {
         (0..strided).fold(super::FeatureAlignment::IDENTITY, |a, _| a.then(2.0, 0.0))
     }
 
-    /// The same computation as an ONNX graph (batch norm folded into the convolutions).
-    pub fn export_onnx(
-        &self,
-        g: &mut crate::export::OnnxGraph,
-        input: &str,
-    ) -> crate::Result<String> {
-        let stem = g.conv(input, &self.stem, Some(&self.stem_bn))?;
+    /// The same computation in the network description (batch norm folded into the convolutions).
+    pub fn describe(&self, g: &mut NetworkBuilder, input: &str) -> Result<String, NetworkError> {
+        let stem = describe::conv(g, input, &self.stem, Some(&self.stem_bn))?;
         let mut x = g.relu(&stem);
         for block in &self.stages {
             let identity = match &block.shortcut {
-                Some(p) => g.conv(&x, &p.conv, Some(&p.bn))?,
+                Some(p) => describe::conv(g, &x, &p.conv, Some(&p.bn))?,
                 None => x.clone(),
             };
-            let y = g.conv(&x, &block.conv1, Some(&block.bn1))?;
+            let y = describe::conv(g, &x, &block.conv1, Some(&block.bn1))?;
             let y = g.relu(&y);
-            let y = g.conv(&y, &block.conv2, Some(&block.bn2))?;
+            let y = describe::conv(g, &y, &block.conv2, Some(&block.bn2))?;
             let sum = g.add(&y, &identity);
             x = g.relu(&sum);
         }
         g.mark_features(&x);
         let pooled = g.global_average(&x);
-        Ok(g.linear(&pooled, &self.output))
+        Ok(describe::linear(g, &pooled, &self.output))
     }
 
     pub fn head(&self, features: Tensor<4>, trace: &mut Trace) -> Tensor<2> {

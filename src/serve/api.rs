@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::store::{self, AnalysisRecord};
 use super::{AppState, Busy, new_id, now_unix, valid_id};
-use crate::evaluate::DISCLAIMER;
+use crate::core::DISCLAIMER;
 use crate::inference::Verdict;
 
 /// An error for the person or program that asked: a status and one plain sentence.

@@ -5,8 +5,10 @@ use std::io::Cursor;
 
 use image::{DynamicImage, GrayImage, ImageFormat, Luma, Rgba, RgbaImage, imageops};
 
-use crate::explain::{Explainer, colour};
-use crate::inference::{Prediction, Scan, prediction_from};
+use crate::core::error::sentence;
+use crate::imaging::Scan;
+use crate::inference::render::colour;
+use crate::inference::{Explainer, Prediction, prediction_from};
 
 /// Longest side of the stored display image.
 pub const DISPLAY_SIDE: u32 = 1024;
@@ -31,12 +33,12 @@ fn png(img: DynamicImage) -> Result<Vec<u8>, Rejected> {
 }
 
 pub fn analyse(explainer: &Explainer, bytes: &[u8]) -> Result<Outcome, Rejected> {
-    let scan =
-        Scan::decode(bytes).map_err(|e| Rejected(format!("The file could not be read: {e}.")))?;
+    let scan = Scan::decode(bytes)
+        .map_err(|e| Rejected(format!("The file could not be read: {}.", sentence(&e))))?;
     let grey = &scan.image;
     let explanation = explainer
         .explain(grey, None)
-        .map_err(|e| Rejected(format!("The scan could not be analysed: {e}.")))?;
+        .map_err(|e| Rejected(format!("The scan could not be analysed: {}.", e.sentence())))?;
     let prediction = prediction_from(
         &explainer.manifest,
         &explanation.logits,

@@ -18,7 +18,6 @@ mod pages;
 pub mod store;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -31,8 +30,9 @@ use axum::routing::{get, post};
 use sqlx::SqlitePool;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::error::{Error, Result};
-use crate::explain::Explainer;
+use crate::core::error::{Result, ServeError};
+use crate::inference::Explainer;
+use crate::modelfile::ModelSource;
 use engine::{Outcome, Rejected};
 pub use metrics::Metrics;
 
@@ -42,8 +42,8 @@ pub struct ServeConfig {
     pub bind: SocketAddr,
     /// `sqlite://PATH` (created if missing) or `sqlite::memory:`.
     pub database: String,
-    /// Model directory; `None`: `$ONCOLENS_MODEL`, else the bundled model.
-    pub model: Option<PathBuf>,
+    /// The model to serve.
+    pub model: ModelSource,
     /// Largest request body, bytes.
     pub max_body_bytes: usize,
     /// Concurrent analyses (default: the number of cores).
@@ -62,7 +62,7 @@ impl Default for ServeConfig {
         Self {
             bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
             database: "sqlite://oncolens.db".into(),
-            model: None,
+            model: ModelSource::Bundled,
             max_body_bytes: 50 * 1024 * 1024,
             workers: cores,
             queue: 4 * cores,
@@ -92,10 +92,10 @@ impl AppState {
         let model = config.model.clone();
         let (tta, int8) = (config.tta, config.int8);
         let explainer = tokio::task::spawn_blocking(move || {
-            Explainer::open(model.as_deref()).and_then(|e| e.with_tta(tta).with_int8(int8))
+            Explainer::open_source(&model).and_then(|e| e.with_tta(tta).with_int8(int8))
         })
         .await
-        .map_err(|e| Error::Config(format!("model loading failed: {e}")))??;
+        .map_err(|e| ServeError::ModelLoading(e.into()))??;
         let db = store::open(&config.database).await?;
         Ok(Self {
             explainer: Arc::new(explainer),
@@ -186,18 +186,18 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
     let state = AppState::new(&config).await?;
     let listener = tokio::net::TcpListener::bind(config.bind)
         .await
-        .map_err(|e| Error::Config(format!("cannot listen on {}: {e}", config.bind)))?;
+        .map_err(|e| ServeError::Listen(config.bind, e))?;
     let address = listener
         .local_addr()
-        .map_err(|e| Error::Config(e.to_string()))?;
-    eprintln!(
+        .map_err(|e| ServeError::Listen(config.bind, e))?;
+    tracing::info!(
         "oncolens serving on http://{address} (model {})",
         state.explainer.manifest.name
     );
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown_signal())
         .await
-        .map_err(|e| Error::Config(format!("server: {e}")))
+        .map_err(|e| ServeError::Server(e).into())
 }
 
 async fn shutdown_signal() {
@@ -219,7 +219,7 @@ async fn shutdown_signal() {
         _ = ctrl_c => {},
         _ = terminate => {},
     }
-    eprintln!("shutting down: finishing in-flight requests");
+    tracing::info!("shutting down: finishing in-flight requests");
 }
 
 fn now_unix() -> i64 {

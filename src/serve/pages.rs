@@ -11,7 +11,7 @@ use serde::Deserialize;
 use super::AppState;
 use super::api::{self, ApiError, FeedbackBody};
 use super::store;
-use crate::evaluate::DISCLAIMER;
+use crate::core::DISCLAIMER;
 
 pub fn templates() -> Environment<'static> {
     let mut env = Environment::new();
@@ -194,10 +194,10 @@ pub async fn model_card(State(state): State<AppState>) -> Response {
         context! {
             m => m,
             architecture => m.spec.architecture.name(),
-            card => crate::bundle::is_default_model(m).then(|| {
+            card => crate::modelfile::bundle::is_default_model(m).then(|| {
                 let mut html = String::new();
                 let parser = pulldown_cmark::Parser::new_ext(
-                    crate::bundle::DEFAULT_MODEL_CARD,
+                    crate::modelfile::bundle::DEFAULT_MODEL_CARD,
                     pulldown_cmark::Options::ENABLE_TABLES,
                 );
                 pulldown_cmark::html::push_html(&mut html, parser);

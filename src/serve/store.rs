@@ -8,7 +8,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use sqlx::{Row, SqlitePool as Pool};
 use std::str::FromStr;
 
-use crate::error::{Error, Result};
+use crate::core::error::{Error, Result, StoreError};
 
 /// Everything stored for one analysis except the images.
 #[derive(Debug, Clone, Serialize)]
@@ -41,8 +41,8 @@ pub struct FeedbackRecord {
     pub comment: String,
 }
 
-fn db_err(e: impl std::fmt::Display) -> Error {
-    Error::Config(format!("database: {e}"))
+fn db_err(e: impl Into<StoreError>) -> Error {
+    Error::Store(e.into())
 }
 
 /// Opens (creating if missing) and migrates the database at `url`, e.g. `sqlite://oncolens.db`.

@@ -75,7 +75,7 @@ pub fn start_server(
     start_server_with(oncolens::serve::ServeConfig {
         bind: "127.0.0.1:0".parse().unwrap(),
         database: format!("sqlite://{}", db.display()),
-        model: None,
+        model: oncolens::modelfile::ModelSource::Bundled,
         max_body_bytes,
         workers,
         queue,
@@ -107,9 +107,9 @@ pub mod non_mri;
 pub fn train_model(
     data: &Path,
     out: &Path,
-    config: oncolens::train::config::TrainConfig,
-) -> oncolens::train::TrainReport {
-    let opts = oncolens::train::TrainOptions {
+    config: oncolens::modelfile::TrainConfig,
+) -> oncolens::workflows::train::TrainReport {
+    let opts = oncolens::workflows::train::TrainOptions {
         data: data.to_path_buf(),
         out: out.to_path_buf(),
         config,
@@ -117,6 +117,6 @@ pub fn train_model(
         progress: false,
         near_duplicates: None,
     };
-    oncolens::train::train(&opts, &std::sync::atomic::AtomicBool::new(false))
+    oncolens::workflows::train::train(&opts, &std::sync::atomic::AtomicBool::new(false))
         .expect("training runs")
 }

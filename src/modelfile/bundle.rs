@@ -1,0 +1,195 @@
+//! Reading and writing the model file: a directory holding `model.json` (the [`Manifest`]) and
+//! `weights.bpk` (burn's burnpack weights). The manifest carries the SHA-256 of the weights, so a
+//! mismatched pair is refused at load; the bundled default model is compiled into the binary.
+
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use burn::tensor::Device;
+use sha2::{Digest, Sha256};
+
+use super::manifest::Manifest;
+use crate::core::error::{Detail, Error, ModelFileProblem, Result};
+use crate::core::files::{sha256_file, write_json_atomic};
+use crate::model::Classifier;
+
+pub const MANIFEST_FILE: &str = "model.json";
+pub const WEIGHTS_FILE: &str = "weights.bpk";
+
+/// Where a model comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSource {
+    /// A model directory (or its `model.json`).
+    Directory(PathBuf),
+    /// The default model compiled into the binary.
+    Bundled,
+}
+
+impl ModelSource {
+    /// `path`, else the bundled default model.
+    pub fn from_option(path: Option<&Path>) -> Self {
+        match path {
+            Some(p) => ModelSource::Directory(p.to_path_buf()),
+            None => ModelSource::Bundled,
+        }
+    }
+}
+
+impl From<Option<PathBuf>> for ModelSource {
+    fn from(path: Option<PathBuf>) -> Self {
+        path.map_or(ModelSource::Bundled, ModelSource::Directory)
+    }
+}
+
+/// Accepts the model directory or its `model.json`.
+pub fn model_dir(path: &Path) -> PathBuf {
+    if path.file_name().is_some_and(|n| n == MANIFEST_FILE) {
+        path.parent().map(Path::to_path_buf).unwrap_or_default()
+    } else {
+        path.to_path_buf()
+    }
+}
+
+/// Writes weights then manifest into `dir` (created if needed). The manifest is written last and
+/// atomically, so a crash mid-save never leaves a manifest pointing at other weights.
+pub fn save(dir: &Path, model: &Classifier, manifest: &mut Manifest) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::write(dir, e))?;
+    let weights = dir.join(WEIGHTS_FILE);
+    let tmp_weights = dir.join(format!("{WEIGHTS_FILE}.tmp"));
+    model
+        .clone()
+        .save_file(&tmp_weights)
+        .map_err(|e| Error::write_debug(&tmp_weights, e))?;
+    std::fs::rename(&tmp_weights, &weights).map_err(|e| Error::write(&weights, e))?;
+    manifest.weights_sha256 = sha256_file(&weights)?;
+    write_json_atomic(&dir.join(MANIFEST_FILE), manifest)
+}
+
+/// Reads and checks a manifest without loading weights.
+pub fn read_manifest(path: &Path) -> Result<Manifest> {
+    let dir = model_dir(path);
+    let file = dir.join(MANIFEST_FILE);
+    let text = std::fs::read_to_string(&file).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::model(&dir, ModelFileProblem::NoManifest),
+        _ => Error::io(&file, e),
+    })?;
+    let mut manifest: Manifest = serde_json::from_str(&text)
+        .map_err(|e| Error::model(&file, ModelFileProblem::Malformed(e)))?;
+    manifest.validate(&file)?;
+    manifest.unpack(&file)?;
+    Ok(manifest)
+}
+
+/// Inference mode for gradients: dropout and batch-norm statistics frozen (as in `valid()`), but
+/// the parameters stay on `device`, which may be an autodiff device (Grad-CAM differentiates a
+/// class score with respect to an activation).
+struct FreezeTrainingFlags;
+
+impl burn::module::ModuleMapper for FreezeTrainingFlags {
+    fn map_flag(
+        &mut self,
+        flag: burn::module::Param<burn::module::Flag>,
+    ) -> burn::module::Param<burn::module::Flag> {
+        flag.with_value(false)
+    }
+}
+
+/// How a loaded network will be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Plain inference (`valid()`): no autodiff.
+    Inference,
+    /// Inference behaviour on an autodiff device, for explanations.
+    Gradients,
+}
+
+fn finish(model: Classifier, mode: Mode) -> Classifier {
+    match mode {
+        Mode::Inference => model.valid(),
+        Mode::Gradients => model.map(&mut FreezeTrainingFlags),
+    }
+}
+
+/// Loads manifest and weights onto `device` for inference, checking that they belong together.
+pub fn load(path: &Path, device: &Device) -> Result<(Manifest, Classifier)> {
+    load_with_mode(path, device, Mode::Inference)
+}
+
+/// [`load`] for a given [`Mode`].
+pub fn load_with_mode(path: &Path, device: &Device, mode: Mode) -> Result<(Manifest, Classifier)> {
+    let dir = model_dir(path);
+    let manifest = read_manifest(&dir)?;
+    let weights = dir.join(WEIGHTS_FILE);
+    if !weights.is_file() {
+        return Err(Error::model(&dir, ModelFileProblem::WeightsMissing));
+    }
+    let digest = sha256_file(&weights)?;
+    if digest != manifest.weights_sha256 {
+        return Err(Error::model(&dir, ModelFileProblem::ChecksumMismatch));
+    }
+    let model = Classifier::init(&manifest.spec, device)
+        .try_load_file(&weights)
+        .map_err(|e| Error::model(&weights, ModelFileProblem::WeightsDoNotFit(Detail::of(e))))?;
+    Ok((manifest, finish(model, mode)))
+}
+
+/// The default model, committed under `models/default/` and compiled into the binary so that
+/// `predict` (and later `serve`) work on a fresh clone with no other setup.
+const DEFAULT_MANIFEST: &str = include_str!("../../models/default/model.json");
+const DEFAULT_WEIGHTS: &[u8] = include_bytes!("../../models/default/weights.bpk");
+
+/// The model card of the bundled default model (Markdown).
+pub const DEFAULT_MODEL_CARD: &str = include_str!("../../docs/model-card.md");
+
+/// Whether `manifest` is the bundled default model's (its weights checksum matches).
+pub fn is_default_model(manifest: &Manifest) -> bool {
+    // Parsed once: the default manifest carries the input check's packed covariance.
+    static DEFAULT_SHA: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    DEFAULT_SHA
+        .get_or_init(|| {
+            serde_json::from_str::<serde_json::Value>(DEFAULT_MANIFEST)
+                .ok()
+                .and_then(|v| v["weights_sha256"].as_str().map(str::to_string))
+        })
+        .as_deref()
+        == Some(manifest.weights_sha256.as_str())
+}
+
+/// Loads the bundled default model onto `device`.
+pub fn load_default(device: &Device, mode: Mode) -> Result<(Manifest, Classifier)> {
+    let origin = Path::new("<bundled default model>");
+    let mut manifest: Manifest = serde_json::from_str(DEFAULT_MANIFEST)
+        .map_err(|e| Error::model(origin, ModelFileProblem::Malformed(e)))?;
+    manifest.validate(origin)?;
+    manifest.unpack(origin)?;
+    if hex::encode(Sha256::digest(DEFAULT_WEIGHTS)) != manifest.weights_sha256 {
+        return Err(Error::model(origin, ModelFileProblem::ChecksumMismatch));
+    }
+    let record = burn::store::ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(
+        DEFAULT_WEIGHTS.to_vec(),
+    ))
+    .map_err(|e| Error::model(origin, ModelFileProblem::WeightsDoNotFit(Detail::of(e))))?;
+    let model = Classifier::init(&manifest.spec, device)
+        .try_load_record(record)
+        .map_err(|e| Error::model(origin, ModelFileProblem::WeightsDoNotFit(Detail::of(e))))?;
+    Ok((manifest, finish(model, mode)))
+}
+
+/// Loads a model from `source` onto `device` for `mode`.
+pub fn load_from(
+    source: &ModelSource,
+    device: &Device,
+    mode: Mode,
+) -> Result<(Manifest, Classifier)> {
+    match source {
+        ModelSource::Directory(p) => load_with_mode(p, device, mode),
+        ModelSource::Bundled => load_default(device, mode),
+    }
+}
+
+/// Writes a manifest whose weights are already in `dir` (after calibration or quantisation;
+/// the weights stay untouched), checking it first.
+pub fn rewrite_manifest(dir: &Path, manifest: &Manifest) -> Result<()> {
+    manifest.validate(dir)?;
+    write_json_atomic(&dir.join(MANIFEST_FILE), manifest)
+}

@@ -1,0 +1,21 @@
+//! Layer 8: workflows, each a whole job over data and model files, built from the layers below.
+//! Within this layer a workflow may use another (train uses audit, calibrate and import;
+//! evaluate uses audit), never in a circle.
+//!
+//! - [`audit`]: duplicates, near-duplicates, leakage and balance of a data set;
+//! - [`train`]: the training loop, checkpoints, history and curves;
+//! - [`calibrate`]: temperature, "uncertain" threshold and input check of a saved model;
+//! - [`quantize`]: int8 activation ranges of a saved model;
+//! - [`evaluate`]: leak-free evaluation reports;
+//! - [`export`]: ONNX files and reference outputs;
+//! - [`import`]: ImageNet weights from PyTorch files;
+//! - [`observe`]: a model run over a labelled folder (shared by calibrate and evaluate).
+
+pub mod audit;
+pub mod calibrate;
+pub mod evaluate;
+pub mod export;
+pub mod import;
+pub mod observe;
+pub mod quantize;
+pub mod train;
