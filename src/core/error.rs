@@ -194,6 +194,8 @@ pub enum ExplainError {
     ClassOutOfRange { class: usize, classes: usize },
     #[error("no gradient reached the last conv layer")]
     NoGradient,
+    #[error("the model was not loaded for gradients")]
+    NoAutodiff,
     #[error("unexpected activation shape")]
     ActivationShape,
 }

@@ -94,11 +94,15 @@ impl Explainer {
         let input = pre.standardize(&prepared);
         let s = pre.input_size as usize;
         let (model, device) = (self.model(), self.device());
+        let (head_model, autodiff) = self.gradients().ok_or(ExplainError::NoAutodiff)?;
         let x = Tensor::<4>::from_data(TensorData::new(input, [1, 1, s, s]), device);
         let mut trace = Trace::off();
-        // A leaf copy of the activation: the gradient stops here.
-        let features = model.features(x, &mut trace).detach().require_grad();
-        let logits = model.head(features.clone(), &mut trace);
+        // The convolutional part runs on the plain device (an autodiff forward pass without a
+        // backward one would leave its graph behind); its output becomes a leaf on the autodiff
+        // device, so only the head is differentiated, and its graph is consumed by `backward`.
+        let activation = model.features(x, &mut trace);
+        let features = Tensor::<4>::from_data(activation.into_data(), autodiff).require_grad();
+        let logits = head_model.head(features.clone(), &mut trace);
         // The answer: the int8 engine's when on, else the f32 network's (averaged over the TTA
         // views when on); the map below always comes from the f32 forward pass.
         let mut logit_row = rows(logits.clone().detach()).remove(0);

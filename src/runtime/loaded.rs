@@ -2,6 +2,7 @@
 //! (f32 or int8, with or without test-time augmentation). `Predictor` and `Explainer` both hold
 //! one; nothing else opens model files for inference.
 
+use burn::module::Module;
 use burn::tensor::Device;
 
 use super::compute::Compute;
@@ -14,9 +15,13 @@ use crate::modelfile::bundle::{self, Mode, ModelSource};
 /// A loaded model and how it runs.
 pub struct LoadedModel {
     pub manifest: Manifest,
+    /// The network for every pass that needs no gradient, on a plain device. Forward passes on
+    /// an autodiff device record a graph that only a backward pass frees: run there without
+    /// one, each analysis would leave its activations behind (4.7 MB each for resnet-fine).
     model: Classifier,
     device: Device,
-    mode: Mode,
+    /// With [`Mode::Gradients`]: the same weights on an autodiff device, for Grad-CAM.
+    gradients: Option<(Classifier, Device)>,
     /// Test-time augmentation: average the logits over flipped and shifted views.
     pub tta: bool,
     /// When set, the int8 engine computes the answers (Grad-CAM still uses the f32 model).
@@ -24,23 +29,34 @@ pub struct LoadedModel {
 }
 
 impl LoadedModel {
-    /// Loads `source` for `mode`: on burn's CPU device, an autodiff one for [`Mode::Gradients`].
+    /// Loads `source` on burn's CPU device; for [`Mode::Gradients`] also on an autodiff one
+    /// (sharing the weights).
     pub fn open(source: &ModelSource, mode: Mode) -> Result<Self> {
-        let device = match mode {
-            Mode::Inference => Device::flex(),
-            Mode::Gradients => Device::flex().autodiff(),
-        };
-        let (manifest, model) = bundle::load_from(source, &device, mode)?;
-        Ok(Self::from_parts(manifest, model, device, mode))
+        match mode {
+            Mode::Inference => {
+                let device = Device::flex();
+                let (manifest, model) = bundle::load_from(source, &device, mode)?;
+                Ok(Self::from_parts(manifest, model, device))
+            }
+            Mode::Gradients => {
+                let autodiff = Device::flex().autodiff();
+                let (manifest, gradients) = bundle::load_from(source, &autodiff, mode)?;
+                // The plain view of the same weights (no copy).
+                let model = gradients.valid();
+                let mut loaded = Self::from_parts(manifest, model, Device::flex());
+                loaded.gradients = Some((gradients, autodiff));
+                Ok(loaded)
+            }
+        }
     }
 
-    /// A model already in memory (e.g. the best epoch of a training run).
-    pub fn from_parts(manifest: Manifest, model: Classifier, device: Device, mode: Mode) -> Self {
+    /// A model already in memory on a plain device (e.g. the best epoch of a training run).
+    pub fn from_parts(manifest: Manifest, model: Classifier, device: Device) -> Self {
         Self {
             manifest,
             model,
             device,
-            mode,
+            gradients: None,
             tta: false,
             int8: None,
         }
@@ -87,7 +103,8 @@ impl LoadedModel {
         &self.device
     }
 
-    pub fn mode(&self) -> Mode {
-        self.mode
+    /// The network on an autodiff device and that device (only with [`Mode::Gradients`]).
+    pub fn gradients(&self) -> Option<(&Classifier, &Device)> {
+        self.gradients.as_ref().map(|(m, d)| (m, d))
     }
 }
