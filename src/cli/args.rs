@@ -3,11 +3,12 @@
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use oncolens::model::{Architecture, ModelSpec};
 use oncolens::modelfile::{Balance, ModelSource, Schedule, TrainConfig};
-use oncolens::serve::ServeConfig;
+use oncolens::serve::{HttpLimits, ServeConfig};
 use oncolens::workflows::audit::NearDuplicateCriteria;
 use oncolens::workflows::calibrate::FitOptions;
 use oncolens::workflows::evaluate::EvalOptions;
@@ -83,6 +84,19 @@ pub struct ServeArgs {
     /// Class probabilities from the int8 engine (`oncolens quantize` first; Grad-CAM stays f32).
     #[arg(long)]
     pub int8: bool,
+    /// Memory the analyses and waiting uploads may take together, MB; workers and queue are
+    /// reduced at start until their worst case fits.
+    #[arg(long, default_value_t = 1536)]
+    pub memory_budget_mb: u64,
+    /// Seconds a client has to send a request's headers (also the idle keep-alive limit).
+    #[arg(long, default_value_t = 10)]
+    pub header_timeout_s: u64,
+    /// Seconds a client has to send an upload's body.
+    #[arg(long, default_value_t = 30)]
+    pub body_timeout_s: u64,
+    /// Seconds a whole request may take, analysis included.
+    #[arg(long, default_value_t = 60)]
+    pub request_timeout_s: u64,
 }
 
 #[derive(clap::Args)]
@@ -449,6 +463,13 @@ impl From<&ServeArgs> for ServeConfig {
             queue: a.queue.unwrap_or(defaults.queue),
             tta: a.tta,
             int8: a.int8,
+            limits: HttpLimits {
+                header_timeout: Duration::from_secs(a.header_timeout_s.max(1)),
+                body_timeout: Duration::from_secs(a.body_timeout_s.max(1)),
+                request_timeout: Duration::from_secs(a.request_timeout_s.max(1)),
+                ..defaults.limits
+            },
+            memory_budget_bytes: a.memory_budget_mb * 1024 * 1024,
         }
     }
 }

@@ -47,6 +47,14 @@ pub enum DecodeError {
     Header(#[source] image::ImageError),
     #[error("the image is too large ({width}x{height} pixels)")]
     TooLarge { width: u32, height: u32 },
+    #[error(
+        "the image ({width}x{height} pixels) would need {mebibytes} MiB to decode; the limit is 256 MiB"
+    )]
+    TooMuchMemory {
+        width: u32,
+        height: u32,
+        mebibytes: u64,
+    },
     #[error("the image is too small ({width}x{height} pixels)")]
     TooSmall { width: u32, height: u32 },
     #[error("the image cannot be decoded")]

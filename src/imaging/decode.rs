@@ -7,7 +7,7 @@
 use std::io::Cursor;
 use std::path::Path;
 
-use image::{ImageBuffer, ImageFormat, ImageReader, Limits, Luma};
+use image::{DynamicImage, ImageBuffer, ImageDecoder, ImageFormat, ImageReader, Limits, Luma};
 
 use crate::core::error::{DecodeError, Error, Result};
 
@@ -18,6 +18,14 @@ pub type GreyImage = ImageBuffer<Luma<f32>, Vec<f32>>;
 pub const MAX_SIDE: u32 = 16_384;
 /// Largest decoded size accepted, in pixels.
 pub const MAX_PIXELS: u64 = 64 * 1024 * 1024;
+/// Largest decoded buffer accepted, in bytes (pixels times bytes per pixel as the file stores
+/// them): a 16-bit RGBA picture of 64 M pixels would need 512 MiB before any conversion.
+pub const MAX_DECODED_BYTES: u64 = 256 * 1024 * 1024;
+/// Images longer than this on either side are shrunk (area averaging, aspect kept) right after
+/// decoding, before the `f32` copy: the pipeline then never holds more than a few 2048 x 2048
+/// planes. The network sees 150-260 px and no slice of the training data is larger than 1446
+/// px, so no answer changes.
+pub const WORKING_SIDE: u32 = 2048;
 
 /// Image file extensions scanned in data folders.
 pub const IMAGE_EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
@@ -39,6 +47,7 @@ pub fn load_grey(path: &Path) -> Result<GreyImage> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImageInfo {
     pub format: &'static str,
+    /// The size the file stores (the decoded image is at most [`WORKING_SIDE`] a side).
     pub width: u32,
     pub height: u32,
     /// Colour layout as decoded, e.g. "L8", "Rgb8", "La16".
@@ -87,9 +96,21 @@ pub fn decode_grey_with_info(
             height: h,
         });
     }
-    let img = bounded_reader(bytes, format)
-        .decode()
-        .map_err(DecodeError::Corrupt)?;
+    let decoder = bounded_reader(bytes, format)
+        .into_decoder()
+        .map_err(DecodeError::Header)?;
+    let decoded_bytes = decoder.total_bytes();
+    if decoded_bytes > MAX_DECODED_BYTES {
+        return Err(DecodeError::TooMuchMemory {
+            width: w,
+            height: h,
+            mebibytes: decoded_bytes.div_ceil(1024 * 1024),
+        });
+    }
+    let mut img = DynamicImage::from_decoder(decoder).map_err(DecodeError::Corrupt)?;
+    if w.max(h) > WORKING_SIDE {
+        img = img.thumbnail(WORKING_SIDE, WORKING_SIDE);
+    }
     let color = img.color();
     let info = ImageInfo {
         format: if format == ImageFormat::Png {
@@ -97,8 +118,8 @@ pub fn decode_grey_with_info(
         } else {
             "JPEG"
         },
-        width: img.width(),
-        height: img.height(),
+        width: w,
+        height: h,
         color: format!("{color:?}"),
         bits_per_channel: color.bits_per_pixel() / u16::from(color.channel_count()),
         colourfulness: if color.has_color() {
@@ -133,7 +154,8 @@ fn bounded_reader(bytes: &[u8], format: ImageFormat) -> ImageReader<Cursor<&[u8]
     let mut limits = Limits::default();
     limits.max_image_width = Some(MAX_SIDE);
     limits.max_image_height = Some(MAX_SIDE);
-    limits.max_alloc = Some(MAX_PIXELS * 8);
+    // Decoders allocate a little beyond the pixel buffer.
+    limits.max_alloc = Some(MAX_DECODED_BYTES + 16 * 1024 * 1024);
     reader.limits(limits);
     reader
 }
@@ -204,6 +226,27 @@ mod tests {
         }
         assert!(decode_grey(b"hello, not an image").is_err());
         assert!(decode_grey(&[]).is_err());
+    }
+
+    #[test]
+    fn large_images_are_shrunk_to_the_working_side_and_huge_buffers_refused() {
+        let wide = image::GrayImage::from_fn(4096, 1024, |x, _| Luma([(x / 16) as u8]));
+        let (grey, info) = decode_grey_with_info(&encode(
+            &image::DynamicImage::ImageLuma8(wide),
+            ImageFormat::Png,
+        ))
+        .unwrap();
+        assert_eq!(grey.dimensions(), (WORKING_SIDE, WORKING_SIDE / 4));
+        assert_eq!((info.width, info.height), (4096, 1024));
+        // 16-bit RGBA at 8192 x 4096 is 256 MiB of pixels before any conversion.
+        let rgba16 = image::ImageBuffer::<image::Rgba<u16>, _>::new(8192, 4097);
+        let err = decode_grey(&encode(
+            &image::DynamicImage::ImageRgba16(rgba16),
+            ImageFormat::Png,
+        ))
+        .unwrap_err();
+        assert!(matches!(err, DecodeError::TooMuchMemory { .. }), "{err}");
+        assert!(err.to_string().contains("8192x4097"), "{err}");
     }
 
     #[test]

@@ -2,8 +2,10 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Multipart, Path, Query, State};
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Multipart, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -133,7 +135,8 @@ fn upload_error(e: axum::extract::multipart::MultipartError) -> ApiError {
     }
 }
 
-/// Reads the first file field of a multipart upload: (file name, bytes).
+/// Reads the `image` field of a multipart upload: (file name, bytes). A file under any other
+/// name is refused (the OpenAPI description names the field).
 pub async fn read_upload(mut multipart: Multipart) -> Result<(String, Bytes), ApiError> {
     loop {
         let field = multipart.next_field().await.map_err(upload_error)?;
@@ -143,32 +146,66 @@ pub async fn read_upload(mut multipart: Multipart) -> Result<(String, Bytes), Ap
                 "No file was uploaded (send it in a form field named \"image\").",
             ));
         };
-        if field.name() == Some("image") || field.file_name().is_some() {
-            let name = field
-                .file_name()
-                .unwrap_or("upload")
-                .chars()
-                .take(200)
-                .collect::<String>();
-            let bytes = field.bytes().await.map_err(upload_error)?;
-            if bytes.is_empty() {
+        if field.name() != Some("image") {
+            if field.file_name().is_some() {
                 return Err(ApiError::new(
                     StatusCode::BAD_REQUEST,
-                    "The uploaded file is empty.",
+                    format!(
+                        "The file was sent in a field named {:?}; send it in a form field named \"image\".",
+                        field.name().unwrap_or("")
+                    ),
                 ));
             }
-            return Ok((name, bytes));
+            continue;
         }
+        let name = field
+            .file_name()
+            .unwrap_or("upload")
+            .chars()
+            .take(200)
+            .collect::<String>();
+        let bytes = field.bytes().await.map_err(upload_error)?;
+        if bytes.is_empty() {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "The uploaded file is empty.",
+            ));
+        }
+        return Ok((name, bytes));
     }
 }
 
-/// Analyses an upload and stores it. Shared by the API and the upload page.
-pub async fn analyse_and_store(
+/// Reads a multipart body to its end, keeping nothing.
+async fn discard(mut multipart: Multipart) {
+    while let Ok(Some(mut field)) = multipart.next_field().await {
+        while let Ok(Some(_)) = field.chunk().await {}
+    }
+}
+
+/// Takes a place in the queue, reads the upload (within the body timeout), analyses it and
+/// stores the result. Shared by the API and the upload page.
+pub async fn receive_and_analyse(
     state: &AppState,
-    filename: String,
-    bytes: Bytes,
+    multipart: Multipart,
 ) -> Result<AnalysisRecord, ApiError> {
-    let outcome = match state.analyse(bytes.to_vec()).await {
+    let Ok(admission) = state.admit() else {
+        // Read the rest of the upload without keeping it, so the client, still sending, also
+        // reads the answer (a connection closed mid-body reaches most clients as an error).
+        let _ = tokio::time::timeout(state.limits.body_timeout, discard(multipart)).await;
+        return Err(busy());
+    };
+    let (filename, bytes) = tokio::time::timeout(state.limits.body_timeout, read_upload(multipart))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "The upload did not arrive within {} s.",
+                    state.limits.body_timeout.as_secs()
+                ),
+            )
+        })??;
+    let outcome = match state.analyse(admission, bytes).await {
         Err(Busy) => return Err(busy()),
         Ok(Err(rejected)) => {
             return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, rejected.0));
@@ -210,11 +247,7 @@ pub async fn analyse_and_store(
 }
 
 pub async fn create(State(state): State<AppState>, multipart: Multipart) -> Response {
-    let (name, bytes) = match read_upload(multipart).await {
-        Ok(v) => v,
-        Err(e) => return e.into_response(),
-    };
-    match analyse_and_store(&state, name, bytes).await {
+    match receive_and_analyse(&state, multipart).await {
         Ok(record) => {
             let mut headers = HeaderMap::new();
             if let Ok(v) = HeaderValue::from_str(&format!("/api/v1/analyses/{}", record.id)) {
@@ -227,14 +260,47 @@ pub async fn create(State(state): State<AppState>, multipart: Multipart) -> Resp
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Page {
     limit: Option<i64>,
     offset: Option<i64>,
 }
 
-pub async fn list(State(state): State<AppState>, Query(page): Query<Page>) -> Response {
-    let limit = page.limit.unwrap_or(50).clamp(1, 200);
-    let offset = page.offset.unwrap_or(0).max(0);
+/// Largest page of `GET /api/v1/analyses`.
+pub const MAX_PAGE: i64 = 200;
+
+impl Page {
+    /// `(limit, offset)`, refusing what is out of range instead of changing it.
+    fn checked(&self) -> Result<(i64, i64), ApiError> {
+        let limit = self.limit.unwrap_or(50);
+        let offset = self.offset.unwrap_or(0);
+        if !(1..=MAX_PAGE).contains(&limit) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("limit must be between 1 and {MAX_PAGE}, not {limit}."),
+            ));
+        }
+        if offset < 0 {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("offset must be 0 or more, not {offset}."),
+            ));
+        }
+        Ok((limit, offset))
+    }
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    page: Result<Query<Page>, QueryRejection>,
+) -> Response {
+    let (limit, offset) = match page
+        .map_err(|e| ApiError::new(e.status(), e.body_text()))
+        .and_then(|Query(p)| p.checked())
+    {
+        Ok(v) => v,
+        Err(e) => return e.into_response(),
+    };
     match store::list_analyses(&state.db, limit, offset).await {
         Ok(rows) => {
             let items: Vec<AnalysisJson> = rows.iter().map(|a| to_json(&state, a)).collect();
@@ -292,6 +358,7 @@ pub async fn heatmap(State(state): State<AppState>, Path(id): Path<String>) -> R
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct FeedbackBody {
     /// The class the user confirms or corrects to (a class id such as `glioma_tumor`).
     pub class_id: String,
@@ -343,17 +410,23 @@ pub async fn store_feedback(
 pub async fn feedback(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    body: Option<Json<FeedbackBody>>,
+    body: Result<Json<FeedbackBody>, JsonRejection>,
 ) -> Response {
     let analysis = match find(&state, &id).await {
         Ok(a) => a,
         Err(e) => return e.into_response(),
     };
-    let Some(Json(body)) = body else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "Send JSON like {\"class_id\": \"glioma_tumor\", \"comment\": \"...\"}.",
-        );
+    let body = match body {
+        Ok(Json(body)) => body,
+        Err(e) => {
+            return error(
+                e.status(),
+                format!(
+                    "{} Send JSON like {{\"class_id\": \"glioma_tumor\", \"comment\": \"...\"}}.",
+                    e.body_text()
+                ),
+            );
+        }
     };
     match store_feedback(&state, &analysis, &body).await {
         Ok((fid, verdict)) => (
@@ -439,4 +512,47 @@ pub async fn openapi() -> Response {
         include_str!("openapi.json"),
     )
         .into_response()
+}
+
+/// Unknown paths, as the API's error JSON.
+pub async fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "No such page or endpoint.")
+}
+
+/// Every error in the documented format: responses of 400 and above that the framework wrote
+/// as plain text (bad JSON, wrong content type, body too large, timeouts, method not allowed)
+/// become `{"error": "..."}`. Pages' own HTML and the API's JSON pass unchanged.
+pub async fn errors_as_json(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    if status.as_u16() < 400 {
+        return response;
+    }
+    let content_type = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if content_type.starts_with("application/json") || content_type.starts_with("text/html") {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let message = if !text.is_empty() {
+        text
+    } else if status == StatusCode::REQUEST_TIMEOUT {
+        "The request took too long and was stopped.".to_string()
+    } else {
+        status.canonical_reason().unwrap_or("Error").to_string()
+    };
+    let mut json = error(status, message);
+    for name in [header::ALLOW, header::RETRY_AFTER] {
+        if let Some(v) = parts.headers.get(&name) {
+            json.headers_mut().insert(name, v.clone());
+        }
+    }
+    json
 }

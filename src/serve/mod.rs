@@ -12,7 +12,9 @@
 //! without changing the routes.
 
 mod api;
+pub mod budget;
 mod engine;
+pub mod http;
 mod metrics;
 mod pages;
 pub mod store;
@@ -23,17 +25,22 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
 use sqlx::SqlitePool;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
 
 use crate::core::error::{Result, ServeError};
 use crate::inference::Explainer;
 use crate::modelfile::ModelSource;
+pub use budget::ANALYSIS_PEAK_BYTES;
 use engine::{Outcome, Rejected};
+pub use http::HttpLimits;
 pub use metrics::Metrics;
 
 /// Server settings.
@@ -54,6 +61,11 @@ pub struct ServeConfig {
     pub tta: bool,
     /// Class probabilities from the int8 engine (needs the model's int8 calibration).
     pub int8: bool,
+    /// Timeouts and header limits per connection and request.
+    pub limits: HttpLimits,
+    /// Memory the analyses and the uploads waiting for them may take together; workers and
+    /// queue are reduced at start until their worst case fits ([`budget`]).
+    pub memory_budget_bytes: u64,
 }
 
 impl Default for ServeConfig {
@@ -68,6 +80,8 @@ impl Default for ServeConfig {
             queue: 4 * cores,
             tta: false,
             int8: false,
+            limits: HttpLimits::default(),
+            memory_budget_bytes: budget::DEFAULT_MEMORY_BUDGET,
         }
     }
 }
@@ -82,10 +96,17 @@ pub struct AppState {
     metrics: Arc<Metrics>,
     templates: Arc<minijinja::Environment<'static>>,
     max_body_bytes: usize,
+    limits: HttpLimits,
 }
 
 /// The queue is full: try again later.
 pub struct Busy;
+
+/// A place in the queue, taken before an upload's body is read, so that the bodies held in
+/// memory are bounded by workers + queue.
+pub struct Admission {
+    permit: OwnedSemaphorePermit,
+}
 
 impl AppState {
     pub async fn new(config: &ServeConfig) -> Result<Self> {
@@ -97,39 +118,55 @@ impl AppState {
         .await
         .map_err(|e| ServeError::ModelLoading(e.into()))??;
         let db = store::open(&config.database).await?;
+        let plan = budget::plan(config)?;
+        tracing::info!("{}", plan.describe());
         Ok(Self {
             explainer: Arc::new(explainer),
             db,
-            workers: Arc::new(Semaphore::new(config.workers.max(1))),
-            admitted: Arc::new(Semaphore::new(config.workers.max(1) + config.queue)),
+            workers: Arc::new(Semaphore::new(plan.workers)),
+            admitted: Arc::new(Semaphore::new(plan.workers + plan.queue)),
             metrics: Arc::new(Metrics::default()),
             templates: Arc::new(pages::templates()),
             max_body_bytes: config.max_body_bytes,
+            limits: config.limits,
         })
     }
 
-    /// Runs one analysis on the blocking pool, or says the queue is full.
-    async fn analyse(
-        &self,
-        bytes: Vec<u8>,
-    ) -> std::result::Result<std::result::Result<Outcome, Rejected>, Busy> {
-        let admission: OwnedSemaphorePermit =
-            self.admitted.clone().try_acquire_owned().map_err(|_| {
+    /// A place in the queue, or [`Busy`] when it is full.
+    fn admit(&self) -> std::result::Result<Admission, Busy> {
+        self.admitted
+            .clone()
+            .try_acquire_owned()
+            .map(|permit| Admission { permit })
+            .map_err(|_| {
                 self.metrics.rejected_busy.fetch_add(1, Ordering::Relaxed);
                 Busy
-            })?;
+            })
+    }
+
+    /// Runs one admitted analysis on the blocking pool once a worker is free.
+    async fn analyse(
+        &self,
+        admission: Admission,
+        bytes: Bytes,
+    ) -> std::result::Result<std::result::Result<Outcome, Rejected>, Busy> {
         self.metrics.queue_depth.fetch_add(1, Ordering::Relaxed);
         let worker = self.workers.clone().acquire_owned().await;
         self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
         let worker = worker.map_err(|_| Busy)?;
         let explainer = self.explainer.clone();
         let started = Instant::now();
-        let result = tokio::task::spawn_blocking(move || engine::analyse(&explainer, &bytes))
-            .await
-            .unwrap_or_else(|e| Err(Rejected(format!("The analysis failed unexpectedly ({e})."))));
+        // The permits travel with the work: if the request is dropped (timeout, client gone),
+        // the worker stays taken until the analysis on the blocking pool has finished.
+        let result = tokio::task::spawn_blocking(move || {
+            let outcome = engine::analyse(&explainer, &bytes);
+            drop((worker, admission.permit, bytes));
+            outcome
+        })
+        .await
+        .unwrap_or_else(|e| Err(Rejected(format!("The analysis failed unexpectedly ({e})."))));
         self.metrics
             .observe_inference(started.elapsed().as_secs_f64());
-        drop((worker, admission));
         Ok(result)
     }
 }
@@ -152,10 +189,14 @@ async fn record_metrics(State(state): State<AppState>, request: Request, next: N
 /// All routes.
 pub fn router(state: AppState) -> Router {
     let limit = state.max_body_bytes;
+    let limits = state.limits;
     Router::new()
         .route("/", get(pages::index).post(pages::upload))
         .route("/analyses/{id}", get(pages::analysis))
-        .route("/analyses/{id}/feedback", post(pages::feedback))
+        .route(
+            "/analyses/{id}/feedback",
+            post(pages::feedback).layer(DefaultBodyLimit::max(FORM_BODY_LIMIT)),
+        )
         .route("/history", get(pages::history))
         .route("/model", get(pages::model_card))
         .route("/static/app.js", get(pages::app_js))
@@ -166,20 +207,35 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/analyses/{id}/heatmap", get(api::heatmap))
         .route(
             "/api/v1/analyses/{id}/feedback",
-            post(api::feedback).get(api::list_feedback),
+            post(api::feedback)
+                .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
+                .get(api::list_feedback),
         )
         .route("/api/v1/model", get(api::model))
         .route("/api/v1/openapi.json", get(api::openapi))
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics))
+        .fallback(api::not_found)
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(RequestBodyTimeoutLayer::new(limits.body_timeout))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            limits.request_timeout,
+        ))
+        .layer(middleware::from_fn(api::errors_as_json))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             record_metrics,
         ))
-        .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }
+
+/// Largest JSON body an endpoint takes (feedback: a class id and a comment of at most 2,000
+/// characters).
+pub const JSON_BODY_LIMIT: usize = 16 * 1024;
+/// Largest form body of the feedback page (the same, URL-encoded).
+pub const FORM_BODY_LIMIT: usize = 32 * 1024;
 
 /// Serves until Ctrl-C or SIGTERM, then lets in-flight requests finish.
 pub async fn serve(config: ServeConfig) -> Result<()> {
@@ -194,10 +250,8 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
         "oncolens serving on http://{address} (model {})",
         state.explainer.manifest.name
     );
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(|e| ServeError::Server(e).into())
+    http::run(listener, router(state), config.limits, shutdown_signal()).await;
+    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -58,11 +58,7 @@ pub async fn index(State(state): State<AppState>) -> Response {
 
 /// The form's upload (works without JavaScript): analyse, then show the result page.
 pub async fn upload(State(state): State<AppState>, multipart: Multipart) -> Response {
-    let result = match api::read_upload(multipart).await {
-        Ok((name, bytes)) => api::analyse_and_store(&state, name, bytes).await,
-        Err(e) => Err(e),
-    };
-    match result {
+    match api::receive_and_analyse(&state, multipart).await {
         Ok(record) => Redirect::to(&format!("/analyses/{}", record.id)).into_response(),
         Err(ApiError { status, message }) => {
             let mut r = render(&state, status, "index.html", context! { error => message });

@@ -92,9 +92,9 @@ pub fn start_server_with(config: oncolens::serve::ServeConfig) -> std::net::Sock
             let state = oncolens::serve::AppState::new(&config).await.unwrap();
             let listener = tokio::net::TcpListener::bind(config.bind).await.unwrap();
             tx.send(listener.local_addr().unwrap()).unwrap();
-            axum::serve(listener, oncolens::serve::router(state))
-                .await
-                .unwrap();
+            let limits = config.limits;
+            let app = oncolens::serve::router(state);
+            oncolens::serve::http::run(listener, app, limits, std::future::pending()).await;
         });
     });
     rx.recv_timeout(std::time::Duration::from_secs(120))

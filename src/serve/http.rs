@@ -1,0 +1,94 @@
+//! The connection layer: the server's own accept loop over hyper's HTTP/1 connections, so that a
+//! slow or idle client cannot hold a connection open. `axum::serve` sets no header timeout and
+//! no header limits.
+//!
+//! - The request head (start line and headers) must arrive within
+//!   [`HttpLimits::header_timeout`]; the same timer runs while a kept-alive connection waits for
+//!   its next request, so idle connections are closed after it too.
+//! - At most [`HttpLimits::max_headers`] headers of at most [`HttpLimits::max_header_bytes`] in
+//!   all (else 431).
+//! - Body and whole-request timeouts are layers of the router (`serve::router`).
+//! - Shutdown stops accepting, lets requests in flight finish and closes idle connections.
+
+use std::future::Future;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::Request;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tower::ServiceExt;
+
+/// Limits on what one client may take of the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// To receive a request's head, and the longest a kept-alive connection may sit idle.
+    pub header_timeout: Duration,
+    /// To receive an upload's whole body; also the longest pause between two of its chunks on
+    /// any route.
+    pub body_timeout: Duration,
+    /// For a whole request, analysis included (408 after it).
+    pub request_timeout: Duration,
+    pub max_headers: usize,
+    /// Start line and headers together.
+    pub max_header_bytes: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(60),
+            max_headers: 64,
+            max_header_bytes: 16 * 1024,
+        }
+    }
+}
+
+/// Serves `app` on `listener` until `shutdown` completes, then drains.
+pub async fn run(
+    listener: TcpListener,
+    app: Router,
+    limits: HttpLimits,
+    shutdown: impl Future<Output = ()>,
+) {
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!("accepting a connection failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let service = TowerToHyperService::new(
+            app.clone()
+                .map_request(|r: Request<Incoming>| r.map(axum::body::Body::new)),
+        );
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_timeout)
+            .max_headers(limits.max_headers)
+            .max_header_size(limits.max_header_bytes)
+            .keep_alive(true);
+        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("connection closed: {e}");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
