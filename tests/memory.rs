@@ -133,7 +133,7 @@ fn resident_memory_stays_flat_over_hundreds_of_analyses() {
 
 #[test]
 fn the_worst_admissible_upload_stays_within_the_analysis_budget() {
-    let server = spawn_server(&["--workers", "1"]);
+    let server = spawn_server(&["--workers", "2"]);
     let client = Client::builder()
         .timeout(Duration::from_secs(120))
         .build()
@@ -155,7 +155,7 @@ fn the_worst_admissible_upload_stays_within_the_analysis_budget() {
         .unwrap();
     let bytes = bytes.into_inner();
     let body_mib = bytes.len() as f64 / MIB;
-    assert_eq!(upload(&client, &server.base, bytes), StatusCode::CREATED);
+    assert_eq!(upload(&client, &server.base, bytes.clone()), StatusCode::CREATED);
     let peak = memory(pid, "VmHWM");
     let used = (peak - before) / MIB;
     let budget = oncolens::serve::ANALYSIS_PEAK_BYTES as f64 / MIB;
@@ -167,4 +167,19 @@ fn the_worst_admissible_upload_stays_within_the_analysis_budget() {
         used <= budget + body_mib,
         "one analysis took {used:.0} MiB, the budget is {budget:.0} MiB + the body"
     );
+    // Both workers on the worst upload at once: the whole process stays within the default
+    // budget of 1.5 GiB.
+    let both: Vec<_> = (0..2)
+        .map(|_| {
+            let (client, base, bytes) = (client.clone(), server.base.clone(), bytes.clone());
+            std::thread::spawn(move || upload(&client, &base, bytes))
+        })
+        .collect();
+    for h in both {
+        assert_eq!(h.join().unwrap(), StatusCode::CREATED);
+    }
+    let peak_both = memory(pid, "VmHWM") / MIB;
+    let default_budget = oncolens::serve::budget::DEFAULT_MEMORY_BUDGET as f64 / MIB;
+    println!("two worst uploads at once: peak RSS {peak_both:.0} MiB (budget {default_budget:.0} MiB)");
+    assert!(peak_both <= default_budget, "peak RSS {peak_both:.0} MiB");
 }

@@ -4,8 +4,12 @@
 //!   probabilities, uncertainty, Grad-CAM overlay and feedback form, history.
 //! - API under `/api/v1` (OpenAPI at `/api/v1/openapi.json`); `/healthz`, `/readyz`, `/metrics`.
 //! - The model is loaded once. Analyses run off the async runtime on a bounded pool sized to the
-//!   cores, behind a bounded queue (503 with `Retry-After` when full). Bodies are limited, and
-//!   decoding is bounded in pixels. Shutdown on Ctrl-C / SIGTERM lets in-flight requests finish.
+//!   cores, behind a bounded queue (503 with `Retry-After` when full), both reduced to fit the
+//!   memory budget ([`budget`]); a place in the queue is taken before an upload's body is read.
+//!   Bodies are limited, and decoding is bounded in pixels and bytes. Shutdown on Ctrl-C /
+//!   SIGTERM lets in-flight requests finish.
+//! - Connections ([`http`]): header, body and whole-request timeouts, header limits; every
+//!   error, the framework's included, is `{"error": "..."}`.
 //! - Storage: SQLite by default (`sqlite://oncolens.db`, created and migrated at start).
 //!
 //! The upload path takes bytes and sniffs their format, so DICOM can join PNG and JPEG later
