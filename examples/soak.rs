@@ -77,7 +77,12 @@ fn main() {
         .expect("a free port")
         .port();
     let mut server = Command::new(&o.server)
-        .args(["serve", "--bind", &format!("127.0.0.1:{port}"), "--database"])
+        .args([
+            "serve",
+            "--bind",
+            &format!("127.0.0.1:{port}"),
+            "--database",
+        ])
         .arg(format!("sqlite://{}", db.display()))
         .stderr(Stdio::null())
         .spawn()
@@ -89,7 +94,10 @@ fn main() {
         .expect("client");
     let started = Instant::now();
     while client.get(format!("{base}/readyz")).send().is_err() {
-        assert!(started.elapsed() < Duration::from_secs(60), "server did not start");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "server did not start"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let pid = server.id();
@@ -155,8 +163,10 @@ fn write_outputs(
         .unwrap_or(rows[rows.len() - 1]);
     let last = rows[rows.len() - 1];
     let blocks: Vec<&(usize, f64, f64, f64)> = rows.iter().filter(|r| r.0 > 0).collect();
-    let first_latency = blocks.iter().take(5).map(|r| r.2).sum::<f64>() / 5f64.min(blocks.len() as f64);
-    let last_latency = blocks.iter().rev().take(5).map(|r| r.2).sum::<f64>() / 5f64.min(blocks.len() as f64);
+    let first_latency =
+        blocks.iter().take(5).map(|r| r.2).sum::<f64>() / 5f64.min(blocks.len() as f64);
+    let last_latency =
+        blocks.iter().rev().take(5).map(|r| r.2).sum::<f64>() / 5f64.min(blocks.len() as f64);
     let max_rss = rows.iter().map(|r| r.1).fold(0.0, f64::max);
     let summary = serde_json::json!({
         "analyses": analyses,

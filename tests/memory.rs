@@ -144,6 +144,18 @@ fn the_worst_admissible_upload_stays_within_the_analysis_budget() {
         StatusCode::CREATED
     );
     let before = memory(pid, "VmHWM");
+    // The 8192 x 8192 one-colour PNG that took 1.7 GB before decoding was bounded.
+    let flat = image::GrayImage::from_pixel(8192, 8192, image::Luma([40]));
+    let mut flat_png = std::io::Cursor::new(Vec::new());
+    flat.write_to(&mut flat_png, image::ImageFormat::Png)
+        .unwrap();
+    assert_eq!(
+        upload(&client, &server.base, flat_png.into_inner()),
+        StatusCode::CREATED
+    );
+    let flat_used = (memory(pid, "VmHWM") - before) / MIB;
+    println!("8192 x 8192 one-colour PNG: {flat_used:.0} MiB above the idle peak");
+    assert!(flat_used <= oncolens::serve::ANALYSIS_PEAK_BYTES as f64 / MIB);
     // 16-bit RGBA, 8192 x 4096: exactly the 256 MiB the decoder may take, the most expensive
     // image the server accepts.
     let worst = image::ImageBuffer::<image::Rgba<u16>, _>::from_fn(8192, 4096, |x, y| {
@@ -155,7 +167,10 @@ fn the_worst_admissible_upload_stays_within_the_analysis_budget() {
         .unwrap();
     let bytes = bytes.into_inner();
     let body_mib = bytes.len() as f64 / MIB;
-    assert_eq!(upload(&client, &server.base, bytes.clone()), StatusCode::CREATED);
+    assert_eq!(
+        upload(&client, &server.base, bytes.clone()),
+        StatusCode::CREATED
+    );
     let peak = memory(pid, "VmHWM");
     let used = (peak - before) / MIB;
     let budget = oncolens::serve::ANALYSIS_PEAK_BYTES as f64 / MIB;
@@ -180,6 +195,8 @@ fn the_worst_admissible_upload_stays_within_the_analysis_budget() {
     }
     let peak_both = memory(pid, "VmHWM") / MIB;
     let default_budget = oncolens::serve::budget::DEFAULT_MEMORY_BUDGET as f64 / MIB;
-    println!("two worst uploads at once: peak RSS {peak_both:.0} MiB (budget {default_budget:.0} MiB)");
+    println!(
+        "two worst uploads at once: peak RSS {peak_both:.0} MiB (budget {default_budget:.0} MiB)"
+    );
     assert!(peak_both <= default_budget, "peak RSS {peak_both:.0} MiB");
 }
