@@ -26,6 +26,9 @@ fn main() {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(font) = &cli.font {
+        oncolens::plot::prefer_font(font);
+    }
     match cli.command {
         Command::Serve(a) => commands::serve(a),
         Command::Train(a) => commands::train_model(a),

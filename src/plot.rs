@@ -1,6 +1,6 @@
 //! Layer 1: PNG figures: the training curves (accuracy and loss, train vs validation) and the confusion
 //! matrix. Text is drawn with a system TrueType font (DejaVu Sans from Debian's
-//! `fonts-dejavu-core`, or any font named by `ONCOLENS_FONT`).
+//! `fonts-dejavu-core`, or any font given to [`prefer_font`], as the CLI's `--font` does).
 
 use std::path::Path;
 use std::sync::OnceLock;
@@ -17,18 +17,26 @@ const FONT_CANDIDATES: [&str; 4] = [
     "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
 ];
 
+/// A font file to try before the system candidates (the CLI's `--font` / `$ONCOLENS_FONT`).
+static PREFERRED: OnceLock<std::path::PathBuf> = OnceLock::new();
+
+/// Uses `path` for text in figures when it can be read; call before the first figure.
+pub fn prefer_font(path: &Path) {
+    let _ = PREFERRED.set(path.to_path_buf());
+}
+
 /// Registers a font with plotters once; an error names what to install.
 pub fn ensure_font() -> Result<()> {
     static FONT: OnceLock<std::result::Result<(), String>> = OnceLock::new();
     FONT.get_or_init(|| {
-        let env = std::env::var("ONCOLENS_FONT").ok();
-        let bytes = env
-            .iter()
-            .map(String::as_str)
-            .chain(FONT_CANDIDATES)
+        let bytes = PREFERRED
+            .get()
+            .into_iter()
+            .map(|p| p.as_path())
+            .chain(FONT_CANDIDATES.iter().map(Path::new))
             .find_map(|p| std::fs::read(p).ok())
             .ok_or_else(|| {
-                "no TrueType font found (install fonts-dejavu-core or set ONCOLENS_FONT)"
+                "no TrueType font found (install fonts-dejavu-core, or give one with --font or $ONCOLENS_FONT)"
                     .to_string()
             })?;
         let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());

@@ -22,6 +22,9 @@ use oncolens::workflows::train::TrainOptions;
              Research and decision support only, not a diagnostic device; classes are tumour types, never stages."
 )]
 pub struct Cli {
+    /// TrueType font for the figures (default: DejaVu Sans from fonts-dejavu-core).
+    #[arg(long, global = true, env = "ONCOLENS_FONT")]
+    pub font: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
