@@ -90,6 +90,23 @@ struct LoopState {
     epochs_since_best: usize,
 }
 
+impl LoopState {
+    /// Adds a finished epoch; true when its validation loss is the lowest so far.
+    fn push(&mut self, record: EpochRecord) -> bool {
+        let best = record.val_loss < self.best_val_loss;
+        if best {
+            self.best_val_loss = record.val_loss;
+            self.best_epoch = record.epoch;
+            self.epochs_since_best = 0;
+        } else {
+            self.epochs_since_best += 1;
+        }
+        self.history.push(record);
+        self.epochs_done += 1;
+        best
+    }
+}
+
 const CHECKPOINT_DIR: &str = "checkpoint";
 
 /// Cross-entropy with per-class weights and label smoothing, averaged by the weights.
@@ -200,44 +217,8 @@ pub fn train(opts: &TrainOptions, stop: &AtomicBool) -> Result<TrainReport> {
 
     let base_device = Device::flex();
     let device = base_device.clone().autodiff();
-    device.seed(cfg.seed);
-    let mut model = match &cfg.pretrained {
-        Some(weights) => Classifier::EfficientnetLite0(
-            super::import::pretrained_efficientnet_lite0(weights, k, cfg.dropout, &device)?,
-        ),
-        None => Classifier::init(&spec, &device),
-    };
-    let mut optim = optimizer(cfg);
-    let mut state = match resumed {
-        Some(state) => {
-            model = model
-                .try_load_file(ckpt_dir.join("last.bpk"))
-                .map_err(|e| {
-                    Error::model(
-                        &ckpt_dir,
-                        ModelFileProblem::Checkpoint(Detail::of(e).into()),
-                    )
-                })?;
-            optim = optim.load(ckpt_dir.join("optimizer.bpk")).map_err(|e| {
-                Error::model(
-                    &ckpt_dir,
-                    ModelFileProblem::Checkpoint(Detail::of(e).into()),
-                )
-            })?;
-            device.seed(cfg.seed.wrapping_add(state.epochs_done as u64));
-            state
-        }
-        None => LoopState {
-            config: cfg.clone(),
-            data_fingerprint: fingerprint.clone(),
-            preprocessing: data.pre.clone(),
-            epochs_done: 0,
-            history: Vec::new(),
-            best_val_loss: f64::MAX, // JSON has no infinity
-            best_epoch: 0,
-            epochs_since_best: 0,
-        },
-    };
+    let (mut model, mut optim, mut state) =
+        start_or_resume(opts, &spec, &data, &fingerprint, resumed, &device)?;
     state.config = cfg.clone();
     let template = manifest_template(opts, &folder, &spec, &data, &fingerprint, links);
 
@@ -268,25 +249,9 @@ pub fn train(opts: &TrainOptions, stop: &AtomicBool) -> Result<TrainReport> {
         // Validation on the plain (non-autodiff) model.
         let eval_model = model.valid();
         let (val_loss, val_metrics) = validate(&eval_model, &data, &folder, &base_device);
-        let record = EpochRecord {
-            epoch: epoch + 1,
-            learning_rate: outcome.learning_rate,
-            train_loss: outcome.loss_sum / outcome.seen.max(1) as f64,
-            train_accuracy: outcome.correct as f64 / outcome.seen.max(1) as f64,
-            val_loss,
-            val_accuracy: val_metrics.accuracy,
-            val_macro_f1: val_metrics.macro_avg.f1,
-            seconds: outcome.seconds,
-            images_per_second: outcome.seen as f64 / outcome.seconds.max(1e-9),
-        };
+        let record = outcome.record(epoch, val_loss, &val_metrics);
         tracing::info!("{}", record.line());
-        state.history.push(record);
-        state.epochs_done += 1;
-
-        if val_loss < state.best_val_loss {
-            state.best_val_loss = val_loss;
-            state.best_epoch = epoch + 1;
-            state.epochs_since_best = 0;
+        if state.push(record) {
             let mut manifest = template.clone();
             manifest.validation = Some(ValidationSummary {
                 epoch: epoch + 1,
@@ -295,8 +260,6 @@ pub fn train(opts: &TrainOptions, stop: &AtomicBool) -> Result<TrainReport> {
                 macro_f1: val_metrics.macro_avg.f1,
             });
             bundle::save(&opts.out, &eval_model, &mut manifest)?;
-        } else {
-            state.epochs_since_best += 1;
         }
         save_checkpoint(&ckpt_dir, &model, &optim, &state)?;
         history::write(&opts.out, &state.history)?;
@@ -330,6 +293,60 @@ pub fn train(opts: &TrainOptions, stop: &AtomicBool) -> Result<TrainReport> {
         model_dir: opts.out.clone(),
         skipped: data.skipped,
     })
+}
+
+/// A fresh network (ImageNet weights when asked) with a new optimizer and loop state, or the
+/// checkpoint's weights, optimizer state and loop state for `--resume`.
+fn start_or_resume(
+    opts: &TrainOptions,
+    spec: &ModelSpec,
+    data: &TrainingData,
+    fingerprint: &str,
+    resumed: Option<LoopState>,
+    device: &Device,
+) -> Result<(Classifier, ModuleOptimizer, LoopState)> {
+    let cfg = &opts.config;
+    let k = spec.num_classes;
+    let ckpt_dir = opts.out.join(CHECKPOINT_DIR);
+    device.seed(cfg.seed);
+    let mut model = match &cfg.pretrained {
+        Some(weights) => Classifier::EfficientnetLite0(
+            super::import::pretrained_efficientnet_lite0(weights, k, cfg.dropout, device)?,
+        ),
+        None => Classifier::init(spec, device),
+    };
+    let mut optim = optimizer(cfg);
+    let state = match resumed {
+        Some(state) => {
+            model = model
+                .try_load_file(ckpt_dir.join("last.bpk"))
+                .map_err(|e| {
+                    Error::model(
+                        &ckpt_dir,
+                        ModelFileProblem::Checkpoint(Detail::of(e).into()),
+                    )
+                })?;
+            optim = optim.load(ckpt_dir.join("optimizer.bpk")).map_err(|e| {
+                Error::model(
+                    &ckpt_dir,
+                    ModelFileProblem::Checkpoint(Detail::of(e).into()),
+                )
+            })?;
+            device.seed(cfg.seed.wrapping_add(state.epochs_done as u64));
+            state
+        }
+        None => LoopState {
+            config: cfg.clone(),
+            data_fingerprint: fingerprint.to_string(),
+            preprocessing: data.pre.clone(),
+            epochs_done: 0,
+            history: Vec::new(),
+            best_val_loss: f64::MAX, // JSON has no infinity
+            best_epoch: 0,
+            epochs_since_best: 0,
+        },
+    };
+    Ok((model, optim, state))
 }
 
 /// The loop state of the checkpoint in `dir`, refused unless it was trained on the same data
@@ -512,6 +529,23 @@ struct EpochOutcome {
     learning_rate: f64,
     seconds: f64,
     interrupted: bool,
+}
+
+impl EpochOutcome {
+    /// The history row of zero-based `epoch` with its validation figures.
+    fn record(&self, epoch: usize, val_loss: f64, val: &Metrics) -> EpochRecord {
+        EpochRecord {
+            epoch: epoch + 1,
+            learning_rate: self.learning_rate,
+            train_loss: self.loss_sum / self.seen.max(1) as f64,
+            train_accuracy: self.correct as f64 / self.seen.max(1) as f64,
+            val_loss,
+            val_accuracy: val.accuracy,
+            val_macro_f1: val.macro_avg.f1,
+            seconds: self.seconds,
+            images_per_second: self.seen as f64 / self.seconds.max(1e-9),
+        }
+    }
 }
 
 impl EpochPass<'_> {
