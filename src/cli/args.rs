@@ -100,6 +100,10 @@ pub struct ServeArgs {
     /// Seconds a whole request may take, analysis included.
     #[arg(long, default_value_t = 60)]
     pub request_timeout_s: u64,
+    /// A host name the server answers to besides loopback (e.g. the name a reverse proxy
+    /// forwards); repeatable.
+    #[arg(long)]
+    pub allowed_host: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -473,6 +477,7 @@ impl From<&ServeArgs> for ServeConfig {
                 ..defaults.limits
             },
             memory_budget_bytes: a.memory_budget_mb * 1024 * 1024,
+            allowed_hosts: a.allowed_host.clone(),
         }
     }
 }

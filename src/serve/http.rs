@@ -49,6 +49,24 @@ impl Default for HttpLimits {
     }
 }
 
+/// Reads a request body to its end (at most `max_bytes`, for at most `timeout`) without keeping
+/// it. Answering before the body is read closes the connection under a client still sending,
+/// and most clients then report a broken connection instead of the answer.
+pub async fn discard_body(body: axum::body::Body, max_bytes: usize, timeout: Duration) {
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let mut seen = 0usize;
+    let _ = tokio::time::timeout(timeout, async {
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, |d| d.len());
+            if seen > max_bytes {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
 /// Serves `app` on `listener` until `shutdown` completes, then drains.
 pub async fn run(
     listener: TcpListener,

@@ -8,6 +8,8 @@
 //!   memory budget ([`budget`]); a place in the queue is taken before an upload's body is read.
 //!   Bodies are limited, and decoding is bounded in pixels and bytes. Shutdown on Ctrl-C /
 //!   SIGTERM lets in-flight requests finish.
+//! - Security ([`security`]): strict CSP and the other headers on every response, cross-site
+//!   writes refused, a `Host` allow-list, and no listening beyond loopback without accounts.
 //! - Connections ([`http`]): header, body and whole-request timeouts, header limits; every
 //!   error, the framework's included, is `{"error": "..."}`.
 //! - Storage: SQLite by default (`sqlite://oncolens.db`, created and migrated at start).
@@ -21,6 +23,7 @@ mod engine;
 pub mod http;
 mod metrics;
 mod pages;
+pub mod security;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -70,6 +73,8 @@ pub struct ServeConfig {
     /// Memory the analyses and the uploads waiting for them may take together; workers and
     /// queue are reduced at start until their worst case fits ([`budget`]).
     pub memory_budget_bytes: u64,
+    /// Host names the server answers to besides loopback and the bind address.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for ServeConfig {
@@ -86,6 +91,7 @@ impl Default for ServeConfig {
             int8: false,
             limits: HttpLimits::default(),
             memory_budget_bytes: budget::DEFAULT_MEMORY_BUDGET,
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -101,6 +107,7 @@ pub struct AppState {
     templates: Arc<minijinja::Environment<'static>>,
     max_body_bytes: usize,
     limits: HttpLimits,
+    hosts: security::AllowedHosts,
 }
 
 /// The queue is full: try again later.
@@ -133,6 +140,7 @@ impl AppState {
             templates: Arc::new(pages::templates()),
             max_body_bytes: config.max_body_bytes,
             limits: config.limits,
+            hosts: security::AllowedHosts::new(config.bind, &config.allowed_hosts),
         })
     }
 
@@ -194,6 +202,7 @@ async fn record_metrics(State(state): State<AppState>, request: Request, next: N
 pub fn router(state: AppState) -> Router {
     let limit = state.max_body_bytes;
     let limits = state.limits;
+    let hosts = state.hosts.clone();
     Router::new()
         .route("/", get(pages::index).post(pages::upload))
         .route("/analyses/{id}", get(pages::analysis))
@@ -229,9 +238,21 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(middleware::from_fn(api::errors_as_json))
         .layer(middleware::from_fn_with_state(
+            security::DiscardLimits {
+                max_bytes: limit,
+                timeout: limits.body_timeout,
+            },
+            security::same_origin_writes,
+        ))
+        .layer(middleware::from_fn_with_state(
             state.clone(),
             record_metrics,
         ))
+        .layer(middleware::from_fn_with_state(
+            hosts,
+            security::allowed_host,
+        ))
+        .layer(middleware::from_fn(security::headers))
         .with_state(state)
 }
 
@@ -243,6 +264,7 @@ pub const FORM_BODY_LIMIT: usize = 32 * 1024;
 
 /// Serves until Ctrl-C or SIGTERM, then lets in-flight requests finish.
 pub async fn serve(config: ServeConfig) -> Result<()> {
+    security::check_bind(config.bind)?;
     let state = AppState::new(&config).await?;
     let listener = tokio::net::TcpListener::bind(config.bind)
         .await
