@@ -89,7 +89,7 @@ fn png(width: u32, height: u32) -> Vec<u8> {
 fn a_client_trickling_headers_is_cut_off_while_others_are_served() {
     let (_tmp, addr) = server(Duration::from_secs(60));
     let mut slow = TcpStream::connect(addr).unwrap();
-    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n")
         .unwrap();
     let trickle = std::thread::spawn(move || {
         // One header line every 500 ms, never the blank line that ends them.
@@ -128,7 +128,7 @@ fn an_idle_kept_alive_connection_is_closed() {
     let (_tmp, addr) = server(Duration::from_secs(60));
     let mut stream = TcpStream::connect(addr).unwrap();
     stream
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n")
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: keep-alive\r\n\r\n")
         .unwrap();
     let (got, open_for) = read_until_closed(&mut stream, Duration::from_secs(15));
     assert!(got.starts_with("HTTP/1.1 200"), "{got}");
@@ -142,7 +142,7 @@ fn an_idle_kept_alive_connection_is_closed() {
 fn trickle_upload(addr: SocketAddr, len: usize, pause: Duration) -> (String, Duration) {
     let mut stream = TcpStream::connect(addr).unwrap();
     let head = format!(
-        "POST /api/v1/analyses HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=B\r\nContent-Length: {len}\r\n\r\n--B\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n\r\n"
+        "POST /api/v1/analyses HTTP/1.1\r\nHost: localhost\r\nContent-Type: multipart/form-data; boundary=B\r\nContent-Length: {len}\r\n\r\n--B\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n\r\n"
     );
     stream.write_all(head.as_bytes()).unwrap();
     let mut writer = stream.try_clone().unwrap();
@@ -189,12 +189,12 @@ fn a_request_is_stopped_at_the_whole_request_timeout() {
 #[test]
 fn too_many_or_too_large_headers_get_431() {
     let (_tmp, addr) = server(Duration::from_secs(60));
-    let mut many = String::from("GET /healthz HTTP/1.1\r\nHost: x\r\n");
+    let mut many = String::from("GET /healthz HTTP/1.1\r\nHost: localhost\r\n");
     for i in 0..100 {
         many.push_str(&format!("X-H{i}: 1\r\n"));
     }
     let big = format!(
-        "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n",
+        "GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Big: {}\r\n",
         "a".repeat(20_000)
     );
     for head in [many, big] {
