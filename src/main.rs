@@ -4,7 +4,7 @@
 mod cli;
 
 use clap::Parser;
-use cli::args::{Cli, Command, ModelCommand};
+use cli::args::{Cli, Command, GateCommand, ModelCommand};
 use cli::commands;
 
 fn main() {
@@ -43,5 +43,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Model {
             command: ModelCommand::Summary(a),
         } => commands::model_summary(a),
+        Command::Gate {
+            command: GateCommand::Evaluate(a),
+        } => commands::gate_evaluate(a),
     }
 }

@@ -12,6 +12,7 @@ use oncolens::serve::{HttpLimits, ServeConfig};
 use oncolens::workflows::audit::NearDuplicateCriteria;
 use oncolens::workflows::calibrate::FitOptions;
 use oncolens::workflows::evaluate::EvalOptions;
+use oncolens::workflows::gate_report::GateOptions;
 use oncolens::workflows::train::TrainOptions;
 
 #[derive(Parser)]
@@ -58,6 +59,11 @@ pub enum Command {
     Model {
         #[command(subcommand)]
         command: ModelCommand,
+    },
+    /// The input gate ("is this a brain MRI slice?").
+    Gate {
+        #[command(subcommand)]
+        command: GateCommand,
     },
 }
 
@@ -349,6 +355,40 @@ pub struct PredictArgs {
     /// Run the int8 engine (the model needs `oncolens quantize` first).
     #[arg(long)]
     pub int8: bool,
+}
+
+#[derive(Subcommand)]
+pub enum GateCommand {
+    /// Share of images refused per category of a folder of non-MRI images (95 % intervals,
+    /// the reasons given), and of real MRI slices wrongly refused.
+    Evaluate(GateEvaluateArgs),
+}
+
+#[derive(clap::Args)]
+pub struct GateEvaluateArgs {
+    /// Model directory (default: $ONCOLENS_MODEL, else the bundled model).
+    #[arg(long, env = "ONCOLENS_MODEL")]
+    pub model: Option<PathBuf>,
+    /// A folder of categories (e.g. head_ct/, chest_xray/), each holding images that are not
+    /// brain MRI slices, e.g. ../shared/data/non-mri
+    #[arg(long)]
+    pub data: PathBuf,
+    /// A folder of class folders of real brain MRI slices, to count wrong refusals, e.g.
+    /// ../shared/data/brain-tumor-mri/Testing
+    #[arg(long)]
+    pub mri: Option<PathBuf>,
+    /// Write the report as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+impl From<&GateEvaluateArgs> for GateOptions {
+    fn from(a: &GateEvaluateArgs) -> Self {
+        GateOptions {
+            non_mri: a.data.clone(),
+            mri: a.mri.clone(),
+        }
+    }
 }
 
 #[derive(Subcommand)]

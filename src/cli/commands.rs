@@ -281,3 +281,13 @@ pub fn model_summary(a: SummaryArgs) -> Result<()> {
     );
     Ok(())
 }
+
+pub fn gate_evaluate(a: GateEvaluateArgs) -> Result<()> {
+    let predictor = Predictor::open_source(&model_source(&a.model))?;
+    let report = oncolens::workflows::gate_report::gate_report(&predictor, &(&a).into())?;
+    print!("{}", report.to_text());
+    if let Some(path) = &a.json {
+        write_json_atomic(path, &report)?;
+    }
+    Ok(())
+}

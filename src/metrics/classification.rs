@@ -113,6 +113,20 @@ pub fn bootstrap(
     })
 }
 
+/// Wilson score interval (95 %) of a proportion `k / n`: sound for small `n` and for `k` at 0 or
+/// `n`, where the normal approximation fails. `[0, 1]` when `n` is 0.
+pub fn wilson_interval(k: usize, n: usize) -> [f64; 2] {
+    if n == 0 {
+        return [0.0, 1.0];
+    }
+    let z = 1.959_964f64;
+    let (n, p) = (n as f64, k as f64 / n as f64);
+    let denom = 1.0 + z * z / n;
+    let centre = (p + z * z / (2.0 * n)) / denom;
+    let half = z * (p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt() / denom;
+    [(centre - half).max(0.0), (centre + half).min(1.0)]
+}
+
 pub fn confusion_matrix(
     labels: &[usize],
     predictions: &[usize],
@@ -323,6 +337,19 @@ fn truncate(s: &str, n: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wilson_intervals_match_the_textbook() {
+        // 8 of 10: 0.490 - 0.943 (Wilson 1927, as tabulated by Newcombe 1998).
+        let [lo, hi] = wilson_interval(8, 10);
+        assert!(
+            (lo - 0.490).abs() < 1e-3 && (hi - 0.943).abs() < 1e-3,
+            "{lo} {hi}"
+        );
+        let [lo, hi] = wilson_interval(0, 20);
+        assert!(lo == 0.0 && (hi - 0.161).abs() < 1e-3, "{hi}");
+        assert_eq!(wilson_interval(0, 0), [0.0, 1.0]);
+    }
 
     #[test]
     fn bootstrap_intervals_bracket_the_estimate_and_shrink_with_more_images() {

@@ -8,6 +8,7 @@
 //! - [`quantize`]: int8 activation ranges of a saved model;
 //! - [`evaluate`]: leak-free evaluation reports;
 //! - [`export`]: ONNX files and reference outputs;
+//! - [`gate_report`]: how well the input gate refuses what is not a brain MRI slice;
 //! - [`import`]: ImageNet weights from PyTorch files;
 //! - [`observe`]: a model run over a labelled folder (shared by calibrate and evaluate).
 
@@ -15,6 +16,7 @@ pub mod audit;
 pub mod calibrate;
 pub mod evaluate;
 pub mod export;
+pub mod gate_report;
 pub mod import;
 pub mod observe;
 pub mod quantize;
