@@ -221,6 +221,7 @@ fn interrupted_training_leaves_a_checkpoint_and_resumes() {
         progress: false,
         near_duplicates: None,
     };
+    let _one_at_a_time = common::training_lock();
     // Ctrl-C before the first batch: stops at once, checkpoint written.
     let report = train(&opts, &AtomicBool::new(true)).unwrap();
     assert!(report.interrupted);

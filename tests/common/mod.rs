@@ -103,6 +103,16 @@ pub fn start_server_with(config: oncolens::serve::ServeConfig) -> std::net::Sock
 
 pub mod non_mri;
 
+/// burn's device RNG is global: a training that runs beside another in the same test binary
+/// does not get the initialisation its seed promises (a flaky "learns from initialisation" test
+/// showed it). Every training of a test holds this lock, so they run one at a time.
+pub fn training_lock() -> std::sync::MutexGuard<'static, ()> {
+    static TRAINING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    TRAINING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Trains `config` on `data` into `out` (no near-duplicate search, no progress bars).
 pub fn train_model(
     data: &Path,
@@ -117,6 +127,7 @@ pub fn train_model(
         progress: false,
         near_duplicates: None,
     };
+    let _one_at_a_time = training_lock();
     oncolens::workflows::train::train(&opts, &std::sync::atomic::AtomicBool::new(false))
         .expect("training runs")
 }
