@@ -1,8 +1,10 @@
 //! Memory of a real `oncolens serve` process, read from /proc: flat over hundreds of analyses,
 //! and the worst admissible upload within the per-analysis budget the server plans with.
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
+
+use std::process::Child;
+use std::time::Duration;
 
 use reqwest::StatusCode;
 use reqwest::blocking::{Client, multipart};
@@ -24,33 +26,7 @@ impl Drop for Server {
 
 fn spawn_server(extra: &[&str]) -> Server {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new(env!("CARGO_BIN_EXE_oncolens"))
-        .args([
-            "serve",
-            "--bind",
-            &format!("127.0.0.1:{port}"),
-            "--database",
-        ])
-        .arg(format!(
-            "sqlite://{}",
-            dir.path().join("memory.db").display()
-        ))
-        .args(extra)
-        .env_remove("ONCOLENS_MODEL")
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let started = Instant::now();
-    while Client::new().get(format!("{base}/readyz")).send().is_err() {
-        assert!(started.elapsed().as_secs() < 60, "server did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let (child, base) = common::spawn_server_binary(&dir.path().join("memory.db"), extra);
     Server {
         child,
         base,

@@ -405,29 +405,7 @@ fn a_full_queue_answers_503_with_retry_after() {
 fn sigterm_finishes_the_analysis_in_flight_then_exits() {
     let tmp = tempfile::tempdir().unwrap();
     let db = tmp.path().join("stop.db");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_oncolens"))
-        .args([
-            "serve",
-            "--bind",
-            &format!("127.0.0.1:{port}"),
-            "--database",
-        ])
-        .arg(format!("sqlite://{}", db.display()))
-        .env_remove("ONCOLENS_MODEL")
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let started = std::time::Instant::now();
-    while Client::new().get(format!("{base}/readyz")).send().is_err() {
-        assert!(started.elapsed().as_secs() < 60, "server did not start");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    let (mut server, base) = common::spawn_server_binary(&db, &[]);
     let big = png_bytes(1600, 4);
     let upload_thread = {
         let base = base.clone();

@@ -103,6 +103,40 @@ pub fn start_server_with(config: oncolens::serve::ServeConfig) -> std::net::Sock
 
 pub mod non_mri;
 
+/// Starts the `oncolens serve` binary (bundled model, SQLite at `db`) on a free loopback port
+/// with `extra` arguments and waits until it is ready; returns the process and its base URL.
+pub fn spawn_server_binary(db: &Path, extra: &[&str]) -> (std::process::Child, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_oncolens"))
+        .args([
+            "serve",
+            "--bind",
+            &format!("127.0.0.1:{port}"),
+            "--database",
+        ])
+        .arg(format!("sqlite://{}", db.display()))
+        .args(extra)
+        .env_remove("ONCOLENS_MODEL")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let started = std::time::Instant::now();
+    while reqwest::blocking::Client::new()
+        .get(format!("{base}/readyz"))
+        .send()
+        .is_err()
+    {
+        assert!(started.elapsed().as_secs() < 60, "server did not start");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    (child, base)
+}
+
 /// burn's device RNG is global: a training that runs beside another in the same test binary
 /// does not get the initialisation its seed promises (a flaky "learns from initialisation" test
 /// showed it). Every training of a test holds this lock, so they run one at a time.
