@@ -43,8 +43,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Model {
             command: ModelCommand::Summary(a),
         } => commands::model_summary(a),
-        Command::Gate {
-            command: GateCommand::Evaluate(a),
-        } => commands::gate_evaluate(a),
+        Command::Gate { command } => match command {
+            GateCommand::Evaluate(a) => commands::gate_evaluate(a),
+            GateCommand::Train(a) => commands::gate_train(a),
+            GateCommand::CrossValidate(a) => commands::gate_cross_validate(a),
+        },
     }
 }

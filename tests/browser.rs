@@ -253,5 +253,32 @@ async fn upload_read_toggle_feedback_history_in_chromium() {
     let reasons = wait_for(&c, "#input-reasons").await.text().await.unwrap();
     assert!(reasons.contains("colour picture"), "{reasons}");
     std::fs::write(out.join("not-mri.png"), c.screenshot().await.unwrap()).unwrap();
+
+    // A head CT is greyscale with a dark background, so only the input gate can tell: the
+    // page says it looks like a CT and shows the gate's score.
+    let ct_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/non-mri/head_ct");
+    assert!(
+        ct_dir.is_dir(),
+        "{} is missing: this test needs the shared non-MRI set (see its SOURCE.md)",
+        ct_dir.display()
+    );
+    let mut cts: Vec<PathBuf> = std::fs::read_dir(&ct_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    cts.sort();
+    let ct = tmp.path().join("head scan.png");
+    std::fs::copy(&cts[0], &ct).unwrap();
+    upload_through_the_form(&c, &base, &ct).await;
+    let label = wait_for(&c, "#label").await.text().await.unwrap();
+    assert_eq!(label, "Not a brain MRI slice");
+    let reasons = wait_for(&c, "#input-reasons").await.text().await.unwrap();
+    assert!(reasons.contains("looks like a CT slice"), "{reasons}");
+    let gate = wait_for(&c, "#gate-score").await.text().await.unwrap();
+    assert!(
+        gate.contains("brain-MRI score") && gate.contains("refused"),
+        "{gate}"
+    );
+    std::fs::write(out.join("head-ct.png"), c.screenshot().await.unwrap()).unwrap();
     c.close().await.unwrap();
 }

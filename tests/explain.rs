@@ -126,12 +126,29 @@ fn grad_cam_peak_falls_inside_the_deciding_blob() {
     );
 }
 
+/// A file of the shared data set (the test fails with what to install when it is missing).
+fn shared_file(rel: &str) -> std::path::PathBuf {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data")
+        .join(rel);
+    assert!(
+        p.is_file(),
+        "{} is missing: this test needs the shared data (../shared/data, see its SOURCE.md)",
+        p.display()
+    );
+    p
+}
+
 #[test]
 fn explain_command_writes_heatmap_and_overlay_at_original_size() {
     let tmp = tempfile::tempdir().unwrap();
-    let img = tmp.path().join("scan (1).png");
-    let mut rng = ChaCha8Rng::seed_from_u64(5);
-    common::slice(0, 200, &mut rng).save(&img).unwrap();
+    let img = tmp.path().join("scan (1).jpg");
+    std::fs::copy(
+        shared_file("brain-tumor-mri/Testing/glioma_tumor/image(1).jpg"),
+        &img,
+    )
+    .unwrap();
+    let size = image::image_dimensions(&img).unwrap();
     let out = tmp.path().join("maps");
     let run = std::process::Command::new(env!("CARGO_BIN_EXE_oncolens"))
         .args(["explain", "--class", "glioma_tumor", "--out"])
@@ -148,7 +165,7 @@ fn explain_command_writes_heatmap_and_overlay_at_original_size() {
     assert!(String::from_utf8_lossy(&run.stdout).contains("Grad-CAM of Glioma"));
     for f in ["scan (1).heatmap.png", "scan (1).overlay.png"] {
         let png = image::open(out.join(f)).unwrap();
-        assert_eq!((png.width(), png.height()), (200, 200), "{f}");
+        assert_eq!((png.width(), png.height()), size, "{f}");
     }
     let bad = std::process::Command::new(env!("CARGO_BIN_EXE_oncolens"))
         .args(["explain", "--class", "stage_2", "--out"])
@@ -158,4 +175,30 @@ fn explain_command_writes_heatmap_and_overlay_at_original_size() {
         .unwrap();
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown class"));
+}
+
+#[test]
+fn explain_draws_no_map_on_an_image_the_gate_refuses() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ct = tmp.path().join("ct.png");
+    std::fs::copy(
+        shared_file("non-mri/head_ct/Hemorrhage-CT__seg_dataset_images_train_0001_14.png"),
+        &ct,
+    )
+    .unwrap();
+    let out = tmp.path().join("maps");
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_oncolens"))
+        .args(["explain", "--out"])
+        .arg(&out)
+        .arg(&ct)
+        .env_remove("ONCOLENS_MODEL")
+        .output()
+        .unwrap();
+    assert!(run.status.success());
+    let text = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        text.contains("not a brain MRI slice") && text.contains("CT"),
+        "{text}"
+    );
+    assert!(!out.join("ct.heatmap.png").exists());
 }

@@ -98,3 +98,222 @@ fn gate_evaluate_counts_refusals_per_category_and_wrong_refusals_of_real_slices(
     assert_eq!(wrong["images"], 8, "{wrong}");
     assert!(wrong["refused"].as_u64().unwrap() <= 1, "{wrong}");
 }
+
+fn shared(rel: &str) -> std::path::PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data")
+        .join(rel);
+    assert!(
+        p.is_dir(),
+        "{} is missing: this test needs the shared data (../shared/data, see its SOURCE.md)",
+        p.display()
+    );
+    p
+}
+
+/// The first `n` files (sorted) of a folder.
+fn first_files(dir: &Path, n: usize) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    files.truncate(n);
+    files
+}
+
+#[test]
+fn synthetic_negatives_are_refused_with_reasons() {
+    use oncolens::imaging::synthetic::{SyntheticKind, synthetic};
+    use rand::SeedableRng;
+    let predictor = oncolens::inference::Predictor::load_default().unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    let mri = oncolens::imaging::load_grey(
+        &first_files(&shared("brain-tumor-mri/Testing/no_tumor"), 1)[0],
+    )
+    .unwrap();
+    let mri = image::imageops::resize(&mri, 256, 256, image::imageops::FilterType::Triangle);
+    for kind in SyntheticKind::ALL {
+        for _ in 0..3 {
+            let img = synthetic(kind, 256, Some(&mri), &mut rng);
+            let p = &predictor.predict_images(&[img])[0];
+            assert_eq!(
+                p.verdict,
+                oncolens::inference::Verdict::NotBrainMri,
+                "{kind:?} accepted: {p:?}"
+            );
+            assert!(!p.rejection_reasons().is_empty(), "{kind:?}: {p:?}");
+        }
+    }
+}
+
+#[test]
+fn shared_non_mri_images_are_refused_in_every_category_with_the_gates_reason() {
+    let predictor = oncolens::inference::Predictor::load_default().unwrap();
+    let root = shared("non-mri");
+    for (category, words) in [
+        ("head_ct", "CT"),
+        ("chest_xray", ""),
+        ("other_mri", ""),
+        ("other_medical", ""),
+        ("photos_docs", ""),
+    ] {
+        for (path, p) in first_files(&root.join(category), 4)
+            .iter()
+            .map(|f| (f, predictor.predict_file(f).unwrap()))
+        {
+            assert_eq!(
+                p.verdict,
+                oncolens::inference::Verdict::NotBrainMri,
+                "{} accepted as {}: {:?}",
+                path.display(),
+                p.label(),
+                p.input_check
+            );
+            let reasons = p.rejection_reasons().join("; ");
+            assert!(reasons.contains(words), "{}: {reasons}", path.display());
+            let gate = p
+                .input_check
+                .as_ref()
+                .and_then(|c| c.gate.as_ref())
+                .unwrap();
+            assert!(
+                gate.score < 1.0 && gate.looks_like != "brain_mri",
+                "{gate:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn real_mri_slices_pass_the_gate() {
+    let predictor = oncolens::inference::Predictor::load_default().unwrap();
+    let testing = shared("brain-tumor-mri/Testing");
+    for class in [
+        "glioma_tumor",
+        "meningioma_tumor",
+        "no_tumor",
+        "pituitary_tumor",
+    ] {
+        for f in first_files(&testing.join(class), 4) {
+            let p = predictor.predict_file(&f).unwrap();
+            let gate = p.input_check.as_ref().and_then(|c| c.gate.clone()).unwrap();
+            assert!(
+                !gate.refused && gate.score >= gate.threshold,
+                "{} refused by the gate: {gate:?}",
+                f.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn gate_train_writes_a_gate_that_gate_evaluate_and_the_model_use() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A tiny MRI folder (real slices) with its split file, and a tiny non-MRI folder.
+    let mri = tmp.path().join("mri");
+    let testing = shared("brain-tumor-mri/Testing");
+    let mut validation = Vec::new();
+    for class in ["glioma_tumor", "no_tumor"] {
+        std::fs::create_dir_all(mri.join(class)).unwrap();
+        for (i, f) in first_files(&testing.join(class), 12).iter().enumerate() {
+            let name = f.file_name().unwrap().to_string_lossy().into_owned();
+            std::fs::copy(f, mri.join(class).join(&name)).unwrap();
+            if i < 3 {
+                validation.push(format!("{class}/{name}"));
+            }
+        }
+    }
+    let split_dir = tmp.path().join("model");
+    std::fs::create_dir_all(&split_dir).unwrap();
+    std::fs::write(
+        split_dir.join("split.json"),
+        serde_json::json!({ "train": 18, "validation": validation }).to_string(),
+    )
+    .unwrap();
+    let non_mri = tmp.path().join("non-mri");
+    let shared_non_mri = shared("non-mri");
+    for category in ["head_ct", "photos_docs"] {
+        std::fs::create_dir_all(non_mri.join(category)).unwrap();
+        for f in first_files(&shared_non_mri.join(category), 6) {
+            std::fs::copy(&f, non_mri.join(category).join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    let gate = tmp.path().join("gate");
+    let run = |args: &[&std::ffi::OsStr]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_oncolens"))
+            .args(args)
+            .env_remove("ONCOLENS_MODEL")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let os = |s: &str| std::ffi::OsString::from(s);
+    let text = run(&[
+        &os("gate"),
+        &os("train"),
+        &os("--mri"),
+        mri.as_os_str(),
+        &os("--split-from"),
+        split_dir.as_os_str(),
+        &os("--non-mri"),
+        non_mri.as_os_str(),
+        &os("--out"),
+        gate.as_os_str(),
+        &os("--epochs"),
+        &os("2"),
+        &os("--hold-out"),
+        &os("tessdoc"),
+    ]);
+    assert!(text.contains("threshold"), "{text}");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(gate.join("gate.json")).unwrap()).unwrap();
+    let kinds: Vec<&str> = manifest["kinds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["brain_mri", "head_ct", "photos_docs", "synthetic"]);
+    assert_eq!(manifest["data"]["mri_train"], 18);
+    assert_eq!(manifest["data"]["mri_validation"], 6);
+    assert_eq!(manifest["data"]["held_out_sources"][0], "tessdoc");
+    assert!(
+        !manifest["data"]["sources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s == "tessdoc"),
+        "{manifest}"
+    );
+    let t = manifest["threshold"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&t), "{t}");
+    // Evaluating with that gate names it in the report.
+    let text = run(&[
+        &os("gate"),
+        &os("evaluate"),
+        &os("--data"),
+        non_mri.as_os_str(),
+        &os("--gate"),
+        gate.as_os_str(),
+    ]);
+    assert!(text.contains(&*gate.to_string_lossy()), "{text}");
+    // A corrupted gate is refused with a clear message, not used.
+    std::fs::write(gate.join("gate.bpk"), b"not weights").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_oncolens"))
+        .args(["gate", "evaluate", "--data"])
+        .arg(&non_mri)
+        .arg("--gate")
+        .arg(&gate)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("checksum"), "{err}");
+}

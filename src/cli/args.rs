@@ -13,6 +13,7 @@ use oncolens::workflows::audit::NearDuplicateCriteria;
 use oncolens::workflows::calibrate::FitOptions;
 use oncolens::workflows::evaluate::EvalOptions;
 use oncolens::workflows::gate_report::GateOptions;
+use oncolens::workflows::gate_train::GateTrainOptions;
 use oncolens::workflows::train::TrainOptions;
 
 #[derive(Parser)]
@@ -362,6 +363,98 @@ pub enum GateCommand {
     /// Share of images refused per category of a folder of non-MRI images (95 % intervals,
     /// the reasons given), and of real MRI slices wrongly refused.
     Evaluate(GateEvaluateArgs),
+    /// Train the input gate with outlier exposure: MRI slices of a model's train split against
+    /// a folder of non-MRI categories and synthetic negatives.
+    Train(GateTrainArgs),
+    /// Train one gate per fold of non-MRI sources and measure each on the sources it never saw.
+    CrossValidate(GateCrossValidateArgs),
+}
+
+/// What a gate is trained on, and how.
+#[derive(clap::Args, Clone)]
+pub struct GateTrainingArgs {
+    /// The classifier's training folder, e.g. ../shared/data/brain-tumor-mri/Training
+    #[arg(long)]
+    pub mri: PathBuf,
+    /// Model directory whose split.json names the validation slices (kept out of training,
+    /// used for the threshold).
+    #[arg(long, default_value = "models/default")]
+    pub split_from: PathBuf,
+    /// A folder of non-MRI categories (head_ct/, chest_xray/, ...), e.g. ../shared/data/non-mri
+    #[arg(long)]
+    pub non_mri: PathBuf,
+    #[arg(long, default_value_t = 30)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 2e-3)]
+    pub learning_rate: f64,
+    #[arg(long, default_value_t = 17)]
+    pub seed: u64,
+    /// MRI slices per epoch (a fresh random subset of the train split each epoch).
+    #[arg(long, default_value_t = 1500)]
+    pub mri_per_epoch: usize,
+    /// Real non-MRI images per epoch, as a share of the MRI slices per epoch.
+    #[arg(long, default_value_t = 1.0)]
+    pub negative_share: f32,
+    /// Synthetic negatives per epoch, as a share of the MRI slices per epoch.
+    #[arg(long, default_value_t = 0.3)]
+    pub synthetic_share: f32,
+    /// Largest share of validation MRI slices the threshold may refuse.
+    #[arg(long, default_value_t = 0.01)]
+    pub max_refused: f64,
+    /// Use at most this many MRI slices of the train split (quick trials).
+    #[arg(long)]
+    pub max_mri: Option<usize>,
+}
+
+#[derive(clap::Args)]
+pub struct GateTrainArgs {
+    #[command(flatten)]
+    pub training: GateTrainingArgs,
+    /// Output directory (gate.json + gate.bpk).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Sources of the non-MRI folder (file-name prefix before `__`) to leave out.
+    #[arg(long, num_args = 1..)]
+    pub hold_out: Vec<String>,
+}
+
+#[derive(clap::Args)]
+pub struct GateCrossValidateArgs {
+    #[command(flatten)]
+    pub training: GateTrainingArgs,
+    /// Model whose input check the fold gates join (default: $ONCOLENS_MODEL, else bundled).
+    #[arg(long, env = "ONCOLENS_MODEL")]
+    pub model: Option<PathBuf>,
+    #[arg(long, default_value_t = 5)]
+    pub folds: usize,
+    /// Write the report as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+impl GateTrainingArgs {
+    pub fn options(&self, out: PathBuf, hold_out: Vec<String>) -> GateTrainOptions {
+        let mut o = GateTrainOptions::new(
+            self.mri.clone(),
+            self.split_from.clone(),
+            self.non_mri.clone(),
+            out,
+        );
+        o.epochs = self.epochs;
+        o.batch_size = self.batch_size;
+        o.learning_rate = self.learning_rate;
+        o.seed = self.seed;
+        o.mri_per_epoch = self.mri_per_epoch;
+        o.negative_share = self.negative_share;
+        o.synthetic_share = self.synthetic_share;
+        o.max_refused = self.max_refused;
+        o.max_mri = self.max_mri;
+        o.hold_out = hold_out;
+        o.progress = true;
+        o
+    }
 }
 
 #[derive(clap::Args)]
@@ -380,6 +473,9 @@ pub struct GateEvaluateArgs {
     /// Write the report as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Gate directory to use instead of the model's (e.g. one just trained).
+    #[arg(long)]
+    pub gate: Option<PathBuf>,
 }
 
 impl From<&GateEvaluateArgs> for GateOptions {

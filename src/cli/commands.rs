@@ -11,15 +11,16 @@ use oncolens::data::folder::collect_image_files;
 use oncolens::data::split::held_out_split;
 use oncolens::imaging::load_grey;
 use oncolens::inference::render::{heatmap_image, overlay_image};
-use oncolens::inference::{Explainer, Predictor};
+use oncolens::inference::{Explainer, Predictor, Verdict};
 use oncolens::model::ModelSpec;
 use oncolens::modelfile::MANIFEST_FILE;
 use oncolens::modelfile::bundle::model_dir;
+use oncolens::runtime::LoadedGate;
 use oncolens::workflows::audit::{self, NearDuplicateCriteria, sheet};
 use oncolens::workflows::calibrate::{FitOptions, calibrate_saved};
 use oncolens::workflows::evaluate::{self, EvalOptions};
 use oncolens::workflows::train::{TrainOptions, train};
-use oncolens::workflows::{export, import, quantize};
+use oncolens::workflows::{export, gate_crossval, gate_train, import, quantize};
 use oncolens::{backend, core::files::write_json_atomic};
 
 use super::args::*;
@@ -229,7 +230,8 @@ pub fn explain(a: ExplainArgs) -> Result<()> {
     let mut failures = 0;
     for path in &a.images {
         match explain_one(&explainer, &a, path, class) {
-            Ok((e, over)) => println!(
+            Ok(None) => {}
+            Ok(Some((e, over))) => println!(
                 "{}\tGrad-CAM of {} (p = {:.3})\t{}",
                 path.display(),
                 names[e.class_index],
@@ -248,13 +250,24 @@ pub fn explain(a: ExplainArgs) -> Result<()> {
     Ok(())
 }
 
-/// Grad-CAM of one file, written as `<name>.heatmap.png` and `<name>.overlay.png`.
+/// Grad-CAM of one file, written as `<name>.heatmap.png` and `<name>.overlay.png`; `None`
+/// (with the reason printed) when the input gate refuses the image: a map drawn on a CT or a
+/// photo would look like evidence it is not.
 fn explain_one(
     explainer: &Explainer,
     a: &ExplainArgs,
     path: &Path,
     class: Option<usize>,
-) -> Result<(oncolens::inference::Explanation, std::path::PathBuf)> {
+) -> Result<Option<(oncolens::inference::Explanation, std::path::PathBuf)>> {
+    let prediction = explainer.predict_file(path)?;
+    if prediction.verdict == Verdict::NotBrainMri {
+        println!(
+            "{}	not a brain MRI slice: {}; no map drawn",
+            path.display(),
+            prediction.rejection_reasons().join("; ")
+        );
+        return Ok(None);
+    }
     let img = load_grey(path)?;
     let e = explainer.explain(&img, class)?;
     let stem = path
@@ -269,7 +282,7 @@ fn explain_one(
     overlay_image(&img, &e.map, a.opacity)
         .save(&over)
         .with_context(|| format!("writing {}", over.display()))?;
-    Ok((e, over))
+    Ok(Some((e, over)))
 }
 
 pub fn model_summary(a: SummaryArgs) -> Result<()> {
@@ -283,8 +296,37 @@ pub fn model_summary(a: SummaryArgs) -> Result<()> {
 }
 
 pub fn gate_evaluate(a: GateEvaluateArgs) -> Result<()> {
-    let predictor = Predictor::open_source(&model_source(&a.model))?;
+    let mut predictor = Predictor::open_source(&model_source(&a.model))?;
+    if let Some(dir) = &a.gate {
+        predictor = predictor.with_gate(Some(LoadedGate::open(dir)?));
+    }
     let report = oncolens::workflows::gate_report::gate_report(&predictor, &(&a).into())?;
+    print!("{}", report.to_text());
+    if let Some(path) = &a.json {
+        write_json_atomic(path, &report)?;
+    }
+    Ok(())
+}
+
+pub fn gate_train(a: GateTrainArgs) -> Result<()> {
+    let opts = a.training.options(a.out.clone(), a.hold_out.clone());
+    let trained = gate_train::train_gate(&opts)?;
+    let m = &trained.manifest;
+    println!(
+        "gate written to {} in {:.0} s: {} kinds, threshold {:.4} ({})",
+        a.out.display(),
+        trained.seconds,
+        m.kinds.len(),
+        m.threshold,
+        m.threshold_rule
+    );
+    Ok(())
+}
+
+pub fn gate_cross_validate(a: GateCrossValidateArgs) -> Result<()> {
+    let predictor = Predictor::open_source(&model_source(&a.model))?;
+    let opts = a.training.options(std::path::PathBuf::new(), Vec::new());
+    let report = gate_crossval::cross_validate(predictor, &opts, a.folds)?;
     print!("{}", report.to_text());
     if let Some(path) = &a.json {
         write_json_atomic(path, &report)?;

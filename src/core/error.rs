@@ -94,6 +94,10 @@ pub enum ModelFileProblem {
     NewerFormat { found: u32, supported: u32 },
     #[error("no model.json here; is this a model directory?")]
     NoManifest,
+    #[error("not an oncolens input gate (format {0:?})")]
+    NotAGate(String),
+    #[error("no gate.json here; is this an input gate directory?")]
+    NoGateManifest,
     #[error("model.json is missing a piece or malformed")]
     Malformed(#[source] serde_json::Error),
     #[error("weights.bpk is missing")]

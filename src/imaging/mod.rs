@@ -4,9 +4,11 @@
 
 pub mod augment;
 pub mod decode;
+pub mod gate_view;
 pub mod preprocess;
 pub mod scan;
 pub mod stats;
+pub mod synthetic;
 
 pub use decode::{GreyImage, ImageInfo, decode_grey, decode_grey_with_info, load_grey};
 pub use preprocess::{Geometry, Preprocessing};

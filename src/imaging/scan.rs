@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use super::decode::{GreyImage, ImageInfo, decode_grey_with_info};
+use super::gate_view::gate_view;
 use super::preprocess::Preprocessing;
 use super::stats::ImageStats;
 use crate::core::error::{DecodeError, Error, Result};
@@ -20,6 +21,8 @@ pub struct PreparedScan {
     pub stats: ImageStats,
     /// Width and height of the original.
     pub original_size: (u32, u32),
+    /// The whole frame as the input gate sees it.
+    pub gate_view: GreyImage,
 }
 
 impl Scan {
@@ -58,6 +61,7 @@ impl Scan {
             image: pre.prepare(&self.image).0,
             stats: self.stats(),
             original_size: self.image.dimensions(),
+            gate_view: gate_view(&self.image),
         }
     }
 }

@@ -12,8 +12,10 @@ use crate::core::error::{Error, NetworkError, Result};
 use crate::core::numeric::{argmax, softmax_with_temperature};
 use crate::data::loader::prepare_files;
 use crate::imaging::{Geometry, GreyImage, ImageStats, PreparedScan, Scan};
-use crate::modelfile::{InputCheck, Manifest, Mode, ModelSource};
-use crate::runtime::{INFERENCE_BATCH, LoadedModel, forward_rows};
+use crate::modelfile::{
+    GateFinding, GateManifest, InputCheck, Manifest, Mode, ModelSource, OUT_OF_DISTRIBUTION,
+};
+use crate::runtime::{INFERENCE_BATCH, LoadedGate, LoadedModel, forward_rows};
 
 /// What the answer is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,6 +108,12 @@ impl Predictor {
         self
     }
 
+    /// Replaces the input gate (e.g. with one trained on a cross-validation fold).
+    pub fn with_gate(mut self, gate: Option<LoadedGate>) -> Self {
+        self.loaded = self.loaded.with_gate(gate);
+        self
+    }
+
     /// Switches the int8 engine on (with the model's stored calibration) or off.
     pub fn with_int8(mut self, on: bool) -> Result<Self> {
         self.loaded = self.loaded.with_int8(on)?;
@@ -126,15 +134,20 @@ impl Predictor {
             &self.manifest.preprocessing,
             self.tta,
         );
+        let views: Vec<&GreyImage> = prepared.iter().map(|p| &p.gate_view).collect();
+        let findings = self.gate_findings(&views);
+        let gate = self.gate().map(|g| &g.manifest);
         prepared
             .iter()
             .zip(logits)
             .zip(pooled)
-            .map(|((scan, l), p)| {
+            .zip(findings)
+            .map(|(((scan, l), p), f)| {
                 prediction_from(
                     &self.manifest,
                     &l,
                     Some((&scan.stats, scan.original_size, &p)),
+                    gate.zip(f.as_ref()),
                 )
             })
             .collect()
@@ -183,22 +196,41 @@ impl Predictor {
     }
 }
 
-/// The answer for a scan's logits under a model's temperature, uncertainty threshold and input
-/// check. `observed` carries the image statistics, the original size and the pooled features;
-/// without it (or without a fitted check) no input check is made.
+/// The answer for a scan's logits under a model's temperature, uncertainty threshold, input
+/// check and input gate. `observed` carries the image statistics, the original size and the
+/// pooled features; without it (or without a fitted check) no input check is made. `gate` is
+/// the gate's finding for the scan with the gate's manifest (for the reason in words).
+///
+/// The reasons come in order of cost and certainty: the image statistics, then the gate, then
+/// the classifier's own feature distance.
 pub fn prediction_from(
     manifest: &Manifest,
     logits: &[f32],
     observed: Option<(&ImageStats, (u32, u32), &[f32])>,
+    gate: Option<(&GateManifest, &GateFinding)>,
 ) -> Prediction {
     let probabilities = softmax_with_temperature(logits, manifest.temperature());
     let class_index = argmax(&probabilities).min(manifest.classes.len().saturating_sub(1));
     let confidence = probabilities.get(class_index).copied().unwrap_or(0.0);
     let class = &manifest.classes[class_index];
-    let input_check = match (&manifest.trust, observed) {
+    let mut input_check = match (&manifest.trust, observed) {
         (Some(trust), Some((stats, size, pooled))) => Some(trust.check(stats, size, pooled)),
         _ => None,
     };
+    if let Some((gate, finding)) = gate {
+        let check = input_check.get_or_insert_with(InputCheck::default);
+        if finding.refused {
+            let at = check
+                .reasons
+                .iter()
+                .position(|r| r == OUT_OF_DISTRIBUTION)
+                .unwrap_or(check.reasons.len());
+            check
+                .reasons
+                .insert(at, gate.reason_for(finding).to_string());
+        }
+        check.gate = Some(finding.clone());
+    }
     let uncertain = confidence < manifest.uncertainty_threshold;
     let verdict = if input_check
         .as_ref()

@@ -7,6 +7,7 @@
 
 pub mod describe;
 pub mod efficientnet;
+pub mod gate;
 pub mod paper_cnn;
 pub mod resnet;
 pub mod trace;

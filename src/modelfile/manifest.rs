@@ -6,6 +6,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::gate::GateLink;
 use super::int8::Int8Calibration;
 use super::training::TrainConfig;
 use super::trust::TrustProfile;
@@ -71,6 +72,9 @@ pub struct Manifest {
     /// Activation ranges for the int8 engine; `None` until `oncolens quantize` fits them.
     #[serde(default)]
     pub int8: Option<Int8Calibration>,
+    /// The input gate this model uses; `None`: the gate compiled into the binary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<GateLink>,
     pub weights_sha256: String,
 }
 

@@ -5,10 +5,12 @@
 //! - [`training`]: the training settings it records ([`TrainConfig`]);
 //! - [`trust`]: temperature, calibration figures and the input check ([`TrustProfile`]);
 //! - [`input_check`]: the stored image bounds and feature density the input check evaluates;
+//! - [`gate`]: the input gate's own files and the finding it gives ([`GateManifest`]);
 //! - [`int8`]: activation ranges for the int8 engine ([`Int8Calibration`]);
 //! - [`bundle`]: loading and saving model directories and the bundled default model.
 
 pub mod bundle;
+pub mod gate;
 pub mod input_check;
 pub mod int8;
 pub mod manifest;
@@ -16,6 +18,7 @@ pub mod training;
 pub mod trust;
 
 pub use bundle::{MANIFEST_FILE, Mode, ModelSource, WEIGHTS_FILE};
+pub use gate::{GateFinding, GateLink, GateManifest};
 pub use int8::{Int8Calibration, QParams};
 pub use manifest::{ClassInfo, DataProvenance, Manifest, ValidationSummary};
 pub use training::{Balance, Schedule, TrainConfig};

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::gate::GateFinding;
 use super::input_check::{FeatureDensity, ImageBounds};
 use crate::imaging::ImageStats;
 
@@ -39,6 +40,9 @@ pub struct InputCheck {
     pub feature_distance: Option<f32>,
     /// The distance above which an image is out of distribution.
     pub feature_threshold: Option<f32>,
+    /// The input gate's finding (`None` when no gate ran).
+    #[serde(default)]
+    pub gate: Option<GateFinding>,
 }
 
 impl InputCheck {
@@ -63,6 +67,7 @@ impl TrustProfile {
             reasons,
             feature_distance: distance.is_finite().then_some(distance),
             feature_threshold: Some(self.features.threshold),
+            gate: None,
         }
     }
 }

@@ -6,11 +6,13 @@ use burn::module::Module;
 use burn::tensor::Device;
 
 use super::compute::Compute;
+use super::gate::LoadedGate;
 use crate::backend::Int8Engine;
 use crate::core::error::Result;
+use crate::imaging::GreyImage;
 use crate::model::Classifier;
-use crate::modelfile::Manifest;
 use crate::modelfile::bundle::{self, Mode, ModelSource};
+use crate::modelfile::{GateFinding, Manifest};
 
 /// A loaded model and how it runs.
 pub struct LoadedModel {
@@ -26,6 +28,9 @@ pub struct LoadedModel {
     pub tta: bool,
     /// When set, the int8 engine computes the answers (Grad-CAM still uses the f32 model).
     int8: Option<Int8Engine>,
+    /// The input gate: the model's own, else the bundled one (`None` only for a model built
+    /// in memory, e.g. during training).
+    gate: Option<LoadedGate>,
 }
 
 impl LoadedModel {
@@ -36,14 +41,17 @@ impl LoadedModel {
             Mode::Inference => {
                 let device = Device::flex();
                 let (manifest, model) = bundle::load_from(source, &device, mode)?;
-                Ok(Self::from_parts(manifest, model, device))
+                let gate = LoadedGate::for_model(&manifest, source)?;
+                Ok(Self::from_parts(manifest, model, device).with_gate(Some(gate)))
             }
             Mode::Gradients => {
                 let autodiff = Device::flex().autodiff();
                 let (manifest, gradients) = bundle::load_from(source, &autodiff, mode)?;
                 // The plain view of the same weights (no copy).
                 let model = gradients.valid();
-                let mut loaded = Self::from_parts(manifest, model, Device::flex());
+                let gate = LoadedGate::for_model(&manifest, source)?;
+                let mut loaded =
+                    Self::from_parts(manifest, model, Device::flex()).with_gate(Some(gate));
                 loaded.gradients = Some((gradients, autodiff));
                 Ok(loaded)
             }
@@ -59,6 +67,25 @@ impl LoadedModel {
             gradients: None,
             tta: false,
             int8: None,
+            gate: None,
+        }
+    }
+
+    /// Replaces the input gate (`oncolens ... --gate DIR`, or none).
+    pub fn with_gate(mut self, gate: Option<LoadedGate>) -> Self {
+        self.gate = gate;
+        self
+    }
+
+    pub fn gate(&self) -> Option<&LoadedGate> {
+        self.gate.as_ref()
+    }
+
+    /// The gate's finding for each whole-frame view (all `None` without a gate).
+    pub fn gate_findings(&self, views: &[&GreyImage]) -> Vec<Option<GateFinding>> {
+        match &self.gate {
+            Some(g) => g.findings(views).into_iter().map(Some).collect(),
+            None => vec![None; views.len()],
         }
     }
 

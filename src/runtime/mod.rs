@@ -3,9 +3,11 @@
 //! features the input check measures ([`compute`]), and the augmentation views ([`tta`]).
 
 pub mod compute;
+pub mod gate;
 pub mod loaded;
 pub mod tta;
 
 pub use compute::{Compute, INFERENCE_BATCH, forward_rows, probabilities, rows};
+pub use gate::LoadedGate;
 pub use loaded::LoadedModel;
 pub use tta::{TTA_SHIFT, TTA_VIEWS};

@@ -62,6 +62,18 @@ pub struct ClassProbability {
 }
 
 #[derive(Serialize)]
+pub struct GateJson {
+    pub brain_mri_score: f32,
+    pub threshold: f32,
+    pub refused: bool,
+    /// Kind id, e.g. `head_ct`.
+    pub looks_most_like: String,
+    /// The same in words, e.g. "a head CT".
+    pub looks_most_like_name: String,
+    pub looks_most_like_probability: f32,
+}
+
+#[derive(Serialize)]
 pub struct AnalysisJson {
     pub id: String,
     pub created: String,
@@ -73,6 +85,9 @@ pub struct AnalysisJson {
     pub verdict: String,
     /// Why the image does not look like a brain MRI slice (empty unless `not_brain_mri`).
     pub input_reasons: Vec<String>,
+    /// The input gate's second opinion: its probability that the image is a brain MRI slice,
+    /// the threshold below which it refuses, and the other kind the image looks most like.
+    pub gate: Option<GateJson>,
     pub class_id: String,
     pub class_name: String,
     pub confidence: f64,
@@ -98,6 +113,14 @@ pub fn to_json(state: &AppState, a: &AnalysisRecord) -> AnalysisJson {
         },
         verdict: a.verdict.clone(),
         input_reasons: a.input_reasons.clone(),
+        gate: a.gate.as_ref().map(|g| GateJson {
+            brain_mri_score: g.score,
+            threshold: g.threshold,
+            refused: g.refused,
+            looks_most_like: g.looks_like.clone(),
+            looks_most_like_name: crate::modelfile::gate::kind_display(&g.looks_like),
+            looks_most_like_probability: g.looks_like_probability,
+        }),
         class_id: a.class_id.clone(),
         class_name: a.class_name.clone(),
         confidence: a.confidence,
@@ -231,6 +254,7 @@ pub async fn receive_and_analyse(
         }
         .into(),
         input_reasons: p.rejection_reasons().to_vec(),
+        gate: p.input_check.as_ref().and_then(|c| c.gate.clone()),
         probabilities: p.probabilities.clone(),
         width: outcome.width,
         height: outcome.height,
@@ -474,6 +498,15 @@ pub async fn model(State(state): State<AppState>) -> Response {
             "image_bounds": t.image_bounds,
             "feature_distance_threshold": t.features.threshold,
             "feature_threshold_rule": t.features.threshold_rule,
+        })),
+        "input_gate": state.explainer.gate().map(|g| json!({
+            "name": g.manifest.name,
+            "origin": g.origin,
+            "version": g.manifest.weights_sha256.chars().take(12).collect::<String>(),
+            "kinds": g.manifest.kinds,
+            "threshold": g.manifest.threshold,
+            "threshold_rule": g.manifest.threshold_rule,
+            "trained_on": g.manifest.data,
         })),
         "validation": m.validation,
         "oncolens_version": m.oncolens_version,

@@ -7,6 +7,7 @@ use image::{DynamicImage, GrayImage, ImageFormat, Luma, Rgba, RgbaImage, imageop
 
 use crate::core::error::sentence;
 use crate::imaging::Scan;
+use crate::imaging::gate_view::gate_view;
 use crate::inference::render::colour;
 use crate::inference::{Explainer, Prediction, prediction_from};
 
@@ -39,10 +40,16 @@ pub fn analyse(explainer: &Explainer, bytes: &[u8]) -> Result<Outcome, Rejected>
     let explanation = explainer
         .explain(grey, None)
         .map_err(|e| Rejected(format!("The scan could not be analysed: {}.", e.sentence())))?;
+    let finding = explainer
+        .gate_findings(&[&gate_view(grey)])
+        .into_iter()
+        .next()
+        .flatten();
     let prediction = prediction_from(
         &explainer.manifest,
         &explanation.logits,
         Some((&scan.stats(), grey.dimensions(), &explanation.pooled)),
+        explainer.gate().map(|g| &g.manifest).zip(finding.as_ref()),
     );
     let (w, h) = grey.dimensions();
     let scale = (DISPLAY_SIDE as f32 / w.max(h) as f32).min(1.0);

@@ -9,6 +9,7 @@ use sqlx::{Row, SqlitePool as Pool};
 use std::str::FromStr;
 
 use crate::core::error::{Error, Result, StoreError};
+use crate::modelfile::GateFinding;
 
 /// Everything stored for one analysis except the images.
 #[derive(Debug, Clone, Serialize)]
@@ -26,6 +27,8 @@ pub struct AnalysisRecord {
     pub verdict: String,
     /// Why the input check said "not a brain MRI slice" (empty otherwise).
     pub input_reasons: Vec<String>,
+    /// The input gate's finding (`None` in analyses made before the gate).
+    pub gate: Option<GateFinding>,
     pub probabilities: Vec<f32>,
     pub width: u32,
     pub height: u32,
@@ -76,11 +79,15 @@ pub async fn insert_analysis(
 ) -> Result<()> {
     let probabilities = serde_json::to_string(&a.probabilities).map_err(db_err)?;
     let input_reasons = serde_json::to_string(&a.input_reasons).map_err(db_err)?;
+    let gate = match &a.gate {
+        Some(g) => Some(serde_json::to_string(g).map_err(db_err)?),
+        None => None,
+    };
     let mut tx = pool.begin().await.map_err(db_err)?;
     sqlx::query(
         "INSERT INTO analyses (id, created_unix, filename, model_name, model_version, class_id, class_name, \
-         confidence, uncertain, verdict, input_reasons, probabilities, width, height, image_png, heatmap_png) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         confidence, uncertain, verdict, input_reasons, gate, probabilities, width, height, image_png, heatmap_png) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(&a.id)
     .bind(a.created_unix)
@@ -93,6 +100,7 @@ pub async fn insert_analysis(
     .bind(a.uncertain)
     .bind(&a.verdict)
     .bind(input_reasons)
+    .bind(gate)
     .bind(probabilities)
     .bind(a.width as i64)
     .bind(a.height as i64)
@@ -105,11 +113,12 @@ pub async fn insert_analysis(
 }
 
 const COLUMNS: &str = "id, created_unix, filename, model_name, model_version, class_id, class_name, confidence, \
-                       uncertain, verdict, input_reasons, probabilities, width, height";
+                       uncertain, verdict, input_reasons, gate, probabilities, width, height";
 
 fn to_record(row: &sqlx::sqlite::SqliteRow) -> Result<AnalysisRecord> {
     let probabilities: String = row.try_get("probabilities").map_err(db_err)?;
     let input_reasons: String = row.try_get("input_reasons").map_err(db_err)?;
+    let gate: Option<String> = row.try_get("gate").map_err(db_err)?;
     Ok(AnalysisRecord {
         id: row.try_get("id").map_err(db_err)?,
         created_unix: row.try_get("created_unix").map_err(db_err)?,
@@ -122,6 +131,10 @@ fn to_record(row: &sqlx::sqlite::SqliteRow) -> Result<AnalysisRecord> {
         uncertain: row.try_get("uncertain").map_err(db_err)?,
         verdict: row.try_get("verdict").map_err(db_err)?,
         input_reasons: serde_json::from_str(&input_reasons).map_err(db_err)?,
+        gate: match gate {
+            Some(g) => Some(serde_json::from_str(&g).map_err(db_err)?),
+            None => None,
+        },
         probabilities: serde_json::from_str(&probabilities).map_err(db_err)?,
         width: row.try_get::<i64, _>("width").map_err(db_err)? as u32,
         height: row.try_get::<i64, _>("height").map_err(db_err)? as u32,

@@ -39,7 +39,7 @@ pub struct Refusals {
 }
 
 impl Refusals {
-    fn new(group: &str) -> Self {
+    pub(crate) fn new(group: &str) -> Self {
         Self {
             group: group.to_string(),
             images: 0,
@@ -51,13 +51,34 @@ impl Refusals {
         }
     }
 
-    fn finish(mut self) -> Self {
+    pub(crate) fn finish(mut self) -> Self {
         self.rate = self.refused as f64 / self.images.max(1) as f64;
         self.interval_95 = wilson_interval(self.refused, self.images);
         self
     }
 
-    fn absorb(&mut self, other: &Refusals) {
+    /// One table row: group, images, refused, rate and interval.
+    pub fn row(&self) -> String {
+        format!(
+            "{:<28} {:>6} {:>8} {:>7.1} %   {:>5.1} - {:>5.1} %",
+            self.group,
+            self.images,
+            self.refused,
+            100.0 * self.rate,
+            100.0 * self.interval_95[0],
+            100.0 * self.interval_95[1]
+        )
+    }
+
+    /// The table's header line.
+    pub fn header(first: &str) -> String {
+        format!(
+            "{:<28} {:>6} {:>8} {:>9}   {}",
+            first, "images", "refused", "rate", "95 % interval"
+        )
+    }
+
+    pub(crate) fn absorb(&mut self, other: &Refusals) {
         self.images += other.images;
         self.refused += other.refused;
         self.unreadable += other.unreadable;
@@ -71,6 +92,8 @@ impl Refusals {
 #[derive(Debug, Clone, Serialize)]
 pub struct GateReport {
     pub model: String,
+    /// The gate's name and where it came from.
+    pub gate: Option<String>,
     pub non_mri_folder: String,
     /// Per category of the non-MRI folder, in folder order.
     pub categories: Vec<Refusals>,
@@ -81,7 +104,7 @@ pub struct GateReport {
 }
 
 /// Runs the predictor's gate over `paths`, counting refusals.
-fn refusals(predictor: &Predictor, group: &str, paths: &[PathBuf]) -> Refusals {
+pub(crate) fn refusals(predictor: &Predictor, group: &str, paths: &[PathBuf]) -> Refusals {
     let mut out = Refusals::new(group);
     for result in predictor.predict_files(paths) {
         match result {
@@ -155,6 +178,9 @@ pub fn gate_report(predictor: &Predictor, opts: &GateOptions) -> Result<GateRepo
     };
     Ok(GateReport {
         model: predictor.manifest.name.clone(),
+        gate: predictor
+            .gate()
+            .map(|g| format!("{} ({})", g.manifest.name, g.origin)),
         non_mri_folder: display(&opts.non_mri),
         categories,
         non_mri_overall: overall.finish(),
@@ -171,26 +197,13 @@ impl GateReport {
     /// A table: refused per category with intervals, then the real slices refused.
     pub fn to_text(&self) -> String {
         use std::fmt::Write;
-        let row = |r: &Refusals| {
-            format!(
-                "{:<28} {:>6} {:>8} {:>7.1} %   {:>5.1} - {:>5.1} %",
-                r.group,
-                r.images,
-                r.refused,
-                100.0 * r.rate,
-                100.0 * r.interval_95[0],
-                100.0 * r.interval_95[1]
-            )
-        };
+        let row = Refusals::row;
         let mut s = format!(
-            "input gate of model {} on {}\n{:<28} {:>6} {:>8} {:>9}   {}\n",
+            "input checks of model {} with gate {} on {}\n{}\n",
             self.model,
+            self.gate.as_deref().unwrap_or("(none)"),
             self.non_mri_folder,
-            "category",
-            "images",
-            "refused",
-            "rate",
-            "95 % interval"
+            Refusals::header("category"),
         );
         for c in &self.categories {
             let _ = writeln!(s, "{}", row(c));

@@ -9,6 +9,8 @@
 //! - [`evaluate`]: leak-free evaluation reports;
 //! - [`export`]: ONNX files and reference outputs;
 //! - [`gate_report`]: how well the input gate refuses what is not a brain MRI slice;
+//! - [`gate_crossval`]: the gate measured on non-MRI sources it was not trained on;
+//! - [`gate_train`]: training the input gate with outlier exposure, and its threshold;
 //! - [`import`]: ImageNet weights from PyTorch files;
 //! - [`observe`]: a model run over a labelled folder (shared by calibrate and evaluate).
 
@@ -16,7 +18,9 @@ pub mod audit;
 pub mod calibrate;
 pub mod evaluate;
 pub mod export;
+pub mod gate_crossval;
 pub mod gate_report;
+pub mod gate_train;
 pub mod import;
 pub mod observe;
 pub mod quantize;

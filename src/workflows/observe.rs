@@ -21,6 +21,8 @@ pub struct Observation {
     /// Original width and height.
     pub size: (u32, u32),
     pub label: usize,
+    /// The whole frame as the input gate sees it.
+    pub gate_view: GreyImage,
 }
 
 /// Decodes `indices` of `folder` and runs the network over them. Unreadable files are returned
@@ -60,6 +62,7 @@ pub fn observe(
                 stats: scan.stats,
                 size: scan.original_size,
                 label: folder.samples[index].label,
+                gate_view: scan.gate_view,
             });
         }
     }

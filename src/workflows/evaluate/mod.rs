@@ -11,6 +11,7 @@ use super::audit::{self, NearDuplicateCriteria};
 use super::observe::observe;
 use crate::core::error::{DatasetProblem, Error, Result};
 use crate::data::folder::ImageFolder;
+use crate::imaging::GreyImage;
 use crate::inference::{Prediction, Predictor, Verdict, prediction_from};
 use crate::metrics::calibration::{self, CoveragePoint};
 use crate::metrics::classification::{self as metrics, Metrics};
@@ -276,9 +277,20 @@ pub fn evaluate(predictor: &Predictor, opts: &EvalOptions) -> Result<EvaluationR
         predictor.tta,
     );
     bar.finish_and_clear();
+    let views: Vec<&GreyImage> = observed.iter().map(|o| &o.gate_view).collect();
+    let findings = predictor.gate_findings(&views);
+    let gate = predictor.gate().map(|g| &g.manifest);
     let predictions: Vec<Prediction> = observed
         .iter()
-        .map(|o| prediction_from(manifest, &o.logits, Some((&o.stats, o.size, &o.pooled))))
+        .zip(&findings)
+        .map(|(o, f)| {
+            prediction_from(
+                manifest,
+                &o.logits,
+                Some((&o.stats, o.size, &o.pooled)),
+                gate.zip(f.as_ref()),
+            )
+        })
         .collect();
     let probs: Vec<Vec<f32>> = predictions
         .iter()

@@ -507,6 +507,7 @@ fn manifest_template(
         uncertainty_threshold: 0.5,
         trust: None,
         int8: None,
+        gate: None,
         weights_sha256: String::new(),
     }
 }
