@@ -228,7 +228,12 @@ fn predict_uses_the_bundled_model_by_default() {
     // On the real data when it is present: a glioma test slice is classified by the bundled model.
     let real = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../shared/data/brain-tumor-mri/Testing/pituitary_tumor");
-    if real.is_dir() {
+    assert!(
+        real.is_dir(),
+        "{} is missing: this test needs the shared data (../shared/data, see its SOURCE.md)",
+        real.display()
+    );
+    {
         let out = oncolens()
             .args(["predict", "--format", "csv"])
             .arg(&real)

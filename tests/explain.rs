@@ -180,9 +180,9 @@ fn explain_command_writes_heatmap_and_overlay_at_original_size() {
 #[test]
 fn explain_draws_no_map_on_an_image_the_gate_refuses() {
     let tmp = tempfile::tempdir().unwrap();
-    let ct = tmp.path().join("ct.png");
+    let ct = tmp.path().join("xray.png");
     std::fs::copy(
-        shared_file("non-mri/head_ct/Hemorrhage-CT__seg_dataset_images_train_0001_14.png"),
+        shared_file("non-mri/chest_xray/covid-19-image-repository__png_006f3a8a.png"),
         &ct,
     )
     .unwrap();
@@ -197,8 +197,8 @@ fn explain_draws_no_map_on_an_image_the_gate_refuses() {
     assert!(run.status.success());
     let text = String::from_utf8_lossy(&run.stdout);
     assert!(
-        text.contains("not a brain MRI slice") && text.contains("CT"),
+        text.contains("not a brain MRI slice") && text.contains("X-ray"),
         "{text}"
     );
-    assert!(!out.join("ct.heatmap.png").exists());
+    assert!(!out.join("xray.heatmap.png").exists());
 }

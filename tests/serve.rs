@@ -484,6 +484,16 @@ fn an_image_that_is_not_a_brain_mri_gets_no_tumour_type() {
         .unwrap();
     assert!(page.contains("Not a brain MRI slice"), "{page}");
     assert!(page.contains("MRI slices are greyscale"));
+    // The input gate's second opinion is in the JSON and on the page.
+    let gate = &a["gate"];
+    let score = gate["brain_mri_score"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&score), "{gate}");
+    assert!(gate["threshold"].as_f64().unwrap() > 0.0, "{gate}");
+    assert!(
+        gate["looks_most_like_name"].as_str().unwrap().len() > 3,
+        "{gate}"
+    );
+    assert!(page.contains("id=\"gate-score\""), "{page}");
 }
 
 #[test]
@@ -524,6 +534,15 @@ fn the_model_page_shows_the_model_card_and_the_trust_settings() {
             .as_f64()
             .unwrap()
             > 0.0
+    );
+    let gate = &api["input_gate"];
+    assert_eq!(gate["origin"], "bundled", "{gate}");
+    assert_eq!(gate["kinds"][0]["id"], "brain_mri", "{gate}");
+    assert!(
+        gate["threshold_rule"]
+            .as_str()
+            .unwrap()
+            .contains("validation")
     );
 }
 

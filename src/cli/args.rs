@@ -406,6 +406,10 @@ pub struct GateTrainingArgs {
     /// Use at most this many MRI slices of the train split (quick trials).
     #[arg(long)]
     pub max_mri: Option<usize>,
+    /// CSV (file,kind) of files in the MRI folder that are not brain MRI, e.g.
+    /// data/brain-tumor-mri-not-mri.csv: trained on as negatives, never as positives.
+    #[arg(long)]
+    pub not_mri_list: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -451,6 +455,7 @@ impl GateTrainingArgs {
         o.synthetic_share = self.synthetic_share;
         o.max_refused = self.max_refused;
         o.max_mri = self.max_mri;
+        o.not_mri = self.not_mri_list.clone();
         o.hold_out = hold_out;
         o.progress = true;
         o
@@ -476,6 +481,10 @@ pub struct GateEvaluateArgs {
     /// Gate directory to use instead of the model's (e.g. one just trained).
     #[arg(long)]
     pub gate: Option<PathBuf>,
+    /// CSV (file,kind) of files in the MRI folder that are not brain MRI (e.g. the head CTs of
+    /// Testing, data/brain-tumor-mri-not-mri.csv): counted apart from the real slices.
+    #[arg(long)]
+    pub not_mri_list: Option<PathBuf>,
 }
 
 impl From<&GateEvaluateArgs> for GateOptions {
@@ -483,6 +492,7 @@ impl From<&GateEvaluateArgs> for GateOptions {
         GateOptions {
             non_mri: a.data.clone(),
             mri: a.mri.clone(),
+            not_mri: a.not_mri_list.clone(),
         }
     }
 }

@@ -57,6 +57,7 @@ fn csv(manifest: &Manifest, results: &[Answer]) -> Result<()> {
         .to_vec();
     header.extend(manifest.class_ids().iter().map(|c| format!("p_{c}")));
     header.push("not_mri_reasons".into());
+    header.push("gate_brain_mri_score".into());
     header.push("error".into());
     w.write_record(&header)?;
     for (f, r) in results {
@@ -71,12 +72,13 @@ fn csv(manifest: &Manifest, results: &[Answer]) -> Result<()> {
                 ]);
                 row.extend(p.probabilities.iter().map(|v| format!("{v:.4}")));
                 row.push(p.rejection_reasons().join("; "));
+                row.push(gate_score(p).map_or_else(String::new, |g| format!("{g:.4}")));
                 row.push(String::new());
             }
             Err(e) => {
                 row.extend(std::iter::repeat_n(
                     String::new(),
-                    4 + manifest.classes.len() + 1,
+                    4 + manifest.classes.len() + 2,
                 ));
                 row.push(e.sentence());
             }
@@ -85,6 +87,11 @@ fn csv(manifest: &Manifest, results: &[Answer]) -> Result<()> {
     }
     w.flush()?;
     Ok(())
+}
+
+/// The input gate's brain-MRI score, when a gate ran.
+fn gate_score(p: &Prediction) -> Option<f32> {
+    p.input_check.as_ref()?.gate.as_ref().map(|g| g.score)
 }
 
 fn table(manifest: &Manifest, results: &[Answer]) {
@@ -102,7 +109,10 @@ fn table(manifest: &Manifest, results: &[Answer]) {
                     .map(|(n, v)| format!("{n} {:.1}%", v * 100.0))
                     .collect::<Vec<_>>()
                     .join(", ");
-                println!("{}\t{label}\t{probs}", f.display());
+                let gate = gate_score(p)
+                    .map(|g| format!("\tgate: brain MRI {:.1}%", g * 100.0))
+                    .unwrap_or_default();
+                println!("{}\t{label}\t{probs}{gate}", f.display());
             }
             Err(e) => println!("{}\terror: {}", f.display(), e.sentence()),
         }

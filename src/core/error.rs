@@ -72,6 +72,8 @@ pub enum DatasetProblem {
     NonUtf8ClassName(std::ffi::OsString),
     #[error("training needs at least two class folders")]
     TooFewClasses,
+    #[error("the list of images that are not brain MRI cannot be read (file,kind rows): {0}")]
+    BadNotMriList(String),
     #[error("not enough readable images for a training and a validation set")]
     TooFewImages,
     #[error("class folder {class:?} is not one of the model's classes {model_classes:?}")]

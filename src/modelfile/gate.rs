@@ -70,6 +70,12 @@ pub struct GateData {
     /// Sources left out of training (a cross-validation fold).
     #[serde(default)]
     pub held_out_sources: Vec<String>,
+    /// The list of MRI-folder files that are not brain MRI, when one was given.
+    #[serde(default)]
+    pub not_mri_list: Option<String>,
+    /// Files of the MRI folder trained on as negatives (listed as not brain MRI).
+    #[serde(default)]
+    pub not_mri_in_mri_folder: usize,
 }
 
 /// `gate.json`.

@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::core::DISCLAIMER;
 use crate::core::error::Result;
 use crate::data::ImageFolder;
+use crate::data::not_mri::NotMriList;
 use crate::inference::{Predictor, Verdict};
 use crate::metrics::classification::wilson_interval;
 
@@ -21,6 +22,8 @@ pub struct GateOptions {
     pub non_mri: PathBuf,
     /// A folder of class folders of real brain MRI slices (e.g. Testing), to count false refusals.
     pub mri: Option<PathBuf>,
+    /// Files of the MRI folder that are not brain MRI (a `file,kind` list): counted apart.
+    pub not_mri: Option<PathBuf>,
 }
 
 /// Refusals in one group of images.
@@ -100,6 +103,8 @@ pub struct GateReport {
     pub non_mri_overall: Refusals,
     /// Real MRI slices wrongly refused, when an MRI folder was given.
     pub mri_wrongly_refused: Option<Refusals>,
+    /// Files of the MRI folder listed as not brain MRI, and how many of them were refused.
+    pub mri_listed_not_mri: Option<Refusals>,
     pub note: String,
 }
 
@@ -168,13 +173,25 @@ pub fn gate_report(predictor: &Predictor, opts: &GateOptions) -> Result<GateRepo
     for c in &categories {
         overall.absorb(c);
     }
-    let mri_wrongly_refused = match &opts.mri {
+    let listed = match &opts.not_mri {
+        Some(p) => NotMriList::read(p)?,
+        None => NotMriList::default(),
+    };
+    let (mri_wrongly_refused, mri_listed_not_mri) = match &opts.mri {
         Some(dir) => {
             let mri = ImageFolder::scan(dir)?;
-            let paths: Vec<PathBuf> = mri.samples.iter().map(|s| s.path.clone()).collect();
-            Some(refusals(predictor, &display(dir), &paths))
+            let (mut real, mut other) = (Vec::new(), Vec::new());
+            for (i, s) in mri.samples.iter().enumerate() {
+                match listed.kind_of(&mri, i) {
+                    None => real.push(s.path.clone()),
+                    Some(_) => other.push(s.path.clone()),
+                }
+            }
+            let other =
+                (!other.is_empty()).then(|| refusals(predictor, "listed as not brain MRI", &other));
+            (Some(refusals(predictor, &display(dir), &real)), other)
         }
-        None => None,
+        None => (None, None),
     };
     Ok(GateReport {
         model: predictor.manifest.name.clone(),
@@ -185,6 +202,7 @@ pub fn gate_report(predictor: &Predictor, opts: &GateOptions) -> Result<GateRepo
         categories,
         non_mri_overall: overall.finish(),
         mri_wrongly_refused,
+        mri_listed_not_mri,
         note: DISCLAIMER.into(),
     })
 }
@@ -211,6 +229,13 @@ impl GateReport {
         let _ = writeln!(s, "{}", row(&self.non_mri_overall));
         if let Some(m) = &self.mri_wrongly_refused {
             let _ = writeln!(s, "real MRI slices wrongly refused:\n{}", row(m));
+        }
+        if let Some(m) = &self.mri_listed_not_mri {
+            let _ = writeln!(
+                s,
+                "files of the MRI folder that are not brain MRI (refused is right):\n{}",
+                row(m)
+            );
         }
         let mut reasons: Vec<(&String, &usize)> = self.non_mri_overall.reasons.iter().collect();
         reasons.sort_by(|a, b| b.1.cmp(a.1));

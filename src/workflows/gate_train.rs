@@ -28,11 +28,12 @@ use super::train::classification_loss;
 use crate::core::error::{DatasetProblem, Error, Result, TrainingError};
 use crate::data::folder::ImageFolder;
 use crate::data::loader::prepare_files;
+use crate::data::not_mri::NotMriList;
 use crate::data::split::held_out_split;
-use crate::imaging::GreyImage;
 use crate::imaging::augment::{Augmentation, sample_rng};
 use crate::imaging::gate_view::{GATE_SIDE, gate_view};
 use crate::imaging::synthetic::{SyntheticKind, synthetic};
+use crate::imaging::{GreyImage, Scan};
 use crate::model::gate::GateNet;
 use crate::modelfile::gate::{
     BRAIN_MRI, GATE_FORMAT, GATE_FORMAT_VERSION, GateData, GateKind, GateManifest, GateTraining,
@@ -70,6 +71,9 @@ pub struct GateTrainOptions {
     pub max_refused: f64,
     /// Use at most this many MRI slices of the train split (tests); `None`: all.
     pub max_mri: Option<usize>,
+    /// Files of the MRI folder that are not brain MRI (`data/brain-tumor-mri-not-mri.csv`):
+    /// trained on as negatives of their kind, never as positives or validation slices.
+    pub not_mri: Option<PathBuf>,
     pub progress: bool,
 }
 
@@ -90,6 +94,7 @@ impl GateTrainOptions {
             hold_out: Vec::new(),
             max_refused: 0.01,
             max_mri: None,
+            not_mri: None,
             progress: false,
         }
     }
@@ -147,16 +152,22 @@ fn views_of(paths: &[PathBuf], what: &str) -> Result<Vec<GreyImage>> {
 pub fn fit_gate(opts: &GateTrainOptions) -> Result<TrainedGate> {
     let started = std::time::Instant::now();
     let (mri, split) = held_out_split(&opts.split_from, &opts.mri)?;
-    let mut train_idx = split.train.clone();
+    let listed = match &opts.not_mri {
+        Some(p) => NotMriList::read(p)?,
+        None => NotMriList::default(),
+    };
+    let is_mri = |i: &usize| listed.kind_of(&mri, *i).is_none();
+    let mut train_idx: Vec<usize> = split.train.iter().copied().filter(is_mri).collect();
     if let Some(max) = opts.max_mri {
         train_idx.shuffle(&mut ChaCha8Rng::seed_from_u64(opts.seed));
         train_idx.truncate(max);
     }
+    let validation_idx: Vec<usize> = split.validation.iter().copied().filter(is_mri).collect();
     let paths = |idx: &[usize]| -> Vec<PathBuf> {
         idx.iter().map(|&i| mri.samples[i].path.clone()).collect()
     };
     let positives = views_of(&paths(&train_idx), "MRI")?;
-    let validation = views_of(&paths(&split.validation), "MRI validation")?;
+    let validation = views_of(&paths(&validation_idx), "MRI validation")?;
     let folder = ImageFolder::scan(&opts.non_mri)?;
     let mut kinds = vec![GateKind {
         id: BRAIN_MRI.into(),
@@ -195,6 +206,43 @@ pub fn fit_gate(opts: &GateTrainOptions) -> Result<TrainedGate> {
                 source: source_of(&folder.samples[i].path),
             }),
             Err(e) => tracing::warn!("non-MRI: skipped: {}", e.sentence()),
+        }
+    }
+    // The MRI folder's own non-MRI files, as one more source of their kind (whatever split
+    // they fell in: they were never brain MRI).
+    let mri_source = format!(
+        "{}-not-mri",
+        mri.root
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+    );
+    let mut listed_in_mri = 0;
+    for i in 0..mri.samples.len() {
+        let Some(kind) = listed.kind_of(&mri, i) else {
+            continue;
+        };
+        let Some(k) = kinds.iter().position(|g| g.id == kind) else {
+            return Err(Error::dataset(
+                &opts.mri,
+                DatasetProblem::BadNotMriList(format!(
+                    "kind {kind:?} is not a category of {}",
+                    opts.non_mri.display()
+                )),
+            ));
+        };
+        if opts.hold_out.contains(&mri_source) {
+            continue;
+        }
+        match Scan::load(&mri.samples[i].path) {
+            Ok(scan) => {
+                negatives.push(Negative {
+                    view: gate_view(&scan.image),
+                    kind: k,
+                    source: mri_source.clone(),
+                });
+                listed_in_mri += 1;
+            }
+            Err(e) => tracing::warn!("not-MRI list: skipped: {}", e.sentence()),
         }
     }
     if positives.len() < 2 || validation.is_empty() || negatives.is_empty() {
@@ -330,6 +378,8 @@ pub fn fit_gate(opts: &GateTrainOptions) -> Result<TrainedGate> {
             non_mri_images,
             sources,
             held_out_sources: opts.hold_out.clone(),
+            not_mri_list: opts.not_mri.as_ref().map(|p| p.display().to_string()),
+            not_mri_in_mri_folder: listed_in_mri,
         },
         validation_mri_refused: 0,
         weights_sha256: String::new(),
