@@ -303,3 +303,81 @@ pub fn load_bundled_gate(device: &Device) -> Result<(GateManifest, GateNet)> {
         .map_err(|e| Error::model(origin, ModelFileProblem::WeightsDoNotFit(Detail::of(e))))?;
     Ok((manifest, net.valid()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(threshold: f32) -> GateManifest {
+        let kind = |id: &str| GateKind {
+            id: id.into(),
+            reason: default_reason(id),
+        };
+        GateManifest {
+            format: GATE_FORMAT.into(),
+            format_version: GATE_FORMAT_VERSION,
+            oncolens_version: "test".into(),
+            name: "gate".into(),
+            created_unix: 0,
+            input_side: GATE_SIDE,
+            kinds: vec![kind(BRAIN_MRI), kind("head_ct"), kind("photos_docs")],
+            threshold,
+            threshold_rule: String::new(),
+            training: GateTraining {
+                epochs: 1,
+                batch_size: 2,
+                learning_rate: 1e-3,
+                seed: 1,
+                mri_per_epoch: 2,
+                negative_share: 1.0,
+                synthetic_share: 0.0,
+                augmentation: String::new(),
+            },
+            data: GateData {
+                mri_root: String::new(),
+                mri_fingerprint: String::new(),
+                mri_train: 0,
+                mri_validation: 0,
+                non_mri_root: String::new(),
+                non_mri_fingerprint: String::new(),
+                non_mri_images: BTreeMap::new(),
+                sources: Vec::new(),
+                held_out_sources: Vec::new(),
+                not_mri_list: None,
+                not_mri_in_mri_folder: 0,
+            },
+            validation_mri_refused: 0,
+            weights_sha256: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_finding_names_the_most_probable_other_kind_and_refuses_below_the_threshold() {
+        let m = manifest(0.3);
+        let f = m.finding(&[0.2, 0.7, 0.1]);
+        assert!(f.refused);
+        assert_eq!(f.looks_like, "head_ct");
+        assert_eq!(m.reason_for(&f), "it looks like a CT slice, not an MRI");
+        let f = m.finding(&[0.9, 0.02, 0.08]);
+        assert!(!f.refused);
+        assert_eq!(f.looks_like, "photos_docs");
+        assert!(m.finding(&[f32::NAN, 0.5, 0.5]).refused);
+    }
+
+    #[test]
+    fn a_gate_without_brain_mri_first_or_with_a_bad_threshold_is_refused() {
+        let path = Path::new("gate.json");
+        assert!(manifest(0.3).validate(path).is_ok());
+        let mut m = manifest(0.3);
+        m.kinds.swap(0, 1);
+        assert!(m.validate(path).is_err());
+        assert!(manifest(1.5).validate(path).is_err());
+        let mut m = manifest(0.3);
+        m.input_side = 32;
+        assert!(m.validate(path).is_err());
+        assert_eq!(
+            default_reason("knee_xray"),
+            "it looks like knee xray rather than a brain MRI slice"
+        );
+    }
+}
