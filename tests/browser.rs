@@ -10,7 +10,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fantoccini::{ClientBuilder, Locator};
-use rand::SeedableRng;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -113,9 +112,16 @@ async fn upload_read_toggle_feedback_history_in_chromium() {
     let tmp = tempfile::tempdir().unwrap();
     let addr = common::start_server(&tmp.path().join("web.db"), 2, 8, 50 * 1024 * 1024);
     let base = format!("http://{addr}");
-    let scan = tmp.path().join("patient scan (1).png");
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(21);
-    common::slice(0, 320, &mut rng).save(&scan).unwrap();
+    // A real slice: the bundled input gate refuses synthetic ones.
+    let real = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data/brain-tumor-mri/Testing/glioma_tumor/image(1).jpg");
+    assert!(
+        real.is_file(),
+        "{} is missing: this test needs the shared data (../shared/data, see its SOURCE.md)",
+        real.display()
+    );
+    let scan = tmp.path().join("patient scan (1).jpg");
+    std::fs::copy(&real, &scan).unwrap();
     let junk = tmp.path().join("notes.png");
     std::fs::write(&junk, b"this is not an image").unwrap();
     let (c, _driver) = browser(&tmp.path().join("profile")).await;
@@ -152,8 +158,6 @@ async fn upload_read_toggle_feedback_history_in_chromium() {
             "No tumour",
             "Pituitary",
             "Uncertain",
-            // The synthetic slice is not a real MRI; the input check may say so.
-            "Not a brain MRI slice"
         ]
         .contains(&label.as_str()),
         "{label}"
@@ -227,9 +231,9 @@ async fn upload_read_toggle_feedback_history_in_chromium() {
     // History lists it and re-opens it.
     c.goto(&format!("{base}/history")).await.unwrap();
     let table = wait_for(&c, "#history").await.text().await.unwrap();
-    assert!(table.contains("patient scan (1).png"), "{table}");
+    assert!(table.contains("patient scan (1).jpg"), "{table}");
     std::fs::write(out.join("history.png"), c.screenshot().await.unwrap()).unwrap();
-    c.find(Locator::LinkText("patient scan (1).png"))
+    c.find(Locator::LinkText("patient scan (1).jpg"))
         .await
         .unwrap()
         .click()
@@ -292,6 +296,9 @@ async fn upload_read_toggle_feedback_history_in_chromium() {
         gate.contains("brain-MRI score") && gate.contains("refused"),
         "{gate}"
     );
+    // No heat-map is drawn over a refused image.
+    assert!(c.find(Locator::Css("#heatmap")).await.is_err());
+    wait_for(&c, "#no-heatmap").await;
     std::fs::write(out.join("head-ct.png"), c.screenshot().await.unwrap()).unwrap();
     c.close().await.unwrap();
 }

@@ -309,7 +309,10 @@ fn pages_upload_show_feedback_and_history_and_survive_a_restart() {
         .unwrap()
         .text()
         .unwrap();
-    assert!(page.contains("id=\"probabilities\"") && page.contains("id=\"heatmap-toggle\""));
+    assert!(page.contains("id=\"probabilities\""));
+    // The heat-map with its toggle, or (the synthetic slice refused by the gate) a note why
+    // there is none: exactly one of them.
+    assert!(page.contains("id=\"heatmap-toggle\"") != page.contains("id=\"no-heatmap\""));
     for name in ["Glioma", "Meningioma", "No tumour", "Pituitary"] {
         assert!(page.contains(name), "{name} missing");
     }
@@ -494,6 +497,9 @@ fn an_image_that_is_not_a_brain_mri_gets_no_tumour_type() {
         "{gate}"
     );
     assert!(page.contains("id=\"gate-score\""), "{page}");
+    // No Grad-CAM layer over a refused image.
+    assert!(!page.contains("id=\"heatmap\""), "{page}");
+    assert!(page.contains("id=\"no-heatmap\""), "{page}");
 }
 
 #[test]
