@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use oncolens::data::folder::collect_image_files;
 use oncolens::data::split::held_out_split;
-use oncolens::imaging::load_grey;
+use oncolens::imaging::Scan;
 use oncolens::inference::render::{heatmap_image, overlay_image};
 use oncolens::inference::{Explainer, Predictor, Verdict};
 use oncolens::model::ModelSpec;
@@ -259,7 +259,10 @@ fn explain_one(
     path: &Path,
     class: Option<usize>,
 ) -> Result<Option<(oncolens::inference::Explanation, std::path::PathBuf)>> {
-    let prediction = explainer.predict_file(path)?;
+    let scan = Scan::load(path)?;
+    let prediction = explainer
+        .predict_scans(std::slice::from_ref(&scan))
+        .remove(0);
     if prediction.verdict == Verdict::NotBrainMri {
         println!(
             "{}	not a brain MRI slice: {}; no map drawn",
@@ -268,7 +271,7 @@ fn explain_one(
         );
         return Ok(None);
     }
-    let img = load_grey(path)?;
+    let img = scan.image;
     let e = explainer.explain(&img, class)?;
     let stem = path
         .file_stem()

@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 
 use burn::module::Module;
 use burn::tensor::Device;
-use sha2::{Digest, Sha256};
 
 use super::manifest::Manifest;
+use super::weights::{load_embedded, save_weights};
 use crate::core::error::{Detail, Error, ModelFileProblem, Result};
 use crate::core::files::{sha256_file, write_json_atomic};
 use crate::model::Classifier;
@@ -53,15 +53,7 @@ pub fn model_dir(path: &Path) -> PathBuf {
 /// Writes weights then manifest into `dir` (created if needed). The manifest is written last and
 /// atomically, so a crash mid-save never leaves a manifest pointing at other weights.
 pub fn save(dir: &Path, model: &Classifier, manifest: &mut Manifest) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::write(dir, e))?;
-    let weights = dir.join(WEIGHTS_FILE);
-    let tmp_weights = dir.join(format!("{WEIGHTS_FILE}.tmp"));
-    model
-        .clone()
-        .save_file(&tmp_weights)
-        .map_err(|e| Error::write_debug(&tmp_weights, e))?;
-    std::fs::rename(&tmp_weights, &weights).map_err(|e| Error::write(&weights, e))?;
-    manifest.weights_sha256 = sha256_file(&weights)?;
+    manifest.weights_sha256 = save_weights(model, dir, WEIGHTS_FILE)?;
     write_json_atomic(&dir.join(MANIFEST_FILE), manifest)
 }
 
@@ -162,16 +154,12 @@ pub fn load_default(device: &Device, mode: Mode) -> Result<(Manifest, Classifier
         .map_err(|e| Error::model(origin, ModelFileProblem::Malformed(e)))?;
     manifest.validate(origin)?;
     manifest.unpack(origin)?;
-    if hex::encode(Sha256::digest(DEFAULT_WEIGHTS)) != manifest.weights_sha256 {
-        return Err(Error::model(origin, ModelFileProblem::ChecksumMismatch));
-    }
-    let record = burn::store::ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(
-        DEFAULT_WEIGHTS.to_vec(),
-    ))
-    .map_err(|e| Error::model(origin, ModelFileProblem::WeightsDoNotFit(Detail::of(e))))?;
-    let model = Classifier::init(&manifest.spec, device)
-        .try_load_record(record)
-        .map_err(|e| Error::model(origin, ModelFileProblem::WeightsDoNotFit(Detail::of(e))))?;
+    let model = load_embedded(
+        Classifier::init(&manifest.spec, device),
+        DEFAULT_WEIGHTS,
+        &manifest.weights_sha256,
+        origin,
+    )?;
     Ok((manifest, finish(model, mode)))
 }
 

@@ -11,6 +11,7 @@ use burn::module::Module;
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
+use super::weights::{load_embedded, save_weights};
 use crate::core::error::{Detail, Error, ModelFileProblem, Result};
 use crate::core::files::{sha256_file, write_json_atomic};
 use crate::imaging::gate_view::GATE_SIDE;
@@ -157,6 +158,12 @@ impl GateManifest {
         }
     }
 
+    /// The reason shown for a refused finding: its most probable other kind's.
+    pub fn reason_for(&self, finding: &GateFinding) -> &str {
+        let index = self.kinds.iter().position(|k| k.id == finding.looks_like);
+        self.reason(index.unwrap_or(usize::MAX))
+    }
+
     /// The reason shown for kind `index` (the catch-all for an unknown index).
     pub fn reason(&self, index: usize) -> &str {
         self.kinds
@@ -222,24 +229,9 @@ pub struct GateFinding {
     pub refused: bool,
 }
 
-impl GateManifest {
-    /// The reason shown for a refused finding: its most probable other kind's.
-    pub fn reason_for(&self, finding: &GateFinding) -> &str {
-        let index = self.kinds.iter().position(|k| k.id == finding.looks_like);
-        self.reason(index.unwrap_or(usize::MAX))
-    }
-}
-
 /// Writes weights then manifest into `dir`; the manifest last and atomically.
 pub fn save_gate(dir: &Path, net: &GateNet, manifest: &mut GateManifest) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::write(dir, e))?;
-    let weights = dir.join(GATE_WEIGHTS_FILE);
-    let tmp = dir.join(format!("{GATE_WEIGHTS_FILE}.tmp"));
-    net.clone()
-        .save_file(&tmp)
-        .map_err(|e| Error::write_debug(&tmp, e))?;
-    std::fs::rename(&tmp, &weights).map_err(|e| Error::write(&weights, e))?;
-    manifest.weights_sha256 = sha256_file(&weights)?;
+    manifest.weights_sha256 = save_weights(net, dir, GATE_WEIGHTS_FILE)?;
     manifest.validate(dir)?;
     write_json_atomic(&dir.join(GATE_MANIFEST_FILE), manifest)
 }
@@ -286,21 +278,16 @@ const BUNDLED_GATE_WEIGHTS: &[u8] = include_bytes!("../../models/gate/gate.bpk")
 
 /// Loads the bundled gate onto `device`.
 pub fn load_bundled_gate(device: &Device) -> Result<(GateManifest, GateNet)> {
-    use sha2::{Digest, Sha256};
     let origin = Path::new("<bundled input gate>");
     let manifest: GateManifest = serde_json::from_str(BUNDLED_GATE_MANIFEST)
         .map_err(|e| Error::model(origin, ModelFileProblem::Malformed(e)))?;
     manifest.validate(origin)?;
-    if hex::encode(Sha256::digest(BUNDLED_GATE_WEIGHTS)) != manifest.weights_sha256 {
-        return Err(Error::model(origin, ModelFileProblem::ChecksumMismatch));
-    }
-    let record = burn::store::ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(
-        BUNDLED_GATE_WEIGHTS.to_vec(),
-    ))
-    .map_err(|e| Error::model(origin, ModelFileProblem::WeightsDoNotFit(Detail::of(e))))?;
-    let net = GateNet::new(manifest.kinds.len(), device)
-        .try_load_record(record)
-        .map_err(|e| Error::model(origin, ModelFileProblem::WeightsDoNotFit(Detail::of(e))))?;
+    let net = load_embedded(
+        GateNet::new(manifest.kinds.len(), device),
+        BUNDLED_GATE_WEIGHTS,
+        &manifest.weights_sha256,
+        origin,
+    )?;
     Ok((manifest, net.valid()))
 }
 

@@ -7,6 +7,7 @@
 //! - [`input_check`]: the stored image bounds and feature density the input check evaluates;
 //! - [`gate`]: the input gate's own files and the finding it gives ([`GateManifest`]);
 //! - [`int8`]: activation ranges for the int8 engine ([`Int8Calibration`]);
+//! - [`weights`]: writing weights files and loading weights compiled into the binary;
 //! - [`bundle`]: loading and saving model directories and the bundled default model.
 
 pub mod bundle;
@@ -16,6 +17,7 @@ pub mod int8;
 pub mod manifest;
 pub mod training;
 pub mod trust;
+pub mod weights;
 
 pub use bundle::{MANIFEST_FILE, Mode, ModelSource, WEIGHTS_FILE};
 pub use gate::{GateFinding, GateLink, GateManifest};

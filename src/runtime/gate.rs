@@ -43,54 +43,51 @@ pub struct LoadedGate {
 impl LoadedGate {
     /// The gate in directory `dir`.
     pub fn open(dir: &Path) -> Result<Self> {
+        Self::open_checked(dir, None)
+    }
+
+    /// The gate in `dir`, whose weights must have the checksum `expected` when given.
+    fn open_checked(dir: &Path, expected: Option<&str>) -> Result<Self> {
         let device = Device::flex();
-        let (manifest, net) = gate::load_gate(dir, None, &device)?;
-        Ok(Self {
+        let (manifest, net) = gate::load_gate(dir, expected, &device)?;
+        Ok(Self::on_device(
             manifest,
             net,
             device,
-            origin: dir.display().to_string(),
-        })
+            dir.display().to_string(),
+        ))
     }
 
     /// The gate compiled into the binary.
     pub fn bundled() -> Result<Self> {
         let device = Device::flex();
         let (manifest, net) = gate::load_bundled_gate(&device)?;
-        Ok(Self {
-            manifest,
-            net,
-            device,
-            origin: "bundled".into(),
-        })
+        Ok(Self::on_device(manifest, net, device, "bundled".into()))
     }
 
     /// The gate a model uses: the one its file names, else the bundled one.
     pub fn for_model(manifest: &Manifest, source: &ModelSource) -> Result<Self> {
         match (&manifest.gate, source) {
-            (Some(link), ModelSource::Directory(p)) => {
-                let dir = bundle::model_dir(p).join(&link.dir);
-                let device = Device::flex();
-                let (manifest, net) = gate::load_gate(&dir, Some(&link.weights_sha256), &device)?;
-                Ok(Self {
-                    manifest,
-                    net,
-                    device,
-                    origin: dir.display().to_string(),
-                })
-            }
+            (Some(link), ModelSource::Directory(p)) => Self::open_checked(
+                &bundle::model_dir(p).join(&link.dir),
+                Some(&link.weights_sha256),
+            ),
             _ => Self::bundled(),
+        }
+    }
+
+    fn on_device(manifest: GateManifest, net: GateNet, device: Device, origin: String) -> Self {
+        Self {
+            manifest,
+            net,
+            device,
+            origin,
         }
     }
 
     /// A gate already in memory (e.g. one just trained).
     pub fn from_parts(manifest: GateManifest, net: GateNet, origin: String) -> Self {
-        Self {
-            manifest,
-            net,
-            device: Device::flex(),
-            origin,
-        }
+        Self::on_device(manifest, net, Device::flex(), origin)
     }
 
     /// The probability of each kind, in the manifest's order, for each view.

@@ -30,10 +30,10 @@ use crate::data::folder::ImageFolder;
 use crate::data::loader::prepare_files;
 use crate::data::not_mri::NotMriList;
 use crate::data::split::held_out_split;
+use crate::imaging::GreyImage;
 use crate::imaging::augment::{Augmentation, sample_rng};
 use crate::imaging::gate_view::{GATE_SIDE, gate_view};
 use crate::imaging::synthetic::{SyntheticKind, synthetic};
-use crate::imaging::{GreyImage, Scan};
 use crate::model::gate::GateNet;
 use crate::modelfile::gate::{
     BRAIN_MRI, GATE_FORMAT, GATE_FORMAT_VERSION, GateData, GateKind, GateManifest, GateTraining,
@@ -148,6 +148,24 @@ fn views_of(paths: &[PathBuf], what: &str) -> Result<Vec<GreyImage>> {
     Ok(out)
 }
 
+/// Decodes the (file, kind, source) negatives into their views, in parallel; unreadable files
+/// are skipped with a warning.
+fn negatives_of(wanted: Vec<(PathBuf, usize, String)>) -> Vec<Negative> {
+    let paths: Vec<&Path> = wanted.iter().map(|(p, _, _)| p.as_path()).collect();
+    let views = prepare_files(&paths, None, |scan| gate_view(&scan.image));
+    wanted
+        .into_iter()
+        .zip(views)
+        .filter_map(|((_, kind, source), view)| match view {
+            Ok(view) => Some(Negative { view, kind, source }),
+            Err(e) => {
+                tracing::warn!("non-MRI: skipped: {}", e.sentence());
+                None
+            }
+        })
+        .collect()
+}
+
 /// Trains a gate on `opts` (nothing is written; see [`train_gate`]).
 pub fn fit_gate(opts: &GateTrainOptions) -> Result<TrainedGate> {
     let started = std::time::Instant::now();
@@ -188,35 +206,20 @@ pub fn fit_gate(opts: &GateTrainOptions) -> Result<TrainedGate> {
         .iter()
         .position(|k| k.id == "head_ct")
         .unwrap_or(synthetic_kind);
-    let kept: Vec<usize> = (0..folder.samples.len())
-        .filter(|&i| !opts.hold_out.contains(&source_of(&folder.samples[i].path)))
-        .collect();
-    let negative_paths: Vec<PathBuf> = kept
+    // (file, kind, source) of every real negative: the non-MRI folder's, then the MRI folder's
+    // own non-MRI files, as one more source of their kind (whatever split they fell in: they
+    // were never brain MRI).
+    let mut wanted: Vec<(PathBuf, usize, String)> = folder
+        .samples
         .iter()
-        .map(|&i| folder.samples[i].path.clone())
+        .map(|s| (s.path.clone(), s.label + 1, source_of(&s.path)))
         .collect();
-    let mut negatives = Vec::new();
-    for (&i, r) in kept.iter().zip(prepare_files(&negative_paths, None, |s| {
-        gate_view(&s.image)
-    })) {
-        match r {
-            Ok(view) => negatives.push(Negative {
-                view,
-                kind: folder.samples[i].label + 1,
-                source: source_of(&folder.samples[i].path),
-            }),
-            Err(e) => tracing::warn!("non-MRI: skipped: {}", e.sentence()),
-        }
-    }
-    // The MRI folder's own non-MRI files, as one more source of their kind (whatever split
-    // they fell in: they were never brain MRI).
     let mri_source = format!(
         "{}-not-mri",
         mri.root
             .file_name()
             .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
     );
-    let mut listed_in_mri = 0;
     for i in 0..mri.samples.len() {
         let Some(kind) = listed.kind_of(&mri, i) else {
             continue;
@@ -230,21 +233,11 @@ pub fn fit_gate(opts: &GateTrainOptions) -> Result<TrainedGate> {
                 )),
             ));
         };
-        if opts.hold_out.contains(&mri_source) {
-            continue;
-        }
-        match Scan::load(&mri.samples[i].path) {
-            Ok(scan) => {
-                negatives.push(Negative {
-                    view: gate_view(&scan.image),
-                    kind: k,
-                    source: mri_source.clone(),
-                });
-                listed_in_mri += 1;
-            }
-            Err(e) => tracing::warn!("not-MRI list: skipped: {}", e.sentence()),
-        }
+        wanted.push((mri.samples[i].path.clone(), k, mri_source.clone()));
     }
+    wanted.retain(|(_, _, source)| !opts.hold_out.contains(source));
+    let negatives = negatives_of(wanted);
+    let listed_in_mri = negatives.iter().filter(|n| n.source == mri_source).count();
     if positives.len() < 2 || validation.is_empty() || negatives.is_empty() {
         return Err(Error::dataset(&opts.non_mri, DatasetProblem::TooFewImages));
     }
