@@ -344,7 +344,8 @@ pub struct PredictArgs {
     /// Model directory (default: $ONCOLENS_MODEL, else the bundled model).
     #[arg(long, env = "ONCOLENS_MODEL")]
     pub model: Option<PathBuf>,
-    /// Image files or folders (searched recursively for PNG/JPEG).
+    /// Image files or folders (searched recursively for PNG, JPEG and DICOM). A DICOM object
+    /// gives one answer per frame; DICOM series also get a series summary.
     #[arg(required = true)]
     pub inputs: Vec<PathBuf>,
     #[arg(long, value_enum, default_value = "table")]

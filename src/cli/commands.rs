@@ -139,7 +139,7 @@ pub fn predict(a: PredictArgs) -> Result<()> {
         .with_tta(a.tta)
         .with_int8(a.int8)?;
     let files = collect_image_files(&a.inputs)?;
-    let predictions = predictor.predict_files(&files);
+    let predictions = predictor.predict_file_slices(&files);
     let results: Vec<output::Answer> = files.into_iter().zip(predictions).collect();
     output::print(a.format, &predictor.manifest, &results)?;
     if results.iter().all(|(_, r)| r.is_err()) && !results.is_empty() {

@@ -37,7 +37,7 @@ pub fn sentence(e: &(dyn std::error::Error + 'static)) -> String {
 /// Why image bytes could not be decoded; each message is fit to show the person who sent them.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
-    #[error("not a PNG or JPEG image (unrecognised file content)")]
+    #[error("not a PNG, JPEG or DICOM file (unrecognised file content)")]
     UnknownFormat,
     #[error("{0} images are not supported; use PNG or JPEG")]
     UnsupportedFormat(&'static str),
@@ -59,6 +59,48 @@ pub enum DecodeError {
     TooSmall { width: u32, height: u32 },
     #[error("the image cannot be decoded")]
     Corrupt(#[source] image::ImageError),
+    #[error("DICOM")]
+    Dicom(#[source] DicomError),
+    #[error(
+        "the DICOM object holds {0} frames; read it frame by frame (predict, explain and the web app do)"
+    )]
+    MultiFrame(u32),
+}
+
+/// Why a DICOM file cannot be analysed; each message is fit to show the person who sent it.
+#[derive(Debug, thiserror::Error)]
+pub enum DicomError {
+    #[error(
+        "no DICOM file meta information (no \"DICM\" header); only DICOM Part 10 files are read"
+    )]
+    NoFileMeta,
+    #[error("the file cannot be parsed (truncated or malformed)")]
+    Parse(#[source] Cause),
+    #[error("a {sop_class} object holds no image; only MR images can be analysed")]
+    NotAnImage { sop_class: String },
+    #[error(
+        "modality {modality} ({sop_class}): oncolens analyses MR images only (its classifier and input gate know brain MRI)"
+    )]
+    NotMr { modality: String, sop_class: String },
+    #[error(
+        "transfer syntax {name} ({uid}) cannot be decoded by this build; send it uncompressed, RLE, JPEG or JPEG 2000"
+    )]
+    UnsupportedTransferSyntax { name: String, uid: String },
+    #[error("the image size {columns}x{rows} is out of range")]
+    BadSize { rows: i64, columns: i64 },
+    #[error(
+        "the pixel data ({columns}x{rows}, {frames} frames) would need {mebibytes} MiB to decode; the limit is 256 MiB"
+    )]
+    TooMuchMemory {
+        rows: i64,
+        columns: i64,
+        frames: i64,
+        mebibytes: u64,
+    },
+    #[error("the pixel data cannot be decoded (truncated or corrupt)")]
+    Pixels(#[source] Cause),
+    #[error("the pixel data holds no frame")]
+    NoFrames,
 }
 
 /// What is wrong with a data folder.
@@ -66,7 +108,7 @@ pub enum DecodeError {
 pub enum DatasetProblem {
     #[error("no class folders found (expected ROOT/<class>/<image files>)")]
     NoClassFolders,
-    #[error("no PNG or JPEG files in the class folders")]
+    #[error("no PNG, JPEG or DICOM files in the class folders")]
     NoImages,
     #[error("class folder name {0:?} is not valid UTF-8")]
     NonUtf8ClassName(std::ffi::OsString),

@@ -11,7 +11,7 @@ use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
 use crate::core::error::{DatasetProblem, Error, Result};
-use crate::imaging::decode::has_image_extension;
+use crate::imaging::scan::is_scan_file;
 
 /// One image file and its class.
 #[derive(Debug, Clone)]
@@ -60,7 +60,7 @@ impl ImageFolder {
             let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
                 .map_err(|e| Error::io(&dir, e))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.is_file() && has_image_extension(p))
+                .filter(|p| p.is_file() && is_scan_file(p))
                 .collect();
             paths.sort();
             files.extend(paths.into_iter().map(|p| (p, label)));
@@ -162,7 +162,8 @@ pub fn display_name(class_id: &str) -> String {
     }
 }
 
-/// Files under `inputs`: files as given, folders searched recursively (sorted) for PNG/JPEG.
+/// Files under `inputs`: files as given, folders searched recursively (sorted) for PNG, JPEG
+/// and DICOM ([`is_scan_file`]).
 pub fn collect_image_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
         let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -173,7 +174,7 @@ pub fn collect_image_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
         for p in entries {
             if p.is_dir() {
                 walk(&p, out)?;
-            } else if has_image_extension(&p) {
+            } else if is_scan_file(&p) {
                 out.push(p);
             }
         }

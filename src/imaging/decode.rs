@@ -133,7 +133,7 @@ pub fn decode_grey_with_info(
 
 /// Mean of `max(r, g, b) - min(r, g, b)` over the pixels that are not near black (at most
 /// about 250 000 sampled), so a colour picture on a black background still counts as colour.
-fn colourfulness(img: &image::DynamicImage) -> f32 {
+pub(super) fn colourfulness(img: &image::DynamicImage) -> f32 {
     let rgb = img.to_rgb8();
     let step = ((rgb.width() as usize * rgb.height() as usize) / 250_000).max(1);
     let (mut sum, mut n) = (0u64, 0u64);

@@ -1,9 +1,11 @@
-//! Layer 1: single images. Decoding scans into one grey `f32` channel ([`decode`]), their
+//! Layer 1: single images. Decoding scans into one grey `f32` channel ([`decode`] for PNG and
+//! JPEG, [`dicom`] for DICOM frames), their
 //! statistics ([`stats`]), a decoded scan and its prepared form ([`scan`]), the pre-processing stored in every model file ([`preprocess`]) and
 //! training-time augmentation ([`augment`]). Nothing here knows about data sets or networks.
 
 pub mod augment;
 pub mod decode;
+pub mod dicom;
 pub mod gate_view;
 pub mod preprocess;
 pub mod scan;

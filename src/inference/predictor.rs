@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 use crate::core::error::{Error, NetworkError, Result};
 use crate::core::numeric::{argmax, softmax_with_temperature};
 use crate::data::loader::prepare_files;
+use rayon::prelude::*;
+
+use crate::imaging::dicom::DicomSource;
 use crate::imaging::{Geometry, GreyImage, ImageStats, PreparedScan, Scan};
 use crate::modelfile::{
     GateFinding, GateManifest, InputCheck, Manifest, Mode, ModelSource, OUT_OF_DISTRIBUTION,
@@ -64,6 +67,17 @@ impl Prediction {
         self.input_check.as_ref().map_or(&[], |c| &c.reasons)
     }
 }
+
+/// The answer for one slice of a file: which DICOM frame it is (`None` for PNG and JPEG).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SliceAnswer {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dicom: Option<DicomSource>,
+    pub prediction: Prediction,
+}
+
+/// A slice made ready for the network, and the DICOM frame it is.
+type PreparedSlice = (PreparedScan, Option<DicomSource>);
 
 /// A model ready to answer.
 pub struct Predictor {
@@ -185,6 +199,47 @@ impl Predictor {
                     }),
                 );
             }
+        }
+        out
+    }
+
+    /// Answers for every slice of many files: one per PNG or JPEG, one per frame of a DICOM
+    /// object (with the frame's identifiers, for [`super::series::summarise_series`]). An
+    /// unreadable or refused file gets its error, the others still get answers.
+    pub fn predict_file_slices(&self, paths: &[PathBuf]) -> Vec<Result<Vec<SliceAnswer>>> {
+        let pre = &self.manifest.preprocessing;
+        let mut out = Vec::with_capacity(paths.len());
+        for chunk in paths.chunks(INFERENCE_BATCH) {
+            let decoded: Vec<Result<Vec<PreparedSlice>>> = chunk
+                .par_iter()
+                .map(|p| {
+                    Scan::load_frames(p).map(|scans| {
+                        scans
+                            .into_iter()
+                            .map(|s| (s.prepared(pre), s.dicom))
+                            .collect()
+                    })
+                })
+                .collect();
+            out.extend(decoded.into_iter().map(|file| {
+                file.map(|slices| {
+                    let (prepared, sources): (Vec<PreparedScan>, Vec<Option<DicomSource>>) =
+                        slices.into_iter().unzip();
+                    let mut answers = Vec::with_capacity(prepared.len());
+                    for (batch, sources) in prepared
+                        .chunks(INFERENCE_BATCH)
+                        .zip(sources.chunks(INFERENCE_BATCH))
+                    {
+                        answers.extend(self.predict_prepared(batch).into_iter().zip(sources).map(
+                            |(prediction, dicom)| SliceAnswer {
+                                dicom: dicom.clone(),
+                                prediction,
+                            },
+                        ));
+                    }
+                    answers
+                })
+            }));
         }
         out
     }

@@ -141,4 +141,12 @@ impl Manifest {
     pub fn class_ids(&self) -> Vec<String> {
         self.classes.iter().map(|c| c.id.clone()).collect()
     }
+
+    /// The class that means "no tumour" (display name "No tumour"), if the model has one: a
+    /// series summary calls a series for a tumour type before it calls it tumour-free.
+    pub fn no_tumour_index(&self) -> Option<usize> {
+        self.classes
+            .iter()
+            .position(|c| c.display.eq_ignore_ascii_case("No tumour"))
+    }
 }
