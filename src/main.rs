@@ -48,5 +48,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             GateCommand::Train(a) => commands::gate_train(a),
             GateCommand::CrossValidate(a) => commands::gate_cross_validate(a),
         },
+        Command::Deidentify(a) => commands::deidentify(a),
     }
 }

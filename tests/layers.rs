@@ -14,6 +14,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("metrics", 1),
     ("plot", 1),
     ("data", 2),
+    ("deid", 2),
     ("ir", 2),
     ("model", 3),
     ("modelfile", 4),

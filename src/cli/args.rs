@@ -66,6 +66,24 @@ pub enum Command {
         #[command(subcommand)]
         command: GateCommand,
     },
+    /// De-identify DICOM files (PS3.15 Annex E Basic Application Level Confidentiality
+    /// Profile) into a folder; images marked Burned In Annotation = YES are refused.
+    Deidentify(DeidentifyArgs),
+}
+
+#[derive(clap::Args)]
+pub struct DeidentifyArgs {
+    /// DICOM files or folders (searched recursively).
+    #[arg(required = true)]
+    pub inputs: Vec<PathBuf>,
+    /// Folder to write the de-identified files to (named by their new SOP Instance UID).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Secret key for a pseudonymous patient key (Patient ID and Name become ONC-<hash>) and
+    /// UIDs that stay the same across runs. Without it, the patient is emptied and UIDs are
+    /// consistent within one run only. Prefer the environment variable over the command line.
+    #[arg(long, env = "ONCOLENS_PSEUDONYM_KEY", hide_env_values = true)]
+    pub keep_pseudonym: Option<String>,
 }
 
 #[derive(clap::Args)]

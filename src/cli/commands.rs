@@ -20,7 +20,7 @@ use oncolens::workflows::audit::{self, NearDuplicateCriteria, sheet};
 use oncolens::workflows::calibrate::{FitOptions, calibrate_saved};
 use oncolens::workflows::evaluate::{self, EvalOptions};
 use oncolens::workflows::train::{TrainOptions, train};
-use oncolens::workflows::{export, gate_crossval, gate_train, import, quantize};
+use oncolens::workflows::{deidentify, export, gate_crossval, gate_train, import, quantize};
 use oncolens::{backend, core::files::write_json_atomic};
 
 use super::args::*;
@@ -333,6 +333,37 @@ pub fn gate_cross_validate(a: GateCrossValidateArgs) -> Result<()> {
     print!("{}", report.to_text());
     if let Some(path) = &a.json {
         write_json_atomic(path, &report)?;
+    }
+    Ok(())
+}
+
+pub fn deidentify(a: DeidentifyArgs) -> Result<()> {
+    let outcomes = deidentify::deidentify_files(&a.inputs, &a.out, a.keep_pseudonym.as_deref())?;
+    let mut written = 0;
+    for o in &outcomes {
+        match &o.result {
+            Ok((path, r)) => {
+                written += 1;
+                println!(
+                    "{}\t-> {}\t{} removed, {} emptied, {} replaced, {} UIDs replaced",
+                    o.input.display(),
+                    path.display(),
+                    r.removed,
+                    r.emptied,
+                    r.replaced,
+                    r.uids_replaced
+                );
+            }
+            Err(e) => println!("{}\trefused: {}", o.input.display(), e.sentence()),
+        }
+    }
+    eprintln!(
+        "{written} of {} files de-identified into {}",
+        outcomes.len(),
+        a.out.display()
+    );
+    if written == 0 && !outcomes.is_empty() {
+        bail!("no file could be de-identified");
     }
     Ok(())
 }

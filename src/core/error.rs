@@ -103,6 +103,21 @@ pub enum DicomError {
     NoFrames,
 }
 
+/// Why a DICOM object cannot be de-identified.
+#[derive(Debug, thiserror::Error)]
+pub enum DeidError {
+    #[error(
+        "the image is marked Burned In Annotation = YES: its pixels may show names or dates, which de-identification cannot remove"
+    )]
+    BurnedIn,
+    #[error("the file meta information cannot be written")]
+    Meta(#[source] Cause),
+    #[error("the de-identified object cannot be encoded")]
+    Encode(#[source] Cause),
+    #[error(transparent)]
+    Dicom(#[from] DicomError),
+}
+
 /// What is wrong with a data folder.
 #[derive(Debug, thiserror::Error)]
 pub enum DatasetProblem {
@@ -344,6 +359,12 @@ pub enum Error {
     Font(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("cannot de-identify {path}")]
+    Deid {
+        path: PathBuf,
+        #[source]
+        source: DeidError,
+    },
     #[error(transparent)]
     Serve(#[from] ServeError),
 }

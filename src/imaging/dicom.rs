@@ -22,7 +22,7 @@ use dicom_core::Tag;
 use dicom_core::dictionary::UidDictionary;
 use dicom_dictionary_std::{StandardSopClassDictionary, tags};
 use dicom_encoding::TransferSyntaxIndex;
-use dicom_object::{DefaultDicomObject, OpenFileOptions};
+use dicom_object::{DefaultDicomObject, InMemDicomObject, OpenFileOptions};
 use dicom_pixeldata::{PixelDecoder, VoiLutFunction, WindowLevel};
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use serde::{Deserialize, Serialize};
@@ -168,13 +168,13 @@ pub fn read_dicom(bytes: &[u8]) -> Result<DicomImage, DicomError> {
 }
 
 /// Text of an attribute, trimmed; `None` when absent or empty.
-pub fn text(obj: &DefaultDicomObject, tag: Tag) -> Option<String> {
+pub fn text(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
     let s = obj.get(tag)?.to_str().ok()?;
     let s = s.trim_matches(|c: char| c == '\0' || c.is_whitespace());
     (!s.is_empty()).then(|| s.to_string())
 }
 
-fn int(obj: &DefaultDicomObject, tag: Tag) -> Option<i64> {
+fn int(obj: &InMemDicomObject, tag: Tag) -> Option<i64> {
     obj.get(tag)?.to_int::<i64>().ok()
 }
 

@@ -7,6 +7,7 @@
 //! - [`calibrate`]: temperature, "uncertain" threshold and input check of a saved model;
 //! - [`quantize`]: int8 activation ranges of a saved model;
 //! - [`evaluate`]: leak-free evaluation reports;
+//! - [`deidentify`]: DICOM files de-identified into a folder;
 //! - [`export`]: ONNX files and reference outputs;
 //! - [`gate_report`]: how well the input gate refuses what is not a brain MRI slice;
 //! - [`gate_crossval`]: the gate measured on non-MRI sources it was not trained on;
@@ -16,6 +17,7 @@
 
 pub mod audit;
 pub mod calibrate;
+pub mod deidentify;
 pub mod evaluate;
 pub mod export;
 pub mod gate_crossval;
