@@ -33,6 +33,7 @@ pub fn is_scan_file(path: &Path) -> bool {
 }
 
 /// A decoded scan with what the file held (the input check looks at both).
+#[derive(Debug)]
 pub struct Scan {
     pub image: GreyImage,
     pub info: ImageInfo,

@@ -101,6 +101,7 @@ pub fn start_server_with(config: oncolens::serve::ServeConfig) -> std::net::Sock
         .expect("server started")
 }
 
+pub mod dicom;
 pub mod non_mri;
 
 /// Starts the `oncolens serve` binary (bundled model, SQLite at `db`) on a free loopback port
