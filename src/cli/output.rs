@@ -47,7 +47,7 @@ pub fn series(manifest: &Manifest, results: &[Answer]) -> Vec<SeriesSummary> {
         .iter()
         .filter_map(|(file, a)| {
             Some(SeriesSlice {
-                file,
+                slice: file,
                 source: a.dicom.as_ref()?,
                 prediction: &a.prediction,
             })

@@ -23,8 +23,8 @@ pub const MIN_SUPPORTING_SLICES: usize = 2;
 
 /// One slice of a series and its answer, as the summary is given it.
 pub struct SeriesSlice<'a> {
-    /// Where the slice came from (a file name or an upload name).
-    pub file: &'a str,
+    /// What names the slice: its file in `predict`, its analysis id in the server.
+    pub slice: &'a str,
     pub source: &'a DicomSource,
     pub prediction: &'a Prediction,
 }
@@ -32,7 +32,8 @@ pub struct SeriesSlice<'a> {
 /// A slice a series call rests on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SupportingSlice {
-    pub file: String,
+    /// The slice's name as the summary was given it ([`SeriesSlice::slice`]).
+    pub slice: String,
     pub sop_instance_uid: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub instance_number: Option<i64>,
@@ -179,7 +180,7 @@ fn summarise_one(manifest: &Manifest, slices: &[&SeriesSlice<'_>]) -> SeriesSumm
             supporting_slices: support
                 .iter()
                 .map(|s| SupportingSlice {
-                    file: s.file.to_string(),
+                    slice: s.slice.to_string(),
                     sop_instance_uid: s.source.sop_instance_uid.clone(),
                     instance_number: s.source.instance_number,
                     frame: s.source.frame,
@@ -271,7 +272,7 @@ mod tests {
             .iter()
             .zip(&predictions)
             .map(|(source, prediction)| SeriesSlice {
-                file: "f.dcm",
+                slice: "f.dcm",
                 source,
                 prediction,
             })

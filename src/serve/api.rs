@@ -10,10 +10,14 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::store::{self, AnalysisRecord};
+use super::engine::{MAX_UPLOAD_FILES, Outcome};
+use super::store::{self, AnalysisRecord, BatchRecord};
 use super::{AppState, Busy, new_id, now_unix, valid_id};
 use crate::core::DISCLAIMER;
+use crate::deid::Deidentifier;
+use crate::imaging::dicom::DicomSource;
 use crate::inference::Verdict;
+use crate::inference::series::{SeriesSlice, summarise_series};
 
 /// An error for the person or program that asked: a status and one plain sentence.
 #[derive(Debug)]
@@ -158,17 +162,12 @@ fn upload_error(e: axum::extract::multipart::MultipartError) -> ApiError {
     }
 }
 
-/// Reads the `image` field of a multipart upload: (file name, bytes). A file under any other
-/// name is refused (the OpenAPI description names the field).
-pub async fn read_upload(mut multipart: Multipart) -> Result<(String, Bytes), ApiError> {
-    loop {
-        let field = multipart.next_field().await.map_err(upload_error)?;
-        let Some(field) = field else {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "No file was uploaded (send it in a form field named \"image\").",
-            ));
-        };
+/// Reads every `image` field of a multipart upload: (file name, bytes) each (a zip is opened
+/// later, by the worker that analyses it). A file under any other field name is refused (the OpenAPI description
+/// names the field).
+pub async fn read_uploads(mut multipart: Multipart) -> Result<Vec<(String, Bytes)>, ApiError> {
+    let mut files = Vec::new();
+    while let Some(field) = multipart.next_field().await.map_err(upload_error)? {
         if field.name() != Some("image") {
             if field.file_name().is_some() {
                 return Err(ApiError::new(
@@ -189,13 +188,24 @@ pub async fn read_upload(mut multipart: Multipart) -> Result<(String, Bytes), Ap
             .collect::<String>();
         let bytes = field.bytes().await.map_err(upload_error)?;
         if bytes.is_empty() {
+            // A browser sends an empty part when no file was chosen.
+            continue;
+        }
+        files.push((name, bytes));
+        if files.len() > MAX_UPLOAD_FILES {
             return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "The uploaded file is empty.",
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("The upload holds more than {MAX_UPLOAD_FILES} files."),
             ));
         }
-        return Ok((name, bytes));
     }
+    if files.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "No file was uploaded (send it in a form field named \"image\").",
+        ));
+    }
+    Ok(files)
 }
 
 /// Reads a multipart body to its end, keeping nothing.
@@ -211,36 +221,40 @@ pub async fn receive_and_analyse(
     state: &AppState,
     multipart: Multipart,
 ) -> Result<AnalysisRecord, ApiError> {
-    let Ok(admission) = state.admit() else {
-        // Read the rest of the upload without keeping it, so the client, still sending, also
-        // reads the answer (a connection closed mid-body reaches most clients as an error).
-        let _ = tokio::time::timeout(state.limits.body_timeout, discard(multipart)).await;
-        return Err(busy());
-    };
-    let (filename, bytes) = tokio::time::timeout(state.limits.body_timeout, read_upload(multipart))
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                format!(
-                    "The upload did not arrive within {} s.",
-                    state.limits.body_timeout.as_secs()
-                ),
-            )
-        })??;
-    let outcome = match state.analyse(admission, bytes).await {
-        Err(Busy) => return Err(busy()),
-        Ok(Err(rejected)) => {
-            return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, rejected.0));
-        }
-        Ok(Ok(o)) => o,
-    };
+    match receive_upload(state, multipart, UploadMode::Single).await? {
+        Received::Single(record) => Ok(record),
+        Received::Batch(..) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "A single analysis was asked for.",
+        )),
+    }
+}
+
+/// What an upload may become.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UploadMode {
+    /// One slice, one analysis (`POST /api/v1/analyses`); more is refused.
+    Single,
+    /// A batch, however many slices (`POST /api/v1/batches`).
+    Batch,
+    /// One analysis for one slice, a batch for more (the upload form).
+    Auto,
+}
+
+/// What an upload became: one analysis, or a batch of slices with its series summaries.
+pub enum Received {
+    Single(AnalysisRecord),
+    Batch(BatchRecord, Vec<AnalysisRecord>),
+}
+
+/// The record of one analysed slice.
+fn record_of(state: &AppState, name: &str, outcome: &Outcome) -> AnalysisRecord {
     let manifest = &state.explainer.manifest;
     let p = &outcome.prediction;
-    let record = AnalysisRecord {
+    AnalysisRecord {
         id: new_id(),
         created_unix: now_unix(),
-        filename,
+        filename: name.to_string(),
         model_name: manifest.name.clone(),
         model_version: manifest.weights_sha256.chars().take(12).collect(),
         class_id: p.class_id.clone(),
@@ -258,16 +272,190 @@ pub async fn receive_and_analyse(
         probabilities: p.probabilities.clone(),
         width: outcome.width,
         height: outcome.height,
+    }
+}
+
+fn store_error(e: crate::core::error::Error) -> ApiError {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("The result could not be stored: {e}"),
+    )
+}
+
+/// Takes a place in the queue, reads the upload (several files or a zip), analyses every
+/// slice and stores the results: one analysis, or a batch with a summary per DICOM series, as
+/// `mode` says. DICOM identifiers are replaced
+/// before anything is stored (UIDs by fresh `2.25.` UIDs, names by instance numbers).
+pub async fn receive_upload(
+    state: &AppState,
+    multipart: Multipart,
+    mode: UploadMode,
+) -> Result<Received, ApiError> {
+    let Ok(admission) = state.admit() else {
+        let _ = tokio::time::timeout(state.limits.body_timeout, discard(multipart)).await;
+        return Err(busy());
     };
-    store::insert_analysis(&state.db, &record, &outcome.image_png, &outcome.heatmap_png)
+    let files = tokio::time::timeout(state.limits.body_timeout, read_uploads(multipart))
         .await
-        .map_err(|e| {
+        .map_err(|_| {
             ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("The result could not be stored: {e}"),
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "The upload did not arrive within {} s.",
+                    state.limits.body_timeout.as_secs()
+                ),
             )
-        })?;
-    Ok(record)
+        })??;
+    let single_only = mode == UploadMode::Single;
+    let outcomes = match state
+        .analyse_files(admission, files, state.max_body_bytes, single_only)
+        .await
+    {
+        Err(Busy) => return Err(busy()),
+        Ok(Err(refused)) => {
+            let status =
+                StatusCode::from_u16(refused.status).unwrap_or(StatusCode::UNPROCESSABLE_ENTITY);
+            return Err(ApiError::new(status, refused.message));
+        }
+        Ok(Ok(o)) => o,
+    };
+    let single = match mode {
+        UploadMode::Single => true,
+        UploadMode::Batch => false,
+        UploadMode::Auto => outcomes.len() == 1,
+    };
+    if single && outcomes.len() == 1 {
+        let slice = outcomes.into_iter().next().ok_or_else(busy)?;
+        let outcome = slice
+            .result
+            .map_err(|r| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, r.0))?;
+        let record = record_of(state, &slice.name, &outcome);
+        store::insert_analysis(&state.db, &record, &outcome.image_png, &outcome.heatmap_png)
+            .await
+            .map_err(store_error)?;
+        return Ok(Received::Single(record));
+    }
+    let manifest = &state.explainer.manifest;
+    let mut deid = Deidentifier::new(None);
+    let mut records = Vec::new();
+    let mut analysed = Vec::new();
+    let mut errors = Vec::new();
+    for slice in &outcomes {
+        match &slice.result {
+            Ok(outcome) => {
+                let record = record_of(state, &slice.name, outcome);
+                // Identifiers replaced before the summary is made and stored.
+                let source = slice.dicom.as_ref().map(|d| DicomSource {
+                    study_instance_uid: deid.uid(&d.study_instance_uid),
+                    series_instance_uid: deid.uid(&d.series_instance_uid),
+                    sop_instance_uid: deid.uid(&d.sop_instance_uid),
+                    series_description: None,
+                    ..d.clone()
+                });
+                analysed.push((record.id.clone(), source, outcome));
+                records.push(record);
+            }
+            Err(r) => errors.push(json!({"file": slice.name, "error": r.0})),
+        }
+    }
+    if records.is_empty() {
+        let first = errors
+            .first()
+            .and_then(|e| e["error"].as_str())
+            .unwrap_or("No slice could be analysed.")
+            .to_string();
+        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, first));
+    }
+    let series_slices: Vec<SeriesSlice<'_>> = analysed
+        .iter()
+        .filter_map(|(id, source, outcome)| {
+            Some(SeriesSlice {
+                slice: id,
+                source: source.as_ref()?,
+                prediction: &outcome.prediction,
+            })
+        })
+        .collect();
+    let series = summarise_series(manifest, &series_slices);
+    let batch = BatchRecord {
+        id: new_id(),
+        created_unix: now_unix(),
+        series: serde_json::to_value(&series).unwrap_or_default(),
+        errors: serde_json::Value::Array(errors),
+    };
+    let stored: Vec<(&AnalysisRecord, &[u8], &[u8])> = records
+        .iter()
+        .zip(&analysed)
+        .map(|(r, (_, _, o))| (r, o.image_png.as_slice(), o.heatmap_png.as_slice()))
+        .collect();
+    store::insert_batch(&state.db, &batch, &stored)
+        .await
+        .map_err(store_error)?;
+    Ok(Received::Batch(batch, records))
+}
+
+/// The batch as JSON: its slices' analyses, the files refused, and a summary per series.
+pub fn batch_json(
+    state: &AppState,
+    batch: &BatchRecord,
+    analyses: &[AnalysisRecord],
+) -> serde_json::Value {
+    let created =
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(batch.created_unix.max(0) as u64);
+    json!({
+        "id": batch.id,
+        "created": humantime::format_rfc3339_seconds(created).to_string(),
+        "slices": analyses.len(),
+        "results": analyses.iter().map(|a| to_json(state, a)).collect::<Vec<_>>(),
+        "errors": batch.errors,
+        "series": batch.series,
+        "note": DISCLAIMER,
+        "links": {
+            "self": format!("/api/v1/batches/{}", batch.id),
+            "page": format!("/batches/{}", batch.id),
+        },
+    })
+}
+
+pub async fn create_batch(State(state): State<AppState>, multipart: Multipart) -> Response {
+    match receive_upload(&state, multipart, UploadMode::Batch).await {
+        Ok(Received::Batch(batch, records)) => {
+            let mut headers = HeaderMap::new();
+            if let Ok(v) = HeaderValue::from_str(&format!("/api/v1/batches/{}", batch.id)) {
+                headers.insert(header::LOCATION, v);
+            }
+            (
+                StatusCode::CREATED,
+                headers,
+                Json(batch_json(&state, &batch, &records)),
+            )
+                .into_response()
+        }
+        Ok(Received::Single(_)) => {
+            error(StatusCode::INTERNAL_SERVER_ERROR, "A batch was asked for.")
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+pub async fn find_batch(
+    state: &AppState,
+    id: &str,
+) -> Result<(BatchRecord, Vec<AnalysisRecord>), ApiError> {
+    if !valid_id(id) {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "No such batch."));
+    }
+    store::get_batch(&state.db, id)
+        .await
+        .map_err(store_error)?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "No such batch."))
+}
+
+pub async fn fetch_batch(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    match find_batch(&state, &id).await {
+        Ok((batch, analyses)) => Json(batch_json(&state, &batch, &analyses)).into_response(),
+        Err(e) => e.into_response(),
+    }
 }
 
 pub async fn create(State(state): State<AppState>, multipart: Multipart) -> Response {

@@ -2,10 +2,11 @@
 //! their worst case fits the memory the operator allows.
 //!
 //! Each admitted request may hold an upload of up to `max_body_bytes` while it waits or runs;
+//! a running one may also hold the files unpacked from a zip (at most as many bytes again);
 //! each running analysis may in addition decode up to [`crate::imaging::decode::MAX_DECODED_BYTES`]
 //! and work on planes of at most [`crate::imaging::decode::WORKING_SIDE`] a side
 //! ([`ANALYSIS_PEAK_BYTES`] in all, measured: docs/benchmarks.md). Workers, then the queue, are
-//! reduced until `BASE_BYTES + workers x (analysis + body) + queue x body` fits the budget.
+//! reduced until `BASE_BYTES + workers x (analysis + 2 x body) + queue x body` fits the budget.
 
 use super::ServeConfig;
 use crate::core::error::{Result, SettingError};
@@ -53,7 +54,8 @@ impl Plan {
 /// The plan for `config`; an error when not even one analysis fits.
 pub fn plan(config: &ServeConfig) -> Result<Plan> {
     let body = config.max_body_bytes as u64;
-    let per_worker = ANALYSIS_PEAK_BYTES + body;
+    // The upload, and the files a zip unpacks to (bounded by the body size again).
+    let per_worker = ANALYSIS_PEAK_BYTES + 2 * body;
     let budget = config.memory_budget_bytes;
     let room = budget.saturating_sub(BASE_BYTES);
     if room < per_worker {

@@ -5,8 +5,11 @@ use std::io::Cursor;
 
 use image::{DynamicImage, GrayImage, ImageFormat, Luma, Rgba, RgbaImage, imageops};
 
+use axum::body::Bytes;
+
 use crate::core::error::sentence;
 use crate::imaging::Scan;
+use crate::imaging::dicom::{DicomSource, is_dicom, parse, text};
 use crate::imaging::gate_view::gate_view;
 use crate::inference::render::colour;
 use crate::inference::{Explainer, Prediction, prediction_from};
@@ -33,9 +36,217 @@ fn png(img: DynamicImage) -> Result<Vec<u8>, Rejected> {
     Ok(out.into_inner())
 }
 
-pub fn analyse(explainer: &Explainer, bytes: &[u8]) -> Result<Outcome, Rejected> {
-    let scan = Scan::decode(bytes)
-        .map_err(|e| Rejected(format!("The file could not be read: {}.", sentence(&e))))?;
+/// Most slices one upload may hold: each is classified and explained in turn within the
+/// request timeout (about 0.3 s a slice on two cores).
+pub const MAX_UPLOAD_SLICES: usize = 64;
+
+/// One slice of an upload and what became of it.
+pub struct SliceOutcome {
+    /// The name stored and shown: the file's name for PNG and JPEG; for DICOM a description
+    /// free of identifiers (file names of DICOM exports often hold the patient's name).
+    pub name: String,
+    pub dicom: Option<DicomSource>,
+    pub result: Result<Outcome, Rejected>,
+}
+
+/// The name a DICOM slice is stored under: its instance number and frame, nothing else.
+pub fn dicom_slice_name(d: &DicomSource) -> String {
+    let instance = d
+        .instance_number
+        .map_or_else(|| "?".to_string(), |n| n.to_string());
+    if d.frames > 1 {
+        format!(
+            "DICOM {} image {instance}, frame {} of {}",
+            d.modality,
+            d.frame + 1,
+            d.frames
+        )
+    } else {
+        format!("DICOM {} image {instance}", d.modality)
+    }
+}
+
+/// Most files one upload may hold (after a zip is opened).
+pub const MAX_UPLOAD_FILES: usize = 1000;
+
+/// Why a whole upload is refused: an HTTP status and a sentence.
+#[derive(Debug)]
+pub struct Refused {
+    pub status: u16,
+    pub message: String,
+}
+
+impl Refused {
+    fn new(status: u16, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+/// The uploaded files with every zip replaced by its files (at most `max_unpacked` bytes
+/// unpacked), checked against [`MAX_UPLOAD_SLICES`] (and one slice when `single_only`), then
+/// every slice analysed.
+pub fn analyse_upload(
+    explainer: &Explainer,
+    uploads: Vec<(String, Bytes)>,
+    max_unpacked: usize,
+    single_only: bool,
+) -> Result<Vec<SliceOutcome>, Refused> {
+    let mut files = Vec::new();
+    for (name, bytes) in uploads {
+        if bytes.starts_with(b"PK\x03\x04") {
+            files.extend(unzip(&bytes, max_unpacked)?);
+        } else {
+            files.push((name, bytes));
+        }
+    }
+    if files.is_empty() {
+        return Err(Refused::new(400, "The zip file holds no files."));
+    }
+    let slices = count_slices(&files);
+    if slices > MAX_UPLOAD_SLICES {
+        return Err(Refused::new(
+            413,
+            format!(
+                "The upload holds {slices} slices; at most {MAX_UPLOAD_SLICES} are analysed at once."
+            ),
+        ));
+    }
+    if single_only && slices > 1 {
+        return Err(Refused::new(
+            422,
+            format!(
+                "The upload holds {slices} slices; send several slices to /api/v1/batches, which answers each and sums up each series."
+            ),
+        ));
+    }
+    Ok(analyse_files(explainer, &files))
+}
+
+/// The files of a zip, at most `max_bytes` unpacked in all (a zip bomb stops there).
+fn unzip(bytes: &[u8], max_bytes: usize) -> Result<Vec<(String, Bytes)>, Refused> {
+    use std::io::Read;
+    let bad =
+        |e: zip::result::ZipError| Refused::new(400, format!("The zip file cannot be read: {e}."));
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes)).map_err(bad)?;
+    let mut out = Vec::new();
+    let mut total = 0usize;
+    for i in 0..archive.len() {
+        let mut entry = archive.by_index(i).map_err(bad)?;
+        let name = entry.name().map_err(bad)?.to_string();
+        let hidden = name
+            .split('/')
+            .any(|part| part.starts_with('.') || part == "__MACOSX");
+        if entry.is_dir() || hidden || name.ends_with("DICOMDIR") {
+            continue;
+        }
+        let mut data = Vec::new();
+        let room = max_bytes.saturating_sub(total);
+        (&mut entry)
+            .take(room as u64 + 1)
+            .read_to_end(&mut data)
+            .map_err(|e| Refused::new(400, format!("The zip file cannot be read: {e}.")))?;
+        total += data.len();
+        if data.len() > room {
+            return Err(Refused::new(
+                413,
+                format!(
+                    "The zip file unpacks to more than {} MB.",
+                    max_bytes / (1024 * 1024)
+                ),
+            ));
+        }
+        if data.is_empty() {
+            continue;
+        }
+        let base = name.rsplit('/').next().unwrap_or(&name).to_string();
+        out.push((base, Bytes::from(data)));
+        if out.len() > MAX_UPLOAD_FILES {
+            return Err(Refused::new(
+                413,
+                format!("The zip file holds more than {MAX_UPLOAD_FILES} files."),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Every slice of the uploaded files, analysed in order: one per PNG or JPEG, one per frame of
+/// a DICOM object. A file that cannot be read, or a DICOM image whose pixels may show names
+/// (Burned In Annotation = YES), gets one refused entry.
+pub fn analyse_files(explainer: &Explainer, files: &[(String, Bytes)]) -> Vec<SliceOutcome> {
+    let mut out = Vec::new();
+    for (name, bytes) in files {
+        let scans = match Scan::decode_frames(bytes) {
+            Ok(s) => s,
+            Err(e) => {
+                let dicom = is_dicom(bytes);
+                out.push(SliceOutcome {
+                    name: if dicom {
+                        "DICOM file".into()
+                    } else {
+                        name.clone()
+                    },
+                    dicom: None,
+                    result: Err(Rejected(format!(
+                        "The file could not be read: {}.",
+                        sentence(&e)
+                    ))),
+                });
+                continue;
+            }
+        };
+        for scan in scans {
+            let name = scan
+                .dicom
+                .as_ref()
+                .map_or_else(|| name.clone(), dicom_slice_name);
+            let result = if scan
+                .dicom
+                .as_ref()
+                .is_some_and(|d| d.burned_in_annotation == Some(true))
+            {
+                Err(Rejected(
+                    "The image is marked Burned In Annotation = YES: its pixels may show names                      or dates, so oncolens does not analyse or store it."
+                        .into(),
+                ))
+            } else {
+                analyse_scan(explainer, &scan)
+            };
+            out.push(SliceOutcome {
+                name,
+                dicom: scan.dicom,
+                result,
+            });
+        }
+    }
+    out
+}
+
+/// The number of slices in the uploaded files without analysing them (frames counted from
+/// the DICOM header), to refuse an upload over [`MAX_UPLOAD_SLICES`] before the work.
+fn count_slices(files: &[(String, Bytes)]) -> usize {
+    files
+        .iter()
+        .map(|(_, b)| {
+            if is_dicom(b) {
+                parse(b)
+                    .ok()
+                    .and_then(|o| text(&o, dicom_dictionary_std::tags::NUMBER_OF_FRAMES))
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .unwrap_or(1)
+                    .max(1)
+            } else {
+                1
+            }
+        })
+        .sum()
+}
+
+/// Classifies and explains one decoded slice.
+pub fn analyse_scan(explainer: &Explainer, scan: &Scan) -> Result<Outcome, Rejected> {
     let grey = &scan.image;
     let explanation = explainer
         .explain(grey, None)

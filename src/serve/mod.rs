@@ -14,8 +14,10 @@
 //!   error, the framework's included, is `{"error": "..."}`.
 //! - Storage: SQLite by default (`sqlite://oncolens.db`, created and migrated at start).
 //!
-//! The upload path takes bytes and sniffs their format, so DICOM can join PNG and JPEG later
-//! without changing the routes.
+//! The upload path takes bytes and sniffs their format: PNG, JPEG or DICOM. Several files, a
+//! zip or a multi-frame object make a batch (`/api/v1/batches`, `/batches/{id}`): an analysis
+//! per slice and a summary per DICOM series. DICOM identifiers never reach the database:
+//! slices are stored under their instance numbers and summaries under replaced UIDs.
 
 mod api;
 pub mod budget;
@@ -46,7 +48,7 @@ use crate::core::error::{Result, ServeError};
 use crate::inference::Explainer;
 use crate::modelfile::ModelSource;
 pub use budget::ANALYSIS_PEAK_BYTES;
-use engine::{Outcome, Rejected};
+use engine::Rejected;
 pub use http::HttpLimits;
 pub use metrics::Metrics;
 
@@ -156,27 +158,34 @@ impl AppState {
             })
     }
 
-    /// Runs one admitted analysis on the blocking pool once a worker is free.
-    async fn analyse(
+    /// Analyses every slice of an admitted upload on the blocking pool once a worker is free.
+    async fn analyse_files(
         &self,
         admission: Admission,
-        bytes: Bytes,
-    ) -> std::result::Result<std::result::Result<Outcome, Rejected>, Busy> {
+        files: Vec<(String, Bytes)>,
+        max_unpacked: usize,
+        single_only: bool,
+    ) -> std::result::Result<std::result::Result<Vec<engine::SliceOutcome>, engine::Refused>, Busy>
+    {
         self.metrics.queue_depth.fetch_add(1, Ordering::Relaxed);
         let worker = self.workers.clone().acquire_owned().await;
         self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
         let worker = worker.map_err(|_| Busy)?;
         let explainer = self.explainer.clone();
         let started = Instant::now();
-        // The permits travel with the work: if the request is dropped (timeout, client gone),
-        // the worker stays taken until the analysis on the blocking pool has finished.
         let result = tokio::task::spawn_blocking(move || {
-            let outcome = engine::analyse(&explainer, &bytes);
-            drop((worker, admission.permit, bytes));
+            let outcome = engine::analyse_upload(&explainer, files, max_unpacked, single_only);
+            drop((worker, admission.permit));
             outcome
         })
         .await
-        .unwrap_or_else(|e| Err(Rejected(format!("The analysis failed unexpectedly ({e})."))));
+        .unwrap_or_else(|e| {
+            Ok(vec![engine::SliceOutcome {
+                name: "upload".into(),
+                dicom: None,
+                result: Err(Rejected(format!("The analysis failed unexpectedly ({e})."))),
+            }])
+        });
         self.metrics
             .observe_inference(started.elapsed().as_secs_f64());
         Ok(result)
@@ -216,6 +225,9 @@ pub fn router(state: AppState) -> Router {
         .route("/static/style.css", get(pages::style_css))
         .route("/api/v1/analyses", post(api::create).get(api::list))
         .route("/api/v1/analyses/{id}", get(api::fetch))
+        .route("/api/v1/batches", post(api::create_batch))
+        .route("/api/v1/batches/{id}", get(api::fetch_batch))
+        .route("/batches/{id}", get(pages::batch))
         .route("/api/v1/analyses/{id}/image", get(api::image))
         .route("/api/v1/analyses/{id}/heatmap", get(api::heatmap))
         .route(

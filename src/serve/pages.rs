@@ -9,7 +9,7 @@ use minijinja::{Environment, context};
 use serde::Deserialize;
 
 use super::AppState;
-use super::api::{self, ApiError, FeedbackBody};
+use super::api::{self, ApiError, FeedbackBody, Received, UploadMode};
 use super::store;
 use crate::core::DISCLAIMER;
 
@@ -21,6 +21,7 @@ pub fn templates() -> Environment<'static> {
         ("analysis.html", include_str!("templates/analysis.html")),
         ("history.html", include_str!("templates/history.html")),
         ("model.html", include_str!("templates/model.html")),
+        ("batch.html", include_str!("templates/batch.html")),
     ] {
         if let Err(e) = env.add_template(name, source) {
             // Templates are compiled in and covered by tests; a broken one is a build defect.
@@ -58,8 +59,13 @@ pub async fn index(State(state): State<AppState>) -> Response {
 
 /// The form's upload (works without JavaScript): analyse, then show the result page.
 pub async fn upload(State(state): State<AppState>, multipart: Multipart) -> Response {
-    match api::receive_and_analyse(&state, multipart).await {
-        Ok(record) => Redirect::to(&format!("/analyses/{}", record.id)).into_response(),
+    match api::receive_upload(&state, multipart, UploadMode::Auto).await {
+        Ok(Received::Single(record)) => {
+            Redirect::to(&format!("/analyses/{}", record.id)).into_response()
+        }
+        Ok(Received::Batch(batch, _)) => {
+            Redirect::to(&format!("/batches/{}", batch.id)).into_response()
+        }
         Err(ApiError { status, message }) => {
             let mut r = render(&state, status, "index.html", context! { error => message });
             if status == StatusCode::SERVICE_UNAVAILABLE {
@@ -68,6 +74,29 @@ pub async fn upload(State(state): State<AppState>, multipart: Multipart) -> Resp
             }
             r
         }
+    }
+}
+
+/// A batch: the summary of each series, then the strip of slices with their classes and
+/// Grad-CAM, each linking to its own result page.
+pub async fn batch(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    match api::find_batch(&state, &id).await {
+        Ok((batch, analyses)) => {
+            let json = api::batch_json(&state, &batch, &analyses);
+            let classes = &state.explainer.manifest.classes;
+            render(
+                &state,
+                StatusCode::OK,
+                "batch.html",
+                context! { b => json, classes => classes },
+            )
+        }
+        Err(e) => render(
+            &state,
+            e.status,
+            "index.html",
+            context! { error => e.message },
+        ),
     }
 }
 

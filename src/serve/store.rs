@@ -77,17 +77,30 @@ pub async fn insert_analysis(
     image_png: &[u8],
     heatmap_png: &[u8],
 ) -> Result<()> {
+    let mut tx = pool.begin().await.map_err(db_err)?;
+    insert_analysis_in(&mut tx, a, image_png, heatmap_png, None).await?;
+    tx.commit().await.map_err(db_err)
+}
+
+/// One analysis inside `tx`, as slice `slice` of a batch when given.
+async fn insert_analysis_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    a: &AnalysisRecord,
+    image_png: &[u8],
+    heatmap_png: &[u8],
+    slice: Option<(&str, i64)>,
+) -> Result<()> {
     let probabilities = serde_json::to_string(&a.probabilities).map_err(db_err)?;
     let input_reasons = serde_json::to_string(&a.input_reasons).map_err(db_err)?;
     let gate = match &a.gate {
         Some(g) => Some(serde_json::to_string(g).map_err(db_err)?),
         None => None,
     };
-    let mut tx = pool.begin().await.map_err(db_err)?;
     sqlx::query(
         "INSERT INTO analyses (id, created_unix, filename, model_name, model_version, class_id, class_name, \
-         confidence, uncertain, verdict, input_reasons, gate, probabilities, width, height, image_png, heatmap_png) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         confidence, uncertain, verdict, input_reasons, gate, probabilities, width, height, image_png, heatmap_png, \
+         batch_id, slice_index) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(&a.id)
     .bind(a.created_unix)
@@ -106,10 +119,76 @@ pub async fn insert_analysis(
     .bind(a.height as i64)
     .bind(image_png)
     .bind(heatmap_png)
-    .execute(&mut *tx)
+    .bind(slice.map(|(b, _)| b))
+    .bind(slice.map(|(_, i)| i))
+    .execute(&mut **tx)
     .await
     .map_err(db_err)?;
+    Ok(())
+}
+
+/// A batch of slices: its summaries and errors, and every analysed slice with its two images,
+/// in one transaction.
+pub struct BatchRecord {
+    pub id: String,
+    pub created_unix: i64,
+    /// JSON array of series summaries (identifiers replaced).
+    pub series: serde_json::Value,
+    /// JSON array of `{file, error}`.
+    pub errors: serde_json::Value,
+}
+
+pub async fn insert_batch(
+    pool: &Pool,
+    batch: &BatchRecord,
+    slices: &[(&AnalysisRecord, &[u8], &[u8])],
+) -> Result<()> {
+    let mut tx = pool.begin().await.map_err(db_err)?;
+    sqlx::query("INSERT INTO batches (id, created_unix, series, errors) VALUES (?, ?, ?, ?)")
+        .bind(&batch.id)
+        .bind(batch.created_unix)
+        .bind(batch.series.to_string())
+        .bind(batch.errors.to_string())
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+    for (i, (a, image, heat)) in slices.iter().enumerate() {
+        insert_analysis_in(&mut tx, a, image, heat, Some((&batch.id, i as i64))).await?;
+    }
     tx.commit().await.map_err(db_err)
+}
+
+/// A batch and its analyses in slice order.
+pub async fn get_batch(
+    pool: &Pool,
+    id: &str,
+) -> Result<Option<(BatchRecord, Vec<AnalysisRecord>)>> {
+    let Some(row) =
+        sqlx::query("SELECT id, created_unix, series, errors FROM batches WHERE id = ?")
+            .bind(id)
+            .fetch_optional(pool)
+            .await
+            .map_err(db_err)?
+    else {
+        return Ok(None);
+    };
+    let series: String = row.try_get("series").map_err(db_err)?;
+    let errors: String = row.try_get("errors").map_err(db_err)?;
+    let batch = BatchRecord {
+        id: row.try_get("id").map_err(db_err)?,
+        created_unix: row.try_get("created_unix").map_err(db_err)?,
+        series: serde_json::from_str(&series).map_err(db_err)?,
+        errors: serde_json::from_str(&errors).map_err(db_err)?,
+    };
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM analyses WHERE batch_id = ? ORDER BY slice_index"
+    ))
+    .bind(id)
+    .fetch_all(pool)
+    .await
+    .map_err(db_err)?;
+    let analyses = rows.iter().map(to_record).collect::<Result<Vec<_>>>()?;
+    Ok(Some((batch, analyses)))
 }
 
 const COLUMNS: &str = "id, created_unix, filename, model_name, model_version, class_id, class_name, confidence, \

@@ -267,3 +267,77 @@ pub fn shared_dicom() -> PathBuf {
     );
     dir
 }
+
+/// Attributes with identifying values put into the fixture: (tag, VR, value).
+pub const PHI: &[(Tag, VR, &str)] = &[
+    (tags::PATIENT_NAME, VR::PN, "DOE^JANE"),
+    (tags::PATIENT_ID, VR::LO, "MRN-4711-0815"),
+    (tags::PATIENT_BIRTH_DATE, VR::DA, "19610412"),
+    (tags::PATIENT_ADDRESS, VR::LO, "12 Elm Street Springfield"),
+    (Tag(0x0010, 0x1000), VR::LO, "OLD-ID-99231"), // Other Patient IDs (retired, still sent)
+    (tags::ACCESSION_NUMBER, VR::SH, "ACC77123"),
+    (tags::STUDY_DATE, VR::DA, "20240917"),
+    (tags::SERIES_DATE, VR::DA, "20240917"),
+    (tags::STUDY_TIME, VR::TM, "142233"),
+    (tags::INSTITUTION_NAME, VR::LO, "St Elsewhere Hospital"),
+    (tags::REFERRING_PHYSICIAN_NAME, VR::PN, "HOUSE^GREGORY"),
+    (tags::OPERATORS_NAME, VR::PN, "TECH^TINA"),
+    (tags::STATION_NAME, VR::SH, "MRSCANNER7"),
+    (tags::DEVICE_SERIAL_NUMBER, VR::LO, "SN-558812"),
+    (tags::STUDY_ID, VR::SH, "STUDY4242"),
+    (tags::STUDY_DESCRIPTION, VR::LO, "Brain for JANE DOE"),
+    (tags::IMAGE_COMMENTS, VR::LT, "call Jane at 555-0199"),
+    (Tag(0x0009, 0x0010), VR::LO, "ACMEPRIVATE"),
+    (Tag(0x0009, 0x1001), VR::LO, "SECRET-PRIVATE-VALUE"),
+    (tags::CONTENT_CREATOR_NAME, VR::PN, "MAKER^MAX"),
+];
+
+/// A two-slice study with PHI everywhere, the second slice referring to the first.
+pub fn phi_fixture(dir: &Path, burned_in: Option<&'static str>) -> Vec<PathBuf> {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut out = Vec::new();
+    for i in 1..=2 {
+        let spec = MrSpec {
+            sop_uid: format!("1.2.826.0.1.3680043.99.1.1.{i}"),
+            instance: i,
+            burned_in,
+            ..MrSpec::default()
+        };
+        let mut ds = mr_dataset(&spec);
+        for (tag, vr, value) in PHI {
+            ds.put(DataElement::new(*tag, *vr, PrimitiveValue::from(*value)));
+        }
+        // A sequence whose item holds a reference (U inside K) and a name (D).
+        let reference = InMemDicomObject::from_element_iter([
+            DataElement::new(
+                tags::REFERENCED_SOP_CLASS_UID,
+                VR::UI,
+                PrimitiveValue::from(MR_IMAGE_STORAGE),
+            ),
+            DataElement::new(
+                tags::REFERENCED_SOP_INSTANCE_UID,
+                VR::UI,
+                PrimitiveValue::from("1.2.826.0.1.3680043.99.1.1.1"),
+            ),
+        ]);
+        ds.put(DataElement::new(
+            tags::REFERENCED_IMAGE_SEQUENCE,
+            VR::SQ,
+            sequence(vec![reference]),
+        ));
+        let observer = InMemDicomObject::from_element_iter([DataElement::new(
+            tags::VERIFYING_OBSERVER_NAME,
+            VR::PN,
+            PrimitiveValue::from("CHECKER^CHARLIE"),
+        )]);
+        ds.put(DataElement::new(
+            tags::VERIFYING_OBSERVER_SEQUENCE,
+            VR::SQ,
+            sequence(vec![observer]),
+        ));
+        let path = dir.join(format!("DOE_JANE_{i}.dcm"));
+        encode(ds, &spec, EXPLICIT_LE).write_to_file(&path).unwrap();
+        out.push(path);
+    }
+    out
+}

@@ -10,7 +10,8 @@
     var preview = document.getElementById("preview");
     var status = document.getElementById("status");
     var show = function (file) {
-      if (!file) return;
+      // Browsers draw PNG and JPEG only; DICOM and zip files get no preview.
+      if (!file || !/^image\/(png|jpeg)$/.test(file.type)) { preview.hidden = true; return; }
       preview.src = URL.createObjectURL(file);
       preview.hidden = false;
     };
@@ -32,8 +33,10 @@
       e.preventDefault();
       status.textContent = "Analysing...";
       var data = new FormData();
-      data.append("image", input.files[0]);
-      fetch("/api/v1/analyses", { method: "POST", body: data })
+      for (var i = 0; i < input.files.length; i++) data.append("image", input.files[i]);
+      // One PNG or JPEG is one analysis; DICOM, a zip or several files make a batch.
+      var single = input.files.length === 1 && /^image\/(png|jpeg)$/.test(input.files[0].type);
+      fetch(single ? "/api/v1/analyses" : "/api/v1/batches", { method: "POST", body: data })
         .then(function (r) { return r.json().then(function (j) { return { ok: r.ok, body: j }; }); })
         .then(function (r) {
           if (r.ok) { window.location = r.body.links.page; }
