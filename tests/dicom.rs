@@ -317,3 +317,28 @@ fn predict_answers_every_slice_and_sums_up_each_series() {
     }
     assert!(brain["rule"].as_str().unwrap().len() > 20);
 }
+
+#[test]
+fn explain_draws_a_map_for_a_dicom_slice_and_numbers_frames() {
+    let dir = shared_dicom();
+    let out = tempfile::tempdir().unwrap();
+    let run = Command::new(env!("CARGO_BIN_EXE_oncolens"))
+        .arg("explain")
+        .arg(dir.join("brain_mr_series/brain_010.dcm"))
+        .arg(dir.join("multiframe_mr/emri_small.dcm"))
+        .arg("--out")
+        .arg(out.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{stdout}");
+    assert!(stdout.contains("brain_010.dcm\tGrad-CAM of"), "{stdout}");
+    assert!(out.path().join("brain_010.overlay.png").is_file());
+    // Ten frames, each answered on a line of its own (drawn or refused).
+    for k in 1..=10 {
+        assert!(
+            stdout.contains(&format!("emri_small.dcm#{k}\t")),
+            "{stdout}"
+        );
+    }
+}

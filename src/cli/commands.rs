@@ -229,18 +229,35 @@ pub fn explain(a: ExplainArgs) -> Result<()> {
     let names = explainer.manifest.display_names();
     let mut failures = 0;
     for path in &a.images {
-        match explain_one(&explainer, &a, path, class) {
-            Ok(None) => {}
-            Ok(Some((e, over))) => println!(
-                "{}\tGrad-CAM of {} (p = {:.3})\t{}",
-                path.display(),
-                names[e.class_index],
-                e.probabilities[e.class_index],
-                over.display()
-            ),
+        let frames = match Scan::load_frames(path) {
+            Ok(f) => f,
             Err(err) => {
                 failures += 1;
-                println!("{}\terror: {err:#}", path.display());
+                println!("{}\terror: {}", path.display(), err.sentence());
+                continue;
+            }
+        };
+        let count = frames.len();
+        for (i, scan) in frames.into_iter().enumerate() {
+            // A frame of a multi-frame DICOM object is named `file#k` and written as
+            // `<name>.frame<k>.*.png`.
+            let frame = (count > 1).then_some(i + 1);
+            let shown = match frame {
+                Some(k) => format!("{}#{k}", path.display()),
+                None => path.display().to_string(),
+            };
+            match explain_one(&explainer, &a, (path, &shown), frame, scan, class) {
+                Ok(None) => {}
+                Ok(Some((e, over))) => println!(
+                    "{shown}\tGrad-CAM of {} (p = {:.3})\t{}",
+                    names[e.class_index],
+                    e.probabilities[e.class_index],
+                    over.display()
+                ),
+                Err(err) => {
+                    failures += 1;
+                    println!("{shown}\terror: {err:#}");
+                }
             }
         }
     }
@@ -256,27 +273,30 @@ pub fn explain(a: ExplainArgs) -> Result<()> {
 fn explain_one(
     explainer: &Explainer,
     a: &ExplainArgs,
-    path: &Path,
+    (path, shown): (&Path, &str),
+    frame: Option<usize>,
+    scan: Scan,
     class: Option<usize>,
 ) -> Result<Option<(oncolens::inference::Explanation, std::path::PathBuf)>> {
-    let scan = Scan::load(path)?;
     let prediction = explainer
         .predict_scans(std::slice::from_ref(&scan))
         .remove(0);
     if prediction.verdict == Verdict::NotBrainMri {
         println!(
-            "{}	not a brain MRI slice: {}; no map drawn",
-            path.display(),
+            "{shown}\tnot a brain MRI slice: {}; no map drawn",
             prediction.rejection_reasons().join("; ")
         );
         return Ok(None);
     }
     let img = scan.image;
     let e = explainer.explain(&img, class)?;
-    let stem = path
+    let mut stem = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "image".into());
+    if let Some(k) = frame {
+        stem = format!("{stem}.frame{k}");
+    }
     let heat = a.out.join(format!("{stem}.heatmap.png"));
     let over = a.out.join(format!("{stem}.overlay.png"));
     heatmap_image(&e.map)

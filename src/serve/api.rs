@@ -167,6 +167,7 @@ fn upload_error(e: axum::extract::multipart::MultipartError) -> ApiError {
 /// names the field).
 pub async fn read_uploads(mut multipart: Multipart) -> Result<Vec<(String, Bytes)>, ApiError> {
     let mut files = Vec::new();
+    let mut empty_file = false;
     while let Some(field) = multipart.next_field().await.map_err(upload_error)? {
         if field.name() != Some("image") {
             if field.file_name().is_some() {
@@ -188,7 +189,8 @@ pub async fn read_uploads(mut multipart: Multipart) -> Result<Vec<(String, Bytes
             .collect::<String>();
         let bytes = field.bytes().await.map_err(upload_error)?;
         if bytes.is_empty() {
-            // A browser sends an empty part when no file was chosen.
+            // A browser sends an empty, unnamed part when no file was chosen.
+            empty_file |= name != "upload" && !name.is_empty();
             continue;
         }
         files.push((name, bytes));
@@ -202,7 +204,11 @@ pub async fn read_uploads(mut multipart: Multipart) -> Result<Vec<(String, Bytes
     if files.is_empty() {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
-            "No file was uploaded (send it in a form field named \"image\").",
+            if empty_file {
+                "The uploaded file is empty."
+            } else {
+                "No file was uploaded (send it in a form field named \"image\")."
+            },
         ));
     }
     Ok(files)
