@@ -14,7 +14,7 @@
 //! |---|---|---|
 //! | 0 | [`core`] | typed errors, numeric helpers, union-find, atomic files |
 //! | 1 | [`imaging`], [`metrics`], [`plot`] | one image (PNG, JPEG and DICOM decoding, statistics, pre-processing, augmentation); figures from labels and probabilities; PNG charts |
-//! | 2 | [`data`], [`ir`], [`deid`] | data sets (folders, splits, batching); the network description; DICOM de-identification |
+//! | 2 | [`data`], [`ir`], [`deid`], [`database`] | data sets (folders, splits, batching); the network description; DICOM de-identification; the SQL database, opened and migrated |
 //! | 3 | [`model`] | the architectures, each describing itself in the `ir` |
 //! | 4 | [`modelfile`] | the model file's plain data types, and reading/writing it |
 //! | 5 | [`backend`] | back ends over the `ir`: ONNX writer, int8 engine |
@@ -34,6 +34,7 @@ pub mod metrics;
 pub mod plot;
 
 pub mod data;
+pub mod database;
 pub mod deid;
 pub mod ir;
 

@@ -4,7 +4,7 @@
 mod cli;
 
 use clap::Parser;
-use cli::args::{Cli, Command, GateCommand, ModelCommand};
+use cli::args::{Cli, Command, GateCommand, ModelCommand, PacsCommand};
 use cli::commands;
 
 fn main() {
@@ -49,5 +49,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             GateCommand::CrossValidate(a) => commands::gate_cross_validate(a),
         },
         Command::Deidentify(a) => commands::deidentify(a),
+        Command::Pacs {
+            command: PacsCommand::Watch(a),
+        } => commands::pacs_watch(a),
     }
 }

@@ -15,6 +15,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("plot", 1),
     ("data", 2),
     ("deid", 2),
+    ("database", 2),
     ("ir", 2),
     ("model", 3),
     ("modelfile", 4),

@@ -69,6 +69,103 @@ pub enum Command {
     /// De-identify DICOM files (PS3.15 Annex E Basic Application Level Confidentiality
     /// Profile) into a folder; images marked Burned In Annotation = YES are refused.
     Deidentify(DeidentifyArgs),
+    /// The PACS integration over DICOMweb.
+    Pacs {
+        #[command(subcommand)]
+        command: PacsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum PacsCommand {
+    /// Analyse the PACS's new MR series and store a Structured Report and a Grad-CAM secondary
+    /// capture series into each study (QIDO-RS, WADO-RS, STOW-RS).
+    Watch(PacsWatchArgs),
+}
+
+/// How to reach a PACS (shared by `pacs watch` and `serve --pacs-url`).
+#[derive(clap::Args, Clone)]
+pub struct PacsConnectionArgs {
+    /// HTTP basic user towards the PACS (with --pacs-password or $ONCOLENS_PACS_PASSWORD).
+    #[arg(long)]
+    pub pacs_user: Option<String>,
+    #[arg(long, env = "ONCOLENS_PACS_PASSWORD", hide_env_values = true)]
+    pub pacs_password: Option<String>,
+    /// Bearer token towards the PACS (instead of a user and password).
+    #[arg(long, env = "ONCOLENS_PACS_TOKEN", hide_env_values = true)]
+    pub pacs_token: Option<String>,
+    /// Seconds between polls.
+    #[arg(long, default_value_t = 60)]
+    pub interval: u64,
+    /// Only studies on or after this date (YYYYMMDD or YYYY-MM-DD).
+    #[arg(long)]
+    pub since: Option<String>,
+}
+
+#[derive(clap::Args)]
+pub struct PacsWatchArgs {
+    /// DICOMweb base URL, e.g. http://127.0.0.1:8042/dicom-web (https:// uses rustls).
+    #[arg(long)]
+    pub url: String,
+    /// One poll, then exit (non-zero when the PACS cannot be reached).
+    #[arg(long)]
+    pub once: bool,
+    #[command(flatten)]
+    pub connection: PacsConnectionArgs,
+    /// The database that remembers which series are done: sqlite://PATH or sqlite::memory:
+    #[arg(long, default_value = "sqlite://oncolens.db")]
+    pub database: String,
+    /// Model directory (default: $ONCOLENS_MODEL, else the bundled model).
+    #[arg(long, env = "ONCOLENS_MODEL")]
+    pub model: Option<PathBuf>,
+}
+
+impl PacsConnectionArgs {
+    /// Watch options for `url`; an error when the date or the credentials do not make sense.
+    pub fn options(
+        &self,
+        url: &str,
+        once: bool,
+    ) -> anyhow::Result<oncolens::workflows::pacs::WatchOptions> {
+        use oncolens::workflows::pacs::dicomweb::PacsAuth;
+        let auth = match (&self.pacs_user, &self.pacs_password, &self.pacs_token) {
+            (Some(_), _, Some(_)) => {
+                anyhow::bail!("give either --pacs-user or --pacs-token, not both")
+            }
+            (Some(user), Some(password), None) => PacsAuth::Basic {
+                user: user.clone(),
+                password: password.clone(),
+            },
+            (Some(_), None, None) => {
+                anyhow::bail!(
+                    "--pacs-user needs a password (--pacs-password or $ONCOLENS_PACS_PASSWORD)"
+                )
+            }
+            (None, _, Some(token)) => PacsAuth::Bearer(token.clone()),
+            (None, _, None) => PacsAuth::None,
+        };
+        let since = match &self.since {
+            Some(d) => {
+                let digits: String = d.chars().filter(|c| *c != '-').collect();
+                if digits.len() != 8 || !digits.chars().all(|c| c.is_ascii_digit()) {
+                    anyhow::bail!("--since {d:?} is not a date (YYYYMMDD or YYYY-MM-DD)");
+                }
+                Some(digits)
+            }
+            None => None,
+        };
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            anyhow::bail!("the PACS URL {url:?} must start with http:// or https://");
+        }
+        Ok(oncolens::workflows::pacs::WatchOptions {
+            url: url.to_string(),
+            auth,
+            once,
+            interval: std::time::Duration::from_secs(self.interval.max(1)),
+            since,
+            ..Default::default()
+        })
+    }
 }
 
 #[derive(clap::Args)]

@@ -387,3 +387,17 @@ pub fn deidentify(a: DeidentifyArgs) -> Result<()> {
     }
     Ok(())
 }
+
+pub fn pacs_watch(a: PacsWatchArgs) -> Result<()> {
+    let options = a.connection.options(&a.url, a.once)?;
+    let explainer = std::sync::Arc::new(Explainer::open_source(&model_source(&a.model))?);
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let report = runtime.block_on(async {
+        let db = oncolens::database::open(&a.database).await?;
+        oncolens::workflows::pacs::watch(explainer, db, options)
+            .await
+            .map_err(oncolens::Error::from)
+    })?;
+    println!("{}", report.describe());
+    Ok(())
+}

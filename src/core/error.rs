@@ -103,6 +103,28 @@ pub enum DicomError {
     NoFrames,
 }
 
+/// What went wrong talking to a PACS over DICOMweb. Messages name the step, never a URL
+/// path (it holds study and series UIDs).
+#[derive(Debug, thiserror::Error)]
+pub enum PacsError {
+    #[error("the HTTP client cannot be set up")]
+    Client(#[source] Cause),
+    #[error("{what}: the PACS cannot be reached")]
+    Unreachable {
+        what: &'static str,
+        #[source]
+        source: Cause,
+    },
+    #[error("{what}: the PACS answered HTTP {status}")]
+    Status { what: &'static str, status: u16 },
+    #[error("{0}: the PACS's answer cannot be read")]
+    BadResponse(&'static str, #[source] Cause),
+    #[error("the watcher's database")]
+    State(#[source] Cause),
+    #[error("{0}")]
+    Analysis(String),
+}
+
 /// Why a DICOM object cannot be de-identified.
 #[derive(Debug, thiserror::Error)]
 pub enum DeidError {
@@ -359,6 +381,8 @@ pub enum Error {
     Font(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("PACS")]
+    Pacs(#[from] PacsError),
     #[error("cannot de-identify {path}")]
     Deid {
         path: PathBuf,

@@ -12,10 +12,11 @@ use std::path::Path;
 use burn::tensor::{Tensor, TensorData};
 use image::Luma;
 
-use super::predictor::Predictor;
+use super::predictor::{Prediction, Predictor, prediction_from};
 use crate::core::error::{ExplainError, Result};
 use crate::core::numeric::{argmax, softmax_with_temperature};
-use crate::imaging::{Geometry, GreyImage};
+use crate::imaging::gate_view::gate_view;
+use crate::imaging::{Geometry, GreyImage, Scan};
 use crate::model::Trace;
 use crate::modelfile::{Mode, ModelSource};
 use crate::runtime::{Compute, LoadedModel, forward_rows, rows};
@@ -75,6 +76,25 @@ impl Explainer {
     pub fn with_int8(mut self, on: bool) -> Result<Self> {
         self.predictor = self.predictor.with_int8(on)?;
         Ok(self)
+    }
+
+    /// The answer for a decoded scan and the Grad-CAM of its class, the input gate and check
+    /// applied as [`Predictor`] applies them: what the web app and the PACS watcher show.
+    pub fn analyse(&self, scan: &Scan) -> Result<(Prediction, Explanation)> {
+        let grey = &scan.image;
+        let explanation = self.explain(grey, None)?;
+        let finding = self
+            .gate_findings(&[&gate_view(grey)])
+            .into_iter()
+            .next()
+            .flatten();
+        let prediction = prediction_from(
+            &self.manifest,
+            &explanation.logits,
+            Some((&scan.stats(), grey.dimensions(), &explanation.pooled)),
+            self.gate().map(|g| &g.manifest).zip(finding.as_ref()),
+        );
+        Ok((prediction, explanation))
     }
 
     /// Grad-CAM of `class` (default: the predicted class) for a decoded scan.

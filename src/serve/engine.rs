@@ -10,9 +10,8 @@ use axum::body::Bytes;
 use crate::core::error::sentence;
 use crate::imaging::Scan;
 use crate::imaging::dicom::{DicomSource, is_dicom, parse, text};
-use crate::imaging::gate_view::gate_view;
 use crate::inference::render::colour;
-use crate::inference::{Explainer, Prediction, prediction_from};
+use crate::inference::{Explainer, Prediction};
 
 /// Longest side of the stored display image.
 pub const DISPLAY_SIDE: u32 = 1024;
@@ -245,23 +244,12 @@ fn count_slices(files: &[(String, Bytes)]) -> usize {
         .sum()
 }
 
-/// Classifies and explains one decoded slice.
+/// Classifies and explains one decoded slice, and draws the two PNGs the page shows.
 pub fn analyse_scan(explainer: &Explainer, scan: &Scan) -> Result<Outcome, Rejected> {
     let grey = &scan.image;
-    let explanation = explainer
-        .explain(grey, None)
+    let (prediction, explanation) = explainer
+        .analyse(scan)
         .map_err(|e| Rejected(format!("The scan could not be analysed: {}.", e.sentence())))?;
-    let finding = explainer
-        .gate_findings(&[&gate_view(grey)])
-        .into_iter()
-        .next()
-        .flatten();
-    let prediction = prediction_from(
-        &explainer.manifest,
-        &explanation.logits,
-        Some((&scan.stats(), grey.dimensions(), &explanation.pooled)),
-        explainer.gate().map(|g| &g.manifest).zip(finding.as_ref()),
-    );
     let (w, h) = grey.dimensions();
     let scale = (DISPLAY_SIDE as f32 / w.max(h) as f32).min(1.0);
     let (dw, dh) = (

@@ -4,9 +4,7 @@
 //! half of one.
 
 use serde::Serialize;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::{Row, SqlitePool as Pool};
-use std::str::FromStr;
 
 use crate::core::error::{Error, Result, StoreError};
 use crate::modelfile::GateFinding;
@@ -50,21 +48,7 @@ fn db_err(e: impl Into<StoreError>) -> Error {
 
 /// Opens (creating if missing) and migrates the database at `url`, e.g. `sqlite://oncolens.db`.
 pub async fn open(url: &str) -> Result<Pool> {
-    let options = SqliteConnectOptions::from_str(url)
-        .map_err(db_err)?
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .foreign_keys(true);
-    let pool: SqlitePool = SqlitePoolOptions::new()
-        .max_connections(4)
-        .connect_with(options)
-        .await
-        .map_err(db_err)?;
-    sqlx::migrate!("./migrations")
-        .run(&pool)
-        .await
-        .map_err(db_err)?;
-    Ok(pool)
+    crate::database::open(url).await
 }
 
 pub async fn ping(pool: &Pool) -> bool {

@@ -13,6 +13,8 @@
 //! - [`gate_crossval`]: the gate measured on non-MRI sources it was not trained on;
 //! - [`gate_train`]: training the input gate with outlier exposure, and its threshold;
 //! - [`import`]: ImageNet weights from PyTorch files;
+//! - [`pacs`]: the PACS watcher over DICOMweb (QIDO-RS, WADO-RS, STOW-RS of an SR and a
+//!   Grad-CAM secondary capture);
 //! - [`observe`]: a model run over a labelled folder (shared by calibrate and evaluate).
 
 pub mod audit;
@@ -25,5 +27,6 @@ pub mod gate_report;
 pub mod gate_train;
 pub mod import;
 pub mod observe;
+pub mod pacs;
 pub mod quantize;
 pub mod train;
