@@ -425,3 +425,57 @@ fn an_unreachable_pacs_is_retried_then_named_in_a_clear_error() {
         started.elapsed()
     );
 }
+
+#[test]
+fn the_server_runs_the_watcher_and_shows_failed_series() {
+    let dir = tempfile::tempdir().unwrap();
+    let orthanc = Orthanc::start(dir.path());
+    let shared = shared_dicom();
+    orthanc.upload(&shared.join("brain_mr_series/brain_012.dcm"));
+    orthanc.upload(&shared.join("transfer_syntaxes/MR_small/MR_small_jpeg_ls_lossless.dcm"));
+    let url = orthanc.url("/dicom-web");
+    let (mut server, base) = common::spawn_server_binary(
+        &dir.path().join("db.sqlite"),
+        &[
+            "--pacs-url",
+            &url,
+            "--pacs-user",
+            USER,
+            "--pacs-password",
+            PASSWORD,
+            "--pacs-interval",
+            "1",
+        ],
+    );
+    let started = Instant::now();
+    let page = loop {
+        let page = Client::new()
+            .get(format!("{base}/pacs"))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        if page.contains("1 series answered") && page.contains("JPEG-LS") {
+            break page;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the watcher did not answer: {page}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let _ = server.kill();
+    let _ = server.wait();
+    // The page names the PACS (its slashes escaped as HTML).
+    assert!(
+        page.contains(&format!("127.0.0.1:{}", orthanc.port)),
+        "{page}"
+    );
+    assert!(page.contains("failed"), "{page}");
+    let study = text(
+        &parse(&std::fs::read(shared.join("brain_mr_series/brain_012.dcm")).unwrap()).unwrap(),
+        tags::STUDY_INSTANCE_UID,
+    )
+    .unwrap();
+    assert!(orthanc.series_of(&study).iter().any(|(m, _)| m == "SR"));
+}

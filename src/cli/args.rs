@@ -226,6 +226,24 @@ pub struct ServeArgs {
     /// forwards); repeatable.
     #[arg(long)]
     pub allowed_host: Vec<String>,
+    /// Run the PACS watcher inside the server: DICOMweb base URL of the PACS (see `pacs
+    /// watch`); parked series show on the /pacs page.
+    #[arg(long)]
+    pub pacs_url: Option<String>,
+    /// HTTP basic user towards the PACS (with $ONCOLENS_PACS_PASSWORD).
+    #[arg(long, requires = "pacs_url")]
+    pub pacs_user: Option<String>,
+    #[arg(long, env = "ONCOLENS_PACS_PASSWORD", hide_env_values = true)]
+    pub pacs_password: Option<String>,
+    /// Bearer token towards the PACS.
+    #[arg(long, env = "ONCOLENS_PACS_TOKEN", hide_env_values = true)]
+    pub pacs_token: Option<String>,
+    /// Seconds between PACS polls.
+    #[arg(long, default_value_t = 60)]
+    pub pacs_interval: u64,
+    /// Only studies on or after this date (YYYYMMDD or YYYY-MM-DD).
+    #[arg(long)]
+    pub pacs_since: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -740,7 +758,26 @@ impl From<&ServeArgs> for ServeConfig {
             },
             memory_budget_bytes: a.memory_budget_mb * 1024 * 1024,
             allowed_hosts: a.allowed_host.clone(),
+            pacs: None,
         }
+    }
+}
+
+impl ServeArgs {
+    /// The server's settings, with the PACS watcher's when `--pacs-url` is given.
+    pub fn config(&self) -> anyhow::Result<ServeConfig> {
+        let mut config = ServeConfig::from(self);
+        if let Some(url) = &self.pacs_url {
+            let connection = PacsConnectionArgs {
+                pacs_user: self.pacs_user.clone(),
+                pacs_password: self.pacs_password.clone(),
+                pacs_token: self.pacs_token.clone(),
+                interval: self.pacs_interval,
+                since: self.pacs_since.clone(),
+            };
+            config.pacs = Some(connection.options(url, false)?);
+        }
+        Ok(config)
     }
 }
 

@@ -27,7 +27,7 @@ use super::args::*;
 use super::output;
 
 pub fn serve(a: ServeArgs) -> Result<()> {
-    let config = oncolens::serve::ServeConfig::from(&a);
+    let config = a.config()?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(oncolens::serve::serve(config))?;
     Ok(())

@@ -77,6 +77,8 @@ pub struct ServeConfig {
     pub memory_budget_bytes: u64,
     /// Host names the server answers to besides loopback and the bind address.
     pub allowed_hosts: Vec<String>,
+    /// The PACS watcher to run beside the server, if any.
+    pub pacs: Option<crate::workflows::pacs::WatchOptions>,
 }
 
 impl Default for ServeConfig {
@@ -94,6 +96,7 @@ impl Default for ServeConfig {
             limits: HttpLimits::default(),
             memory_budget_bytes: budget::DEFAULT_MEMORY_BUDGET,
             allowed_hosts: Vec::new(),
+            pacs: None,
         }
     }
 }
@@ -110,6 +113,8 @@ pub struct AppState {
     max_body_bytes: usize,
     limits: HttpLimits,
     hosts: security::AllowedHosts,
+    /// The PACS the watcher polls (shown on the /pacs page), if one runs.
+    pacs_url: Option<String>,
 }
 
 /// The queue is full: try again later.
@@ -143,6 +148,7 @@ impl AppState {
             max_body_bytes: config.max_body_bytes,
             limits: config.limits,
             hosts: security::AllowedHosts::new(config.bind, &config.allowed_hosts),
+            pacs_url: config.pacs.as_ref().map(|p| p.url.clone()),
         })
     }
 
@@ -228,6 +234,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/batches", post(api::create_batch))
         .route("/api/v1/batches/{id}", get(api::fetch_batch))
         .route("/batches/{id}", get(pages::batch))
+        .route("/pacs", get(pages::pacs))
         .route("/api/v1/analyses/{id}/image", get(api::image))
         .route("/api/v1/analyses/{id}/heatmap", get(api::heatmap))
         .route(
@@ -288,6 +295,22 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
         "oncolens serving on http://{address} (model {})",
         state.explainer.manifest.name
     );
+    if let Some(pacs) = config.pacs.clone() {
+        let (explainer, db) = (state.explainer.clone(), state.db.clone());
+        tracing::info!(
+            "watching the PACS at {} every {} s",
+            pacs.url,
+            pacs.interval.as_secs()
+        );
+        tokio::spawn(async move {
+            if let Err(e) = crate::workflows::pacs::watch(explainer, db, pacs).await {
+                tracing::error!(
+                    "the PACS watcher stopped: {}",
+                    crate::core::error::sentence(&e)
+                );
+            }
+        });
+    }
     http::run(listener, router(state), config.limits, shutdown_signal()).await;
     Ok(())
 }

@@ -22,6 +22,7 @@ pub fn templates() -> Environment<'static> {
         ("history.html", include_str!("templates/history.html")),
         ("model.html", include_str!("templates/model.html")),
         ("batch.html", include_str!("templates/batch.html")),
+        ("pacs.html", include_str!("templates/pacs.html")),
     ] {
         if let Err(e) = env.add_template(name, source) {
             // Templates are compiled in and covered by tests; a broken one is a build defect.
@@ -96,6 +97,43 @@ pub async fn batch(State(state): State<AppState>, Path(id): Path<String>) -> Res
             e.status,
             "index.html",
             context! { error => e.message },
+        ),
+    }
+}
+
+/// The PACS watcher: where it looks, how many series it answered, and the series that failed
+/// or are parked, with their errors.
+pub async fn pacs(State(state): State<AppState>) -> Response {
+    use crate::workflows::pacs::state;
+    let failures = state::failures(&state.db).await;
+    let done = state::done_count(&state.db).await;
+    match (failures, done) {
+        (Ok(failures), Ok(done)) => {
+            let now = super::now_unix();
+            let rows: Vec<minijinja::Value> = failures
+                .iter()
+                .map(|f| {
+                    context! {
+                        key => f.key.chars().take(12).collect::<String>(),
+                        state => f.state,
+                        attempts => f.attempts,
+                        retry_in_s => (f.state == "failed").then(|| (f.next_attempt_unix - now).max(0)),
+                        error => f.last_error,
+                    }
+                })
+                .collect();
+            render(
+                &state,
+                StatusCode::OK,
+                "pacs.html",
+                context! { url => state.pacs_url, done => done, failures => rows },
+            )
+        }
+        (Err(e), _) | (_, Err(e)) => render(
+            &state,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "index.html",
+            context! { error => crate::core::error::sentence(&e) },
         ),
     }
 }

@@ -161,3 +161,45 @@ pub async fn done_count(pool: &SqlitePool) -> Result<i64, PacsError> {
         .and_then(|r| r.try_get("n"))
         .map_err(state_err)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn failures_back_off_then_park_and_done_is_final() {
+        let db = crate::database::open("sqlite::memory:").await.unwrap();
+        let key = series_key("http://pacs/dicom-web", "1.2.3", "1.2.3.4");
+        assert_eq!(key.len(), 64);
+        assert_eq!(due(&db, &key, 0).await.unwrap(), Due::Yes);
+        let mut now = 1_000;
+        for attempt in 1..=MAX_ATTEMPTS {
+            assert_eq!(
+                due(&db, &key, now).await.unwrap(),
+                Due::Yes,
+                "attempt {attempt}"
+            );
+            let parked = mark_failed(&db, &key, "the PACS answered HTTP 500", now)
+                .await
+                .unwrap();
+            assert_eq!(parked, attempt == MAX_ATTEMPTS);
+            // Not before the back-off: 30 s, then 60, 120, ...
+            let delay = FIRST_RETRY_S << (attempt - 1);
+            assert_eq!(due(&db, &key, now + delay - 1).await.unwrap(), Due::No);
+            now += delay;
+        }
+        // Parked: never due again on its own, and listed for the web app.
+        assert_eq!(due(&db, &key, now + 1_000_000).await.unwrap(), Due::No);
+        let f = failures(&db).await.unwrap();
+        assert_eq!(f.len(), 1);
+        assert_eq!(
+            (f[0].state.as_str(), f[0].attempts),
+            ("parked", MAX_ATTEMPTS)
+        );
+        // A different series done is final and counted.
+        let other = series_key("http://pacs/dicom-web", "1.2.3", "1.2.3.5");
+        mark_done(&db, &other, 20, "Glioma", now).await.unwrap();
+        assert_eq!(due(&db, &other, now + 1_000_000).await.unwrap(), Due::No);
+        assert_eq!(done_count(&db).await.unwrap(), 1);
+    }
+}
