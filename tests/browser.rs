@@ -302,3 +302,60 @@ async fn upload_read_toggle_feedback_history_in_chromium() {
     std::fs::write(out.join("head-ct.png"), c.screenshot().await.unwrap()).unwrap();
     c.close().await.unwrap();
 }
+
+/// A zip of a DICOM series through the upload form: the batch page shows the series summary
+/// and a strip with a class and a heat-map per slice.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dicom_series_through_the_form_shows_its_summary_and_strip() {
+    use std::io::Write;
+    let tmp = tempfile::tempdir().unwrap();
+    let addr = common::start_server(&tmp.path().join("web.db"), 2, 8, 50 * 1024 * 1024);
+    let base = format!("http://{addr}");
+    let series = common::dicom::shared_dicom().join("brain_mr_series");
+    let zip_path = tmp.path().join("series.zip");
+    {
+        let mut z = zip::ZipWriter::new(std::fs::File::create(&zip_path).unwrap());
+        for i in 8..=12 {
+            let name = format!("brain_{i:03}.dcm");
+            z.start_file(name.as_str(), zip::write::SimpleFileOptions::default())
+                .unwrap();
+            z.write_all(&std::fs::read(series.join(&name)).unwrap())
+                .unwrap();
+        }
+        z.finish().unwrap();
+    }
+    let (c, _driver) = browser(&tmp.path().join("profile")).await;
+    upload_through_the_form(&c, &base, &zip_path).await;
+    wait_for(&c, "#strip").await;
+    let slices = c.find_all(Locator::Css("#strip .slice")).await.unwrap();
+    assert_eq!(slices.len(), 5);
+    let summary = wait_for(&c, "#series-1").await.text().await.unwrap();
+    assert!(summary.contains("5 slices"), "{summary}");
+    assert!(summary.contains("Series 1 (MR)"), "{summary}");
+    let first = slices[0].text().await.unwrap();
+    assert!(first.contains("DICOM MR image 8"), "{first}");
+    let heatmaps = c
+        .find_all(Locator::Css("#strip .slice-heatmap"))
+        .await
+        .unwrap();
+    let refused = c
+        .find_all(Locator::Css("#strip .verdict-not_brain_mri"))
+        .await
+        .unwrap();
+    assert_eq!(heatmaps.len() + refused.len(), 5);
+    std::fs::write(
+        artifacts().join("dicom-series.png"),
+        c.screenshot().await.unwrap(),
+    )
+    .unwrap();
+    // Each slice opens its own result page.
+    slices[0]
+        .find(Locator::Css("a"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for(&c, "#label").await;
+    c.close().await.unwrap();
+}
