@@ -23,14 +23,6 @@ impl Drop for Driver {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn artifacts() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/browser-artifacts");
     std::fs::create_dir_all(&dir).unwrap();
@@ -44,7 +36,7 @@ async fn browser(profile: &Path) -> (fantoccini::Client, Driver) {
             "{path} not found: install Debian's {package} (apt-get install chromium chromium-driver); .ci/run does this"
         );
     }
-    let port = free_port();
+    let port = common::free_port();
     let child = Command::new(CHROMEDRIVER)
         .arg(format!("--port={port}"))
         .stdout(Stdio::null())

@@ -34,21 +34,13 @@ impl Drop for Orthanc {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl Orthanc {
     fn start(dir: &Path) -> Self {
         assert!(
             Path::new(ORTHANC).is_file() && Path::new(DICOMWEB_PLUGIN).is_file(),
             "Orthanc with its DICOMweb plugin is needed: install the Debian packages orthanc and orthanc-dicomweb"
         );
-        let port = free_port();
+        let port = common::free_port();
         let storage = dir.join("orthanc-storage");
         std::fs::create_dir_all(&storage).unwrap();
         let config = serde_json::json!({
@@ -57,7 +49,7 @@ impl Orthanc {
             "IndexDirectory": storage,
             "HttpPort": port,
             "DicomServerEnabled": false,
-            "DicomPort": free_port(),
+            "DicomPort": common::free_port(),
             "RemoteAccessAllowed": false,
             "AuthenticationEnabled": true,
             "RegisteredUsers": { USER: PASSWORD },
@@ -324,7 +316,9 @@ fn watch_answers_each_mr_series_into_its_study_once() {
         .unwrap()
         .items()
         .unwrap();
-    assert_eq!(uid(&purpose[0], tags::CODE_VALUE), "109102");
+    assert_eq!(uid(&purpose[0], tags::CODE_MEANING), "Processing Algorithm");
+    assert_eq!(uid(&purpose[0], tags::CODING_SCHEME_DESIGNATOR), "99IHE");
+    assert_eq!(uid(&purpose[1], tags::CODE_VALUE), "109102");
     assert_eq!(
         uid(&equipment[0], tags::MANUFACTURER_MODEL_NAME),
         "resnet-fine-150px"
@@ -411,7 +405,7 @@ fn watch_answers_each_mr_series_into_its_study_once() {
 #[test]
 fn an_unreachable_pacs_is_retried_then_named_in_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("http://127.0.0.1:{}/dicom-web", free_port());
+    let url = format!("http://127.0.0.1:{}/dicom-web", common::free_port());
     let started = Instant::now();
     let run = watch(&url, &dir.path().join("state.sqlite"), PASSWORD);
     assert!(!run.status.success());

@@ -104,6 +104,15 @@ pub fn start_server_with(config: oncolens::serve::ServeConfig) -> std::net::Sock
 pub mod dicom;
 pub mod non_mri;
 
+/// A loopback port free at the time of asking.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Starts the `oncolens serve` binary (bundled model, SQLite at `db`) on a free loopback port
 /// with `extra` arguments and waits until it is ready; returns the process and its base URL.
 pub fn spawn_server_binary(db: &Path, extra: &[&str]) -> (std::process::Child, String) {

@@ -138,32 +138,6 @@ impl DicomWeb {
             .collect())
     }
 
-    /// QIDO-RS: the series of one study, any modality (to find results stored earlier).
-    pub async fn study_series(&self, study: &str) -> Result<Vec<SeriesRef>, PacsError> {
-        let what = "listing the series of a study (QIDO-RS)";
-        let r = self
-            .request(reqwest::Method::GET, &format!("/studies/{study}/series"))
-            .header(ACCEPT, "application/dicom+json");
-        let response = self.send(what, r).await?;
-        if response.status() == reqwest::StatusCode::NO_CONTENT {
-            return Ok(Vec::new());
-        }
-        let items: Vec<serde_json::Value> = response
-            .json()
-            .await
-            .map_err(|e| PacsError::BadResponse(what, Box::new(e.without_url())))?;
-        Ok(items
-            .iter()
-            .filter_map(|item| {
-                Some(SeriesRef {
-                    study_instance_uid: study.to_string(),
-                    series_instance_uid: json_text(item, "0020000E")?,
-                    modality: json_text(item, "00080060").unwrap_or_default(),
-                })
-            })
-            .collect())
-    }
-
     /// WADO-RS: every instance of a series as Part 10 bytes.
     pub async fn retrieve_series(&self, s: &SeriesRef) -> Result<Vec<Bytes>, PacsError> {
         let what = "retrieving a series (WADO-RS)";

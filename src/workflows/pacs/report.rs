@@ -7,7 +7,8 @@
 //! comments, private attributes) is carried over. Codes of the private scheme `99ONCOLENS`
 //! name the concepts the standard has no code for; the algorithm is identified as in TID 4019
 //! (DCM 111001 Algorithm Name, 111003 Algorithm Version), and the Contributing Equipment
-//! Sequence names oncolens with the purpose DCM 109102 "Processing Equipment".
+//! Sequence names oncolens with the IHE AI Results purpose "Processing Algorithm" (99IHE
+//! Newcode1) and DCM 109102 "Processing Equipment".
 
 use dicom_core::value::{DataSetSequence, PrimitiveValue};
 use dicom_core::{DataElement, Length, Tag, VR};
@@ -152,9 +153,14 @@ fn common(
             "Brain MRI tumour-type classification with Grad-CAM. Research and decision support, not a diagnostic device.",
         ),
     ]);
+    // IHE AI Results names the purpose "Processing Algorithm" with its own placeholder code;
+    // DCM 109102 says the same in the standard's terms for readers that know only DCM.
     equipment.put(seq(
         tags::PURPOSE_OF_REFERENCE_CODE_SEQUENCE,
-        vec![code("109102", "DCM", "Processing Equipment")],
+        vec![
+            code("Newcode1", "99IHE", "Processing Algorithm"),
+            code("109102", "DCM", "Processing Equipment"),
+        ],
     ));
     obj.put(seq(tags::CONTRIBUTING_EQUIPMENT_SEQUENCE, vec![equipment]));
     obj
