@@ -219,6 +219,62 @@ impl DicomWeb {
 mod tests {
     use super::*;
 
+    /// A DICOMweb stand-in that lists one series to a request with the expected
+    /// `Authorization` header and answers 401 to any other.
+    async fn stand_in(expected: &'static str) -> String {
+        use axum::http::{HeaderMap, StatusCode};
+        let app = axum::Router::new().route(
+            "/dicom-web/series",
+            axum::routing::get(move |headers: HeaderMap| async move {
+                let auth = headers
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string();
+                if auth == expected {
+                    (
+                        StatusCode::OK,
+                        r#"[{"0020000D":{"vr":"UI","Value":["1.2"]},"0020000E":{"vr":"UI","Value":["1.2.3"]},"00080060":{"vr":"CS","Value":["MR"]}}]"#,
+                    )
+                } else {
+                    (StatusCode::UNAUTHORIZED, "")
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        format!("http://{addr}/dicom-web")
+    }
+
+    #[tokio::test]
+    async fn bearer_and_basic_credentials_reach_the_pacs() {
+        let url = stand_in("Bearer t0ken").await;
+        let timeout = Duration::from_secs(10);
+        let ok = DicomWeb::new(&url, PacsAuth::Bearer("t0ken".into()), timeout).unwrap();
+        let found = ok.search_mr_series(None).await.unwrap();
+        assert_eq!(found[0].series_instance_uid, "1.2.3");
+        assert_eq!(found[0].study_instance_uid, "1.2");
+        let wrong = DicomWeb::new(&url, PacsAuth::Bearer("other".into()), timeout).unwrap();
+        let e = wrong.search_mr_series(None).await.unwrap_err();
+        assert!(matches!(e, PacsError::Status { status: 401, .. }), "{e}");
+        // user:secret in base64.
+        let url = stand_in("Basic dXNlcjpzZWNyZXQ=").await;
+        let basic = PacsAuth::Basic {
+            user: "user".into(),
+            password: "secret".into(),
+        };
+        let ok = DicomWeb::new(&url, basic, timeout).unwrap();
+        assert_eq!(
+            ok.search_mr_series(Some("20260101")).await.unwrap().len(),
+            1
+        );
+        // No URL path in the error: it would carry UIDs.
+        let none = DicomWeb::new(&url, PacsAuth::None, timeout).unwrap();
+        let e = crate::core::error::sentence(&none.search_mr_series(None).await.unwrap_err());
+        assert!(!e.contains("/dicom-web"), "{e}");
+    }
+
     #[test]
     fn boundaries_of_related_answers() {
         assert_eq!(
