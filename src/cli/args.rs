@@ -100,6 +100,9 @@ pub struct PacsConnectionArgs {
     /// Only studies on or after this date (YYYYMMDD or YYYY-MM-DD).
     #[arg(long)]
     pub since: Option<String>,
+    /// PEM file of a private certificate authority to trust for an https:// PACS.
+    #[arg(long)]
+    pub pacs_ca_cert: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -157,12 +160,20 @@ impl PacsConnectionArgs {
         if !(url.starts_with("http://") || url.starts_with("https://")) {
             anyhow::bail!("the PACS URL {url:?} must start with http:// or https://");
         }
+        let ca_certificates = match &self.pacs_ca_cert {
+            Some(p) => Some(
+                std::fs::read(p)
+                    .map_err(|e| anyhow::anyhow!("reading the CA file {}: {e}", p.display()))?,
+            ),
+            None => None,
+        };
         Ok(oncolens::workflows::pacs::WatchOptions {
             url: url.to_string(),
             auth,
             once,
             interval: std::time::Duration::from_secs(self.interval.max(1)),
             since,
+            ca_certificates,
             ..Default::default()
         })
     }
@@ -244,6 +255,9 @@ pub struct ServeArgs {
     /// Only studies on or after this date (YYYYMMDD or YYYY-MM-DD).
     #[arg(long)]
     pub pacs_since: Option<String>,
+    /// PEM file of a private certificate authority to trust for an https:// PACS.
+    #[arg(long)]
+    pub pacs_ca_cert: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -774,6 +788,7 @@ impl ServeArgs {
                 pacs_token: self.pacs_token.clone(),
                 interval: self.pacs_interval,
                 since: self.pacs_since.clone(),
+                pacs_ca_cert: self.pacs_ca_cert.clone(),
             };
             config.pacs = Some(connection.options(url, false)?);
         }

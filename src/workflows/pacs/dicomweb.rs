@@ -59,9 +59,31 @@ fn related_boundary(content_type: &str) -> Option<String> {
 
 impl DicomWeb {
     pub fn new(base: &str, auth: PacsAuth, timeout: Duration) -> Result<Self, PacsError> {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .use_rustls_tls()
+        Self::with_ca(base, auth, timeout, None)
+    }
+
+    /// Like [`DicomWeb::new`], also trusting the PEM certificates in `ca_pem` (a hospital's
+    /// own certificate authority) beside the public roots.
+    pub fn with_ca(
+        base: &str,
+        auth: PacsAuth,
+        timeout: Duration,
+        ca_pem: Option<&[u8]>,
+    ) -> Result<Self, PacsError> {
+        let mut builder = reqwest::Client::builder().timeout(timeout).use_rustls_tls();
+        if let Some(pem) = ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| PacsError::Client(Box::new(e)))?;
+            if certs.is_empty() {
+                return Err(PacsError::Client(
+                    "the CA file holds no PEM certificate".into(),
+                ));
+            }
+            for c in certs {
+                builder = builder.add_root_certificate(c);
+            }
+        }
+        let http = builder
             .build()
             .map_err(|e| PacsError::Client(Box::new(e.without_url())))?;
         Ok(Self {
@@ -245,6 +267,71 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         format!("http://{addr}/dicom-web")
+    }
+
+    /// An https DICOMweb stand-in whose certificate a private CA signed; returns its URL and
+    /// the CA's PEM.
+    async fn tls_stand_in() -> (String, String) {
+        use std::sync::Arc;
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&key, &ca, &ca_key)
+            .unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper::service::service_fn(|_req| async {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                            http_body_util::Full::new(Bytes::from_static(
+                                br#"[{"0020000D":{"vr":"UI","Value":["9.8"]},"0020000E":{"vr":"UI","Value":["9.8.7"]}}]"#,
+                            )),
+                        ))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        (format!("https://{addr}/dicom-web"), ca.pem())
+    }
+
+    #[tokio::test]
+    async fn https_with_a_private_ca_is_trusted_only_when_given() {
+        let (url, ca) = tls_stand_in().await;
+        let timeout = Duration::from_secs(10);
+        let trusted =
+            DicomWeb::with_ca(&url, PacsAuth::None, timeout, Some(ca.as_bytes())).unwrap();
+        let found = trusted.search_mr_series(None).await.unwrap();
+        assert_eq!(found[0].series_instance_uid, "9.8.7");
+        // Without the CA the certificate is unknown: the connection is refused.
+        let public_roots_only = DicomWeb::new(&url, PacsAuth::None, timeout).unwrap();
+        let e = public_roots_only.search_mr_series(None).await.unwrap_err();
+        assert!(matches!(e, PacsError::Unreachable { .. }), "{e}");
+        assert!(DicomWeb::with_ca(&url, PacsAuth::None, timeout, Some(b"not pem")).is_err());
     }
 
     #[tokio::test]

@@ -47,6 +47,8 @@ pub struct WatchOptions {
     pub connect_backoff: Duration,
     /// Timeout of one HTTP request.
     pub request_timeout: Duration,
+    /// PEM certificates of a private certificate authority to trust for `https://` PACS URLs.
+    pub ca_certificates: Option<Vec<u8>>,
 }
 
 impl Default for WatchOptions {
@@ -60,6 +62,7 @@ impl Default for WatchOptions {
             connect_attempts: 4,
             connect_backoff: Duration::from_millis(500),
             request_timeout: Duration::from_secs(120),
+            ca_certificates: None,
         }
     }
 }
@@ -100,7 +103,12 @@ pub async fn watch(
     db: SqlitePool,
     opts: WatchOptions,
 ) -> Result<PollReport, PacsError> {
-    let client = DicomWeb::new(&opts.url, opts.auth.clone(), opts.request_timeout)?;
+    let client = DicomWeb::with_ca(
+        &opts.url,
+        opts.auth.clone(),
+        opts.request_timeout,
+        opts.ca_certificates.as_deref(),
+    )?;
     loop {
         match poll_once(&explainer, &client, &db, &opts).await {
             Ok(report) => {
