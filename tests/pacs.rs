@@ -458,14 +458,38 @@ fn the_server_runs_the_watcher_and_shows_failed_series() {
         );
         std::thread::sleep(Duration::from_millis(300));
     };
-    let _ = server.kill();
-    let _ = server.wait();
     // The page names the PACS (its slashes escaped as HTML).
     assert!(
         page.contains(&format!("127.0.0.1:{}", orthanc.port)),
         "{page}"
     );
     assert!(page.contains("failed"), "{page}");
+    // A person releases the failed series from the page (a same-origin form post): it is
+    // tried again at once, so its attempts count restarts at 1.
+    let key = page
+        .split("action=\"/pacs/")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap()
+        .to_string();
+    assert_eq!(key.len(), 64);
+    let r = Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .post(format!("{base}/pacs/{key}/retry"))
+        .header("Origin", base.clone())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let r = Client::new()
+        .post(format!("{base}/pacs/{}/retry", "0".repeat(64)))
+        .header("Origin", base.clone())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let _ = server.kill();
+    let _ = server.wait();
     let study = text(
         &parse(&std::fs::read(shared.join("brain_mr_series/brain_012.dcm")).unwrap()).unwrap(),
         tags::STUDY_INSTANCE_UID,

@@ -235,6 +235,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/batches/{id}", get(api::fetch_batch))
         .route("/batches/{id}", get(pages::batch))
         .route("/pacs", get(pages::pacs))
+        .route(
+            "/pacs/{key}/retry",
+            post(pages::pacs_retry).layer(DefaultBodyLimit::max(FORM_BODY_LIMIT)),
+        )
         .route("/api/v1/analyses/{id}/image", get(api::image))
         .route("/api/v1/analyses/{id}/heatmap", get(api::heatmap))
         .route(

@@ -114,6 +114,7 @@ pub async fn pacs(State(state): State<AppState>) -> Response {
                 .iter()
                 .map(|f| {
                     context! {
+                        full_key => f.key,
                         key => f.key.chars().take(12).collect::<String>(),
                         state => f.state,
                         attempts => f.attempts,
@@ -130,6 +131,34 @@ pub async fn pacs(State(state): State<AppState>) -> Response {
             )
         }
         (Err(e), _) | (_, Err(e)) => render(
+            &state,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "index.html",
+            context! { error => crate::core::error::sentence(&e) },
+        ),
+    }
+}
+
+/// Releases a failed or parked PACS series for the next poll (the form on /pacs).
+pub async fn pacs_retry(State(state): State<AppState>, Path(key): Path<String>) -> Response {
+    use crate::workflows::pacs::state;
+    if key.len() != 64 || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return render(
+            &state,
+            StatusCode::NOT_FOUND,
+            "index.html",
+            context! { error => "No such series." },
+        );
+    }
+    match state::release(&state.db, &key, super::now_unix()).await {
+        Ok(true) => Redirect::to("/pacs").into_response(),
+        Ok(false) => render(
+            &state,
+            StatusCode::NOT_FOUND,
+            "index.html",
+            context! { error => "No such failed or parked series." },
+        ),
+        Err(e) => render(
             &state,
             StatusCode::INTERNAL_SERVER_ERROR,
             "index.html",

@@ -18,7 +18,7 @@ use image::RgbImage;
 
 use crate::core::DISCLAIMER;
 use crate::deid::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
-use crate::imaging::dicom::{DicomSource, text};
+use crate::imaging::dicom::DicomSource;
 use crate::inference::{Prediction, SeriesSummary, Verdict};
 use crate::modelfile::Manifest;
 
@@ -30,7 +30,8 @@ pub const SCHEME: &str = "99ONCOLENS";
 /// Series numbers of the results, high so they sort after the acquisitions.
 pub const SR_SERIES_NUMBER: i32 = 9901;
 pub const SC_SERIES_NUMBER: i32 = 9902;
-/// Series description of the SR, which the watcher also uses to recognise its own results.
+/// Series descriptions of the results (the Modality filter of the search, MR, keeps them out of
+/// the series the watcher analyses).
 pub const SR_SERIES_DESCRIPTION: &str = "oncolens AI result (research, not for diagnosis)";
 pub const SC_SERIES_DESCRIPTION: &str = "oncolens Grad-CAM (derived, not for diagnosis)";
 
@@ -542,9 +543,4 @@ pub fn heatmap_captures(
         out.push((sop_uid.clone(), part10(obj, SECONDARY_CAPTURE, &sop_uid)?));
     }
     Ok(out)
-}
-
-/// Whether an object is one of oncolens' own results (never analysed again).
-pub fn is_own_result(obj: &InMemDicomObject) -> bool {
-    text(obj, tags::MANUFACTURER_MODEL_NAME).as_deref() == Some("oncolens")
 }

@@ -119,6 +119,22 @@ pub async fn mark_failed(
     Ok(parked)
 }
 
+/// Releases a parked or failed series for the next poll (its attempts start again). Returns
+/// whether a series had that key.
+pub async fn release(pool: &SqlitePool, key: &str, now: i64) -> Result<bool, PacsError> {
+    let r = sqlx::query(
+        "UPDATE pacs_series SET state = 'failed', attempts = 0, next_attempt_unix = ?, updated_unix = ? \
+         WHERE key = ? AND state != 'done'",
+    )
+    .bind(now)
+    .bind(now)
+    .bind(key)
+    .execute(pool)
+    .await
+    .map_err(state_err)?;
+    Ok(r.rows_affected() == 1)
+}
+
 /// A series that failed, for the web app.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct FailedSeries {
