@@ -342,3 +342,34 @@ fn explain_draws_a_map_for_a_dicom_slice_and_numbers_frames() {
         );
     }
 }
+
+#[test]
+fn a_small_file_cannot_declare_its_way_to_gigabytes() {
+    // RLE of a 64x64 frame, but a header claiming 200 frames of 4096 x 4096.
+    let dir = tempfile::tempdir().unwrap();
+    let spec = MrSpec::default();
+    let mut ds = mr_dataset(&spec);
+    ds.put(dicom_core::DataElement::new(
+        dicom_dictionary_std::tags::ROWS,
+        dicom_core::VR::US,
+        dicom_core::value::PrimitiveValue::from(4096u16),
+    ));
+    ds.put(dicom_core::DataElement::new(
+        dicom_dictionary_std::tags::COLUMNS,
+        dicom_core::VR::US,
+        dicom_core::value::PrimitiveValue::from(4096u16),
+    ));
+    ds.put(dicom_core::DataElement::new(
+        dicom_dictionary_std::tags::NUMBER_OF_FRAMES,
+        dicom_core::VR::IS,
+        dicom_core::value::PrimitiveValue::from("200"),
+    ));
+    let path = dir.path().join("bomb.dcm");
+    encode(ds, &spec, RLE).write_to_file(&path).unwrap();
+    assert!(std::fs::metadata(&path).unwrap().len() < 100_000);
+    let e = frames(&path).unwrap_err();
+    assert!(
+        e.contains("would need") && e.contains("the limit is 128 MiB"),
+        "{e}"
+    );
+}

@@ -89,7 +89,7 @@ pub enum DicomError {
     #[error("the image size {columns}x{rows} is out of range")]
     BadSize { rows: i64, columns: i64 },
     #[error(
-        "the pixel data ({columns}x{rows}, {frames} frames) would need {mebibytes} MiB to decode; the limit is 256 MiB"
+        "the pixel data ({columns}x{rows}, {frames} frames) would need {mebibytes} MiB to decode; the limit is 128 MiB"
     )]
     TooMuchMemory {
         rows: i64,

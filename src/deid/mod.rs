@@ -170,6 +170,13 @@ impl Deidentifier {
         }
         let sop_class = text(obj, tags::SOP_CLASS_UID)
             .unwrap_or_else(|| obj.meta().media_storage_sop_class_uid().to_string());
+        // The file meta is checked by every reader: a malformed class UID (seen in fuzzed
+        // input) would make the output unreadable, so it is refused here.
+        if !is_valid_uid(&sop_class) {
+            return Err(DeidError::Meta(
+                format!("the SOP Class UID {sop_class:?} is not a valid UID").into(),
+            ));
+        }
         let sop_instance = text(&clean, tags::SOP_INSTANCE_UID)
             .unwrap_or_else(|| self.uid(obj.meta().media_storage_sop_instance_uid()));
         let meta = FileMetaTableBuilder::new()
@@ -240,6 +247,19 @@ impl Deidentifier {
     }
 }
 
+/// A UID as PS3.5 9.1 defines it: at most 64 characters, digits in dot-separated components,
+/// no leading zero in a component of more than one digit.
+pub fn is_valid_uid(uid: &str) -> bool {
+    let uid = uid.trim_end_matches('\0');
+    !uid.is_empty()
+        && uid.len() <= 64
+        && uid.split('.').all(|c| {
+            !c.is_empty()
+                && c.bytes().all(|b| b.is_ascii_digit())
+                && (c == "0" || !c.starts_with('0'))
+        })
+}
+
 fn empty_element(tag: Tag, vr: VR) -> DataElement<InMemDicomObject> {
     if vr == VR::SQ {
         DataElement::new(
@@ -259,5 +279,24 @@ fn dummy_value(vr: VR) -> PrimitiveValue {
         VR::DT => PrimitiveValue::from("19000101000000"),
         VR::IS | VR::DS => PrimitiveValue::from("0"),
         _ => PrimitiveValue::from(DUMMY_NAME),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uids_are_checked_and_replacements_are_valid() {
+        assert!(is_valid_uid("1.2.840.10008.5.1.4.1.1.4"));
+        assert!(is_valid_uid("1.2.840.10008.1.2\0"));
+        for bad in ["", "1..2", "1.02", "1.2a", &"1".repeat(65)] {
+            assert!(!is_valid_uid(bad), "{bad}");
+        }
+        let mut d = Deidentifier::new(Some("k"));
+        let u = d.uid("1.2.3");
+        assert!(is_valid_uid(&u), "{u}");
+        assert_eq!(u, d.uid("1.2.3"));
+        assert_ne!(u, d.uid("1.2.4"));
     }
 }

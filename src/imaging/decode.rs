@@ -128,7 +128,11 @@ pub fn decode_grey_with_info(
             0.0
         },
     };
-    Ok((img.to_luma32f(), info))
+    // Luma weights sum to 1 only up to rounding: a white RGB pixel can come out at 1.0000001.
+    let mut grey = img.to_luma32f();
+    grey.pixels_mut()
+        .for_each(|p| p.0[0] = p.0[0].clamp(0.0, 1.0));
+    Ok((grey, info))
 }
 
 /// Mean of `max(r, g, b) - min(r, g, b)` over the pixels that are not near black (at most
@@ -211,6 +215,23 @@ mod tests {
         ))
         .unwrap();
         assert!((grey.get_pixel(3, 3).0[0] - 200.0 / 255.0).abs() < 1e-2);
+    }
+
+    #[test]
+    fn white_colour_pixels_stay_within_one() {
+        // Luma weights round to 1.0000001 on white RGB (found by the decode fuzz target).
+        let white = image::RgbImage::from_pixel(16, 16, image::Rgb([255, 255, 255]));
+        for format in [ImageFormat::Png, ImageFormat::Jpeg] {
+            let grey = decode_grey(&encode(
+                &image::DynamicImage::ImageRgb8(white.clone()),
+                format,
+            ))
+            .unwrap();
+            assert!(
+                grey.pixels().all(|p| (0.0..=1.0).contains(&p.0[0])),
+                "{format:?}"
+            );
+        }
     }
 
     #[test]

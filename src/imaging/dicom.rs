@@ -35,6 +35,10 @@ use crate::core::error::DicomError;
 /// Where DICOM puts its magic: after a 128-byte preamble.
 const PREAMBLE: usize = 128;
 
+/// Largest memory all frames of one object may take decoded, as stored samples and again as
+/// `f32` grey planes (each counted alone): half the PNG/JPEG limit, since both are held.
+pub const MAX_DICOM_DECODED_BYTES: u64 = MAX_DECODED_BYTES / 2;
+
 /// Modalities accepted: the classifier and its gate know brain MR only.
 pub const ACCEPTED_MODALITY: &str = "MR";
 
@@ -236,13 +240,16 @@ pub fn read_object(obj: &DefaultDicomObject) -> Result<DicomImage, DicomError> {
     if !(8..=i64::from(MAX_SIDE)).contains(&rows) || !(8..=i64::from(MAX_SIDE)).contains(&columns) {
         return Err(DicomError::BadSize { rows, columns });
     }
+    // All frames are held decoded (the stored samples) and as f32 grey planes: both are
+    // bounded, so a small compressed file cannot declare its way to gigabytes.
     let decoded = (rows * columns * frames * samples * ((bits_allocated + 7) / 8)) as u64;
-    if decoded > MAX_DECODED_BYTES {
+    let grey = (rows * columns * frames) as u64 * 4;
+    if decoded > MAX_DICOM_DECODED_BYTES || grey > MAX_DICOM_DECODED_BYTES {
         return Err(DicomError::TooMuchMemory {
             rows,
             columns,
             frames,
-            mebibytes: decoded.div_ceil(1024 * 1024),
+            mebibytes: decoded.max(grey).div_ceil(1024 * 1024),
         });
     }
     let photometric = text(obj, tags::PHOTOMETRIC_INTERPRETATION).unwrap_or_default();
