@@ -117,6 +117,20 @@ pub struct DicomImage {
 
 /// Parses a DICOM Part 10 file (with or without its preamble) into an object.
 pub fn parse(bytes: &[u8]) -> Result<DefaultDicomObject, DicomError> {
+    parse_up_to(bytes, true)
+}
+
+/// The number of frames a DICOM file declares (1 when it says none), read from its header
+/// only: the pixel data is neither read nor decoded.
+pub fn declared_frames(bytes: &[u8]) -> Result<u32, DicomError> {
+    let header = parse_up_to(bytes, false)?;
+    Ok(int(&header, tags::NUMBER_OF_FRAMES)
+        .unwrap_or(1)
+        .clamp(1, i64::from(u32::MAX)) as u32)
+}
+
+/// [`parse`], with the pixel data (`with_pixels`) or stopping before it.
+fn parse_up_to(bytes: &[u8], with_pixels: bool) -> Result<DefaultDicomObject, DicomError> {
     let body: std::borrow::Cow<[u8]> = if bytes.get(PREAMBLE..PREAMBLE + 4) == Some(b"DICM") {
         bytes[PREAMBLE..].into()
     } else if bytes.starts_with(b"DICM") {
@@ -130,10 +144,13 @@ pub fn parse(bytes: &[u8]) -> Result<DefaultDicomObject, DicomError> {
     let read = |b: &[u8]| {
         // Reading stops after the pixel data: what may follow (padding, signatures) is not
         // needed to analyse or de-identify.
-        OpenFileOptions::new()
-            .read_preamble(dicom_object::file::ReadPreamble::Never)
-            .read_to(tags::PIXEL_DATA)
-            .from_reader(Cursor::new(b))
+        let options = OpenFileOptions::new().read_preamble(dicom_object::file::ReadPreamble::Never);
+        let options = if with_pixels {
+            options.read_to(tags::PIXEL_DATA)
+        } else {
+            options.read_until(tags::PIXEL_DATA)
+        };
+        options.from_reader(Cursor::new(b))
     };
     match read(body.as_ref()) {
         Ok(obj) => Ok(obj),

@@ -313,10 +313,7 @@ pub async fn receive_upload(
             )
         })??;
     let single_only = mode == UploadMode::Single;
-    let outcomes = match state
-        .analyse_files(admission, files, state.max_body_bytes, single_only)
-        .await
-    {
+    let outcomes = match state.analyse_files(admission, files, single_only).await {
         Err(Busy) => return Err(busy()),
         Ok(Err(refused)) => {
             let status =

@@ -9,7 +9,7 @@ use axum::body::Bytes;
 
 use crate::core::error::sentence;
 use crate::imaging::Scan;
-use crate::imaging::dicom::{DicomSource, is_dicom, parse, text};
+use crate::imaging::dicom::{DicomSource, declared_frames, is_dicom};
 use crate::inference::render::colour;
 use crate::inference::{Explainer, Prediction};
 
@@ -231,12 +231,7 @@ fn count_slices(files: &[(String, Bytes)]) -> usize {
         .iter()
         .map(|(_, b)| {
             if is_dicom(b) {
-                parse(b)
-                    .ok()
-                    .and_then(|o| text(&o, dicom_dictionary_std::tags::NUMBER_OF_FRAMES))
-                    .and_then(|n| n.parse::<usize>().ok())
-                    .unwrap_or(1)
-                    .max(1)
+                declared_frames(b).map_or(1, |n| n as usize)
             } else {
                 1
             }

@@ -169,7 +169,6 @@ impl AppState {
         &self,
         admission: Admission,
         files: Vec<(String, Bytes)>,
-        max_unpacked: usize,
         single_only: bool,
     ) -> std::result::Result<std::result::Result<Vec<engine::SliceOutcome>, engine::Refused>, Busy>
     {
@@ -178,6 +177,8 @@ impl AppState {
         self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
         let worker = worker.map_err(|_| Busy)?;
         let explainer = self.explainer.clone();
+        // A zip may unpack to at most the upload limit (the memory budget counts it).
+        let max_unpacked = self.max_body_bytes;
         let started = Instant::now();
         let result = tokio::task::spawn_blocking(move || {
             let outcome = engine::analyse_upload(&explainer, files, max_unpacked, single_only);

@@ -79,27 +79,18 @@ pub fn new_uid() -> String {
     format!("2.25.{}", rand::random::<u128>())
 }
 
-/// The date and time now, as DICOM DA and TM.
+/// The date and time now (UTC), as DICOM DA and TM.
 fn now() -> (String, String) {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let days = (secs / 86_400) as i64;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    let t = secs % 86_400;
-    (
-        format!("{y:04}{m:02}{d:02}"),
-        format!("{:02}{:02}{:02}", t / 3600, (t / 60) % 60, t % 60),
-    )
+    // "YYYY-MM-DDTHH:MM:SSZ"
+    let t = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let digits = |range: std::ops::Range<usize>| -> String {
+        t.get(range)
+            .unwrap_or_default()
+            .chars()
+            .filter(char::is_ascii_digit)
+            .collect()
+    };
+    (digits(0..10), digits(11..19))
 }
 
 /// The attributes every result object shares: filing, equipment, series.
@@ -490,47 +481,20 @@ pub fn heatmap_captures(
         ));
         obj.put(seq(tags::SOURCE_IMAGE_SEQUENCE, vec![reference(s.source)]));
         let (w, h) = overlay.dimensions();
-        obj.put(DataElement::new(
-            tags::SAMPLES_PER_PIXEL,
-            VR::US,
-            PrimitiveValue::from(3u16),
-        ));
         obj.put(el(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "RGB"));
-        obj.put(DataElement::new(
-            tags::PLANAR_CONFIGURATION,
-            VR::US,
-            PrimitiveValue::from(0u16),
-        ));
-        obj.put(DataElement::new(
-            tags::ROWS,
-            VR::US,
-            PrimitiveValue::from(h as u16),
-        ));
-        obj.put(DataElement::new(
-            tags::COLUMNS,
-            VR::US,
-            PrimitiveValue::from(w as u16),
-        ));
-        obj.put(DataElement::new(
-            tags::BITS_ALLOCATED,
-            VR::US,
-            PrimitiveValue::from(8u16),
-        ));
-        obj.put(DataElement::new(
-            tags::BITS_STORED,
-            VR::US,
-            PrimitiveValue::from(8u16),
-        ));
-        obj.put(DataElement::new(
-            tags::HIGH_BIT,
-            VR::US,
-            PrimitiveValue::from(7u16),
-        ));
-        obj.put(DataElement::new(
-            tags::PIXEL_REPRESENTATION,
-            VR::US,
-            PrimitiveValue::from(0u16),
-        ));
+        // 8-bit RGB, interleaved; the overlay is at most WORKING_SIDE a side, within u16.
+        for (tag, value) in [
+            (tags::SAMPLES_PER_PIXEL, 3),
+            (tags::PLANAR_CONFIGURATION, 0),
+            (tags::ROWS, h as u16),
+            (tags::COLUMNS, w as u16),
+            (tags::BITS_ALLOCATED, 8),
+            (tags::BITS_STORED, 8),
+            (tags::HIGH_BIT, 7),
+            (tags::PIXEL_REPRESENTATION, 0),
+        ] {
+            obj.put(DataElement::new(tag, VR::US, PrimitiveValue::from(value)));
+        }
         let mut pixels = overlay.as_raw().clone();
         if pixels.len() % 2 == 1 {
             pixels.push(0);
@@ -543,4 +507,15 @@ pub fn heatmap_captures(
         out.push((sop_uid.clone(), part10(obj, SECONDARY_CAPTURE, &sop_uid)?));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn now_is_a_dicom_date_and_time() {
+        let (date, time) = super::now();
+        assert_eq!((date.len(), time.len()), (8, 6), "{date} {time}");
+        assert!(date.starts_with("20"), "{date}");
+        assert!(date.chars().chain(time.chars()).all(|c| c.is_ascii_digit()));
+    }
 }
