@@ -19,7 +19,9 @@ pub async fn open(url: &str) -> Result<SqlitePool> {
         .map_err(db_err)?
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
-        .foreign_keys(true);
+        .foreign_keys(true)
+        // Deleted scans are overwritten with zeros, not left in free pages.
+        .pragma("secure_delete", "ON");
     let pool = SqlitePoolOptions::new()
         .max_connections(4)
         .connect_with(options)

@@ -5,7 +5,7 @@ mod cli;
 
 use clap::Parser;
 use cli::args::{Cli, Command, GateCommand, ModelCommand, PacsCommand};
-use cli::commands;
+use cli::{admin, commands};
 
 fn main() {
     // Progress and warnings of the library arrive through tracing: oncolens' own at info
@@ -52,5 +52,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Pacs {
             command: PacsCommand::Watch(a),
         } => commands::pacs_watch(a),
+        Command::User { command } => admin::user(command),
+        Command::Token { command } => admin::token(command),
+        Command::AuditLog { command } => admin::audit_log(command),
+        Command::Key { command } => admin::key(command),
+        Command::Purge(a) => admin::purge(a),
     }
 }

@@ -74,6 +74,147 @@ pub enum Command {
         #[command(subcommand)]
         command: PacsCommand,
     },
+    /// Accounts of the web app (admin, clinician, viewer); the first admin is made here.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// API tokens (`Authorization: Bearer ...`), acting with their account's role.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// The append-only audit trail.
+    AuditLog {
+        #[command(subcommand)]
+        command: AuditLogCommand,
+    },
+    /// The data key that encrypts stored scans.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+    /// Delete analyses older than a number of days (what `serve --retention-days` does hourly).
+    Purge(PurgeArgs),
+}
+
+/// The database and its key, as the administrative commands take them.
+#[derive(clap::Args, Clone)]
+pub struct StoreArgs {
+    /// sqlite://PATH of the server's database.
+    #[arg(long, default_value = "sqlite://oncolens.db")]
+    pub database: String,
+    /// The data key's file (default: $ONCOLENS_KEY, else the database's file with `.key`).
+    #[arg(long, env = "ONCOLENS_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub enum UserCommand {
+    /// Add an account; the password is read from standard input (first line).
+    Add {
+        name: String,
+        /// admin, clinician or viewer.
+        #[arg(long)]
+        role: String,
+        /// Read the password from standard input (the only way: never on the command line).
+        #[arg(long)]
+        password_stdin: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// List the accounts.
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Disable an account: its sessions end and its tokens stop working.
+    Disable {
+        name: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Enable a disabled account again.
+    Enable {
+        name: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Set a new password (from standard input); ends the account's sessions, lifts a lockout.
+    ResetPassword {
+        name: String,
+        #[arg(long)]
+        password_stdin: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Make a token; it is printed once, as the last line of standard output.
+    Create {
+        /// The account the token acts for.
+        #[arg(long)]
+        user: String,
+        /// Days until it expires (default: never).
+        #[arg(long)]
+        expires: Option<u32>,
+        /// What it is for (shown in listings).
+        #[arg(long, default_value = "")]
+        label: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// List tokens (never their secrets).
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Revoke a token, by its id or the whole token.
+    Revoke {
+        token: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AuditLogCommand {
+    /// Check the hash chain and its signed head; exits non-zero naming the first bad entry.
+    Verify {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Write the trail (or part of it) as CSV to standard output.
+    Export {
+        /// Only this actor's entries.
+        #[arg(long)]
+        actor: Option<String>,
+        /// Only actions starting with this (e.g. `analysis.`).
+        #[arg(long)]
+        action: Option<String>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum KeyCommand {
+    /// Make a new data key and re-encrypt everything stored with it; the old key is dropped.
+    Rotate {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct PurgeArgs {
+    /// Delete analyses made more than this many days ago (0: all of them).
+    #[arg(long)]
+    pub older_than_days: u64,
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 #[derive(Subcommand)]
@@ -258,6 +399,23 @@ pub struct ServeArgs {
     /// PEM file of a private certificate authority to trust for an https:// PACS.
     #[arg(long)]
     pub pacs_ca_cert: Option<PathBuf>,
+    /// The data key's file (default: $ONCOLENS_KEY, else the database's file with `.key`,
+    /// created with mode 0600 on first start).
+    #[arg(long, env = "ONCOLENS_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Minutes without a request after which a session ends.
+    #[arg(long, default_value_t = 30)]
+    pub session_idle_minutes: u64,
+    /// Hours after sign-in after which a session ends however active.
+    #[arg(long, default_value_t = 12)]
+    pub session_max_hours: u64,
+    /// Delete analyses older than this many days (checked at start and hourly; default: keep).
+    #[arg(long)]
+    pub retention_days: Option<u64>,
+    /// Clients reach the server over HTTPS through a proxy that terminates TLS: mark cookies
+    /// Secure.
+    #[arg(long)]
+    pub behind_tls: bool,
 }
 
 #[derive(clap::Args)]
@@ -773,6 +931,15 @@ impl From<&ServeArgs> for ServeConfig {
             memory_budget_bytes: a.memory_budget_mb * 1024 * 1024,
             allowed_hosts: a.allowed_host.clone(),
             pacs: None,
+            key_file: a.key_file.clone(),
+            sessions: oncolens::security::sessions::SessionPolicy {
+                idle: Duration::from_secs(a.session_idle_minutes.max(1) * 60),
+                absolute: Duration::from_secs(a.session_max_hours.max(1) * 3600),
+            },
+            retention: a
+                .retention_days
+                .map(|d| Duration::from_secs(d.max(1) * 86_400)),
+            behind_tls: a.behind_tls,
         }
     }
 }

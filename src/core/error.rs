@@ -313,6 +313,63 @@ pub enum StoreError {
     Json(#[from] serde_json::Error),
 }
 
+/// Accounts, passwords, sessions and API tokens.
+#[derive(Debug, thiserror::Error)]
+pub enum AccessError {
+    #[error("there is no account named {0:?}")]
+    NoSuchUser(String),
+    #[error("an account named {0:?} exists already")]
+    UserExists(String),
+    #[error("{0:?} is not a role (admin, clinician or viewer)")]
+    NoSuchRole(String),
+    #[error("account names are 1 to 64 letters, digits, '.', '_' or '-' ({0:?} is not)")]
+    BadName(String),
+    #[error("the password is too weak: {0}")]
+    WeakPassword(String),
+    #[error("the password could not be hashed")]
+    Hash(String),
+    #[error("the account {0:?} is disabled")]
+    Disabled(String),
+    #[error("there is no token {0:?}")]
+    NoSuchToken(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The append-only audit trail.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("audit entry {seq}: {problem}")]
+    Broken { seq: i64, problem: String },
+    #[error("the audit trail's head: {0}")]
+    Head(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Key(#[from] KeyError),
+}
+
+/// The key that encrypts stored scans (AES-256-GCM) and signs the audit trail's head.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("cannot read the key file {0}")]
+    Read(PathBuf, #[source] std::io::Error),
+    #[error("cannot write the key file {0}")]
+    Write(PathBuf, #[source] std::io::Error),
+    #[error("the key file {0} is malformed: {1}")]
+    Malformed(PathBuf, String),
+    #[error("the key file {0} can be read by other users (mode {1:o}); make it 0600")]
+    Permissions(PathBuf, u32),
+    #[error("ONCOLENS_KEY is not 32 bytes in base64")]
+    BadEnvironmentKey,
+    #[error("stored data is encrypted with a key this server does not have (key id {0})")]
+    UnknownKey(String),
+    #[error("stored data failed authentication: it was altered, or belongs elsewhere ({0})")]
+    Tampered(String),
+    #[error("stored data is not encrypted ({0})")]
+    Plaintext(String),
+}
+
 /// Starting and running the web server.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -391,6 +448,12 @@ pub enum Error {
     },
     #[error(transparent)]
     Serve(#[from] ServeError),
+    #[error(transparent)]
+    Access(#[from] AccessError),
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    #[error(transparent)]
+    Key(#[from] KeyError),
 }
 
 impl Error {

@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::access::ExpectedCsrf;
 use super::engine::{MAX_UPLOAD_FILES, Outcome};
 use super::store::{self, AnalysisRecord, BatchRecord};
 use super::{AppState, Busy, new_id, now_unix, valid_id};
@@ -165,9 +166,31 @@ fn upload_error(e: axum::extract::multipart::MultipartError) -> ApiError {
 /// Reads every `image` field of a multipart upload: (file name, bytes) each (a zip is opened
 /// later, by the worker that analyses it). A file under any other field name is refused (the OpenAPI description
 /// names the field).
-pub async fn read_uploads(mut multipart: Multipart) -> Result<Vec<(String, Bytes)>, ApiError> {
+pub async fn read_uploads(
+    mut multipart: Multipart,
+    csrf: Option<&ExpectedCsrf>,
+) -> Result<Vec<(String, Bytes)>, ApiError> {
     let mut files = Vec::new();
     let mut empty_file = false;
+    if let Some(expected) = csrf {
+        // A page's upload form: its token comes first (the form puts it before the files),
+        // so nothing of a forged upload is read beyond it.
+        let refused = || {
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "Refused: the form's security token is missing or out of date; reload the page \
+                 and try again.",
+            )
+        };
+        let field = multipart.next_field().await.map_err(upload_error)?;
+        let Some(field) = field.filter(|f| f.name() == Some("csrf")) else {
+            return Err(refused());
+        };
+        let token = field.text().await.map_err(upload_error)?;
+        if !expected.matches(token.trim()) {
+            return Err(refused());
+        }
+    }
     while let Some(field) = multipart.next_field().await.map_err(upload_error)? {
         if field.name() != Some("image") {
             if field.file_name().is_some() {
@@ -227,7 +250,7 @@ pub async fn receive_and_analyse(
     state: &AppState,
     multipart: Multipart,
 ) -> Result<AnalysisRecord, ApiError> {
-    match receive_upload(state, multipart, UploadMode::Single).await? {
+    match receive_upload(state, multipart, UploadMode::Single, None).await? {
         Received::Single(record) => Ok(record),
         Received::Batch(..) => Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -296,12 +319,13 @@ pub async fn receive_upload(
     state: &AppState,
     multipart: Multipart,
     mode: UploadMode,
+    csrf: Option<&ExpectedCsrf>,
 ) -> Result<Received, ApiError> {
     let Ok(admission) = state.admit() else {
         let _ = tokio::time::timeout(state.limits.body_timeout, discard(multipart)).await;
         return Err(busy());
     };
-    let files = tokio::time::timeout(state.limits.body_timeout, read_uploads(multipart))
+    let files = tokio::time::timeout(state.limits.body_timeout, read_uploads(multipart, csrf))
         .await
         .map_err(|_| {
             ApiError::new(
@@ -333,9 +357,15 @@ pub async fn receive_upload(
             .result
             .map_err(|r| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, r.0))?;
         let record = record_of(state, &slice.name, &outcome);
-        store::insert_analysis(&state.db, &record, &outcome.image_png, &outcome.heatmap_png)
-            .await
-            .map_err(store_error)?;
+        store::insert_analysis(
+            &state.db,
+            &state.keys,
+            &record,
+            &outcome.image_png,
+            &outcome.heatmap_png,
+        )
+        .await
+        .map_err(store_error)?;
         return Ok(Received::Single(record));
     }
     let manifest = &state.explainer.manifest;
@@ -391,7 +421,7 @@ pub async fn receive_upload(
         .zip(&analysed)
         .map(|(r, (_, _, o))| (r, o.image_png.as_slice(), o.heatmap_png.as_slice()))
         .collect();
-    store::insert_batch(&state.db, &batch, &stored)
+    store::insert_batch(&state.db, &state.keys, &batch, &stored)
         .await
         .map_err(store_error)?;
     Ok(Received::Batch(batch, records))
@@ -421,7 +451,7 @@ pub fn batch_json(
 }
 
 pub async fn create_batch(State(state): State<AppState>, multipart: Multipart) -> Response {
-    match receive_upload(&state, multipart, UploadMode::Batch).await {
+    match receive_upload(&state, multipart, UploadMode::Batch, None).await {
         Ok(Received::Batch(batch, records)) => {
             let mut headers = HeaderMap::new();
             if let Ok(v) = HeaderValue::from_str(&format!("/api/v1/batches/{}", batch.id)) {
@@ -448,7 +478,7 @@ pub async fn find_batch(
     if !valid_id(id) {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "No such batch."));
     }
-    store::get_batch(&state.db, id)
+    store::get_batch(&state.db, &state.keys, id)
         .await
         .map_err(store_error)?
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "No such batch."))
@@ -516,7 +546,7 @@ pub async fn list(
         Ok(v) => v,
         Err(e) => return e.into_response(),
     };
-    match store::list_analyses(&state.db, limit, offset).await {
+    match store::list_analyses(&state.db, &state.keys, limit, offset).await {
         Ok(rows) => {
             let items: Vec<AnalysisJson> = rows.iter().map(|a| to_json(&state, a)).collect();
             Json(json!({ "items": items, "limit": limit, "offset": offset })).into_response()
@@ -529,7 +559,7 @@ pub async fn find(state: &AppState, id: &str) -> Result<AnalysisRecord, ApiError
     if !valid_id(id) {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "No such analysis."));
     }
-    match store::get_analysis(&state.db, id).await {
+    match store::get_analysis(&state.db, &state.keys, id).await {
         Ok(Some(a)) => Ok(a),
         Ok(None) => Err(ApiError::new(StatusCode::NOT_FOUND, "No such analysis.")),
         Err(e) => Err(ApiError::new(
@@ -550,7 +580,7 @@ async fn png(state: &AppState, id: &str, heatmap: bool) -> Response {
     if !valid_id(id) {
         return error(StatusCode::NOT_FOUND, "No such analysis.");
     }
-    match store::get_png(&state.db, id, heatmap).await {
+    match store::get_png(&state.db, &state.keys, id, heatmap).await {
         Ok(Some(bytes)) => (
             [
                 (header::CONTENT_TYPE, "image/png"),
@@ -611,6 +641,7 @@ pub async fn store_feedback(
     };
     let id = store::insert_feedback(
         &state.db,
+        &state.keys,
         &analysis.id,
         verdict,
         &body.class_id,
@@ -658,7 +689,7 @@ pub async fn list_feedback(State(state): State<AppState>, Path(id): Path<String>
         Ok(a) => a,
         Err(e) => return e.into_response(),
     };
-    match store::list_feedback(&state.db, &analysis.id).await {
+    match store::list_feedback(&state.db, &state.keys, &analysis.id).await {
         Ok(items) => Json(json!({ "items": items })).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
@@ -779,4 +810,99 @@ pub async fn errors_as_json(request: Request, next: Next) -> Response {
         }
     }
     json
+}
+
+/// Deletes an analysis with its images and feedback.
+pub async fn remove_analysis(state: &AppState, id: &str) -> Result<(), ApiError> {
+    let missing = || ApiError::new(StatusCode::NOT_FOUND, "No such analysis.");
+    if !valid_id(id) {
+        return Err(missing());
+    }
+    match store::delete_analysis(&state.db, id).await {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(missing()),
+        Err(e) => Err(store_error(e)),
+    }
+}
+
+/// Deletes a batch with every slice's analysis.
+pub async fn remove_batch(state: &AppState, id: &str) -> Result<(), ApiError> {
+    let missing = || ApiError::new(StatusCode::NOT_FOUND, "No such batch.");
+    if !valid_id(id) {
+        return Err(missing());
+    }
+    match store::delete_batch(&state.db, id).await {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(missing()),
+        Err(e) => Err(store_error(e)),
+    }
+}
+
+/// `DELETE /api/v1/analyses/{id}`: 204, or 404.
+pub async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    match remove_analysis(&state, &id).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `DELETE /api/v1/batches/{id}`: 204, or 404.
+pub async fn delete_batch(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    match remove_batch(&state, &id).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `GET /api/v1/audit`: the audit trail, filtered, as JSON (`{"items": [...], "verified": ...}`)
+/// or CSV (`format=csv`).
+pub async fn audit(
+    State(state): State<AppState>,
+    query: Result<Query<super::pages::AuditQuery>, QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = query else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "The query string could not be read.",
+        );
+    };
+    let filter = match q.filter(100_000) {
+        Ok(f) => f,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let entries = match crate::security::audit_log::list(&state.db, &filter).await {
+        Ok(e) => e,
+        Err(e) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                crate::core::error::sentence(&e),
+            );
+        }
+    };
+    match q.format.as_deref() {
+        Some("csv") => (
+            [
+                (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+                (
+                    header::CONTENT_DISPOSITION,
+                    "attachment; filename=\"oncolens-audit.csv\"",
+                ),
+            ],
+            crate::security::audit_log::to_csv(&entries),
+        )
+            .into_response(),
+        None | Some("json") => {
+            let verified = crate::security::audit_log::verify(&state.db, &state.keys).await;
+            Json(json!({
+                "items": entries,
+                "verified": verified.is_ok(),
+                "problem": verified.err().map(|e| crate::core::error::sentence(&e)),
+            }))
+            .into_response()
+        }
+        Some(other) => error(
+            StatusCode::BAD_REQUEST,
+            format!("format={other} is not offered (csv or json)."),
+        ),
+    }
 }

@@ -79,7 +79,7 @@ pub async fn run(
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
                     tracing::warn!("accepting a connection failed: {e}");
@@ -89,10 +89,14 @@ pub async fn run(
             },
             () = &mut shutdown => break,
         };
-        let service = TowerToHyperService::new(
-            app.clone()
-                .map_request(|r: Request<Incoming>| r.map(axum::body::Body::new)),
-        );
+        let (stream, peer) = stream;
+        let service =
+            TowerToHyperService::new(app.clone().map_request(move |r: Request<Incoming>| {
+                let mut r = r.map(axum::body::Body::new);
+                // The client's address, for the audit trail and sign-in rate limits.
+                r.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+                r
+            }));
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
             .timer(TokioTimer::new())

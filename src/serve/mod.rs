@@ -19,6 +19,7 @@
 //! per slice and a summary per DICOM series. DICOM identifiers never reach the database:
 //! slices are stored under their instance numbers and summaries under replaced UIDs.
 
+pub mod access;
 mod api;
 pub mod budget;
 mod engine;
@@ -26,6 +27,7 @@ pub mod http;
 mod metrics;
 mod pages;
 pub mod security;
+mod signin;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -47,6 +49,10 @@ use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
 use crate::core::error::{Result, ServeError};
 use crate::inference::Explainer;
 use crate::modelfile::ModelSource;
+use crate::security::accounts;
+use crate::security::audit_log::{self, Event};
+use crate::security::keys::{KeyRing, KeySource};
+use crate::security::sessions::SessionPolicy;
 pub use budget::ANALYSIS_PEAK_BYTES;
 use engine::Rejected;
 pub use http::HttpLimits;
@@ -79,6 +85,15 @@ pub struct ServeConfig {
     pub allowed_hosts: Vec<String>,
     /// The PACS watcher to run beside the server, if any.
     pub pacs: Option<crate::workflows::pacs::WatchOptions>,
+    /// The data key's file (default: beside the database, or `ONCOLENS_KEY`).
+    pub key_file: Option<std::path::PathBuf>,
+    /// Session timeouts.
+    pub sessions: SessionPolicy,
+    /// Analyses older than this are deleted (checked at start and hourly); `None` keeps them.
+    pub retention: Option<std::time::Duration>,
+    /// Whether clients reach the server over TLS (a TLS-terminating proxy, or `--tls-cert`):
+    /// cookies are then marked `Secure`.
+    pub behind_tls: bool,
 }
 
 impl Default for ServeConfig {
@@ -97,6 +112,10 @@ impl Default for ServeConfig {
             memory_budget_bytes: budget::DEFAULT_MEMORY_BUDGET,
             allowed_hosts: Vec::new(),
             pacs: None,
+            key_file: None,
+            sessions: SessionPolicy::default(),
+            retention: None,
+            behind_tls: false,
         }
     }
 }
@@ -115,6 +134,15 @@ pub struct AppState {
     hosts: security::AllowedHosts,
     /// The PACS the watcher polls (shown on the /pacs page), if one runs.
     pacs_url: Option<String>,
+    /// Seals what is stored; signs the audit trail's head.
+    keys: Arc<KeyRing>,
+    sessions: SessionPolicy,
+    /// Cookies marked `Secure`.
+    tls: bool,
+    /// The forms' CSRF token while no account exists (no session to bind one to).
+    open_csrf: String,
+    /// Failed sign-ins per client address, for rate limiting.
+    throttle: Arc<signin::Throttle>,
 }
 
 /// The queue is full: try again later.
@@ -136,6 +164,14 @@ impl AppState {
         .await
         .map_err(|e| ServeError::ModelLoading(e.into()))??;
         let db = store::open(&config.database).await?;
+        let keys = KeyRing::load_or_create(&KeySource::for_database(
+            &config.database,
+            config.key_file.as_deref(),
+        ))?;
+        let sealed = store::reseal(&db, &keys, store::Reseal::Plaintext).await?;
+        if sealed > 0 {
+            tracing::info!("encrypted {sealed} values stored before encryption at rest");
+        }
         let plan = budget::plan(config)?;
         tracing::info!("{}", plan.describe());
         Ok(Self {
@@ -149,7 +185,31 @@ impl AppState {
             limits: config.limits,
             hosts: security::AllowedHosts::new(config.bind, &config.allowed_hosts),
             pacs_url: config.pacs.as_ref().map(|p| p.url.clone()),
+            keys: Arc::new(keys),
+            sessions: config.sessions,
+            tls: config.behind_tls,
+            open_csrf: crate::security::random_secret(),
+            throttle: Arc::new(signin::Throttle::default()),
         })
+    }
+
+    /// Whether any account exists (then every route but the public ones needs one).
+    async fn accounts_exist(&self) -> bool {
+        // A database error counts as "accounts exist": fail closed.
+        accounts::any(&self.db).await.unwrap_or(true)
+    }
+
+    /// Records an audit event now. A failure to record is logged loudly; the request it
+    /// belongs to has already happened.
+    async fn audit(&self, event: Event) {
+        if let Err(e) = audit_log::record(&self.db, &self.keys, &event, now_unix()).await {
+            tracing::error!(
+                "audit entry {} {} could not be recorded: {}",
+                event.action,
+                event.object,
+                crate::core::error::sentence(&e)
+            );
+        }
     }
 
     /// A place in the queue, or [`Busy`] when it is full.
@@ -220,20 +280,36 @@ pub fn router(state: AppState) -> Router {
     let limits = state.limits;
     let hosts = state.hosts.clone();
     Router::new()
+        .route("/login", get(signin::page).post(signin::sign_in))
+        .route("/logout", post(signin::sign_out))
         .route("/", get(pages::index).post(pages::upload))
         .route("/analyses/{id}", get(pages::analysis))
         .route(
             "/analyses/{id}/feedback",
             post(pages::feedback).layer(DefaultBodyLimit::max(FORM_BODY_LIMIT)),
         )
+        .route(
+            "/analyses/{id}/delete",
+            post(pages::delete_analysis).layer(DefaultBodyLimit::max(FORM_BODY_LIMIT)),
+        )
+        .route(
+            "/batches/{id}/delete",
+            post(pages::delete_batch).layer(DefaultBodyLimit::max(FORM_BODY_LIMIT)),
+        )
+        .route("/admin/audit", get(pages::audit))
+        .route("/admin/users", get(pages::users))
+        .route("/api/v1/audit", get(api::audit))
         .route("/history", get(pages::history))
         .route("/model", get(pages::model_card))
         .route("/static/app.js", get(pages::app_js))
         .route("/static/style.css", get(pages::style_css))
         .route("/api/v1/analyses", post(api::create).get(api::list))
-        .route("/api/v1/analyses/{id}", get(api::fetch))
+        .route("/api/v1/analyses/{id}", get(api::fetch).delete(api::delete))
         .route("/api/v1/batches", post(api::create_batch))
-        .route("/api/v1/batches/{id}", get(api::fetch_batch))
+        .route(
+            "/api/v1/batches/{id}",
+            get(api::fetch_batch).delete(api::delete_batch),
+        )
         .route("/batches/{id}", get(pages::batch))
         .route("/pacs", get(pages::pacs))
         .route(
@@ -253,6 +329,10 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            access::enforce,
+        ))
         .fallback(api::not_found)
         .layer(DefaultBodyLimit::max(limit))
         .layer(RequestBodyTimeoutLayer::new(limits.body_timeout))
@@ -288,8 +368,24 @@ pub const FORM_BODY_LIMIT: usize = 32 * 1024;
 
 /// Serves until Ctrl-C or SIGTERM, then lets in-flight requests finish.
 pub async fn serve(config: ServeConfig) -> Result<()> {
-    security::check_bind(config.bind)?;
     let state = AppState::new(&config).await?;
+    if !state.accounts_exist().await {
+        security::check_bind(config.bind)?;
+    }
+    let manifest = &state.explainer.manifest;
+    state
+        .audit(
+            Event::new("system", "model.load", manifest.name.clone()).detail(format!(
+                "serving model {} (weights {})",
+                manifest.name,
+                manifest.weights_sha256.chars().take(12).collect::<String>()
+            )),
+        )
+        .await;
+    if let Some(keep) = config.retention {
+        let state = state.clone();
+        tokio::spawn(async move { retention(state, keep).await });
+    }
     let listener = tokio::net::TcpListener::bind(config.bind)
         .await
         .map_err(|e| ServeError::Listen(config.bind, e))?;
@@ -318,6 +414,31 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
     }
     http::run(listener, router(state), config.limits, shutdown_signal()).await;
     Ok(())
+}
+
+/// Deletes analyses older than `keep`, at start and then hourly; each purge is audited.
+async fn retention(state: AppState, keep: std::time::Duration) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+    loop {
+        tick.tick().await;
+        let cutoff = now_unix() - keep.as_secs() as i64;
+        match store::purge_older_than(&state.db, cutoff).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(
+                    "retention: deleted {n} analyses older than {} days",
+                    keep.as_secs() / 86_400
+                );
+                state
+                    .audit(
+                        Event::new("system", "retention.purge", "")
+                            .detail(format!("{n} analyses made before {cutoff} (unix) deleted")),
+                    )
+                    .await;
+            }
+            Err(e) => tracing::error!("retention: {}", crate::core::error::sentence(&e)),
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -9,9 +9,12 @@ use minijinja::{Environment, context};
 use serde::Deserialize;
 
 use super::AppState;
+use super::access::{self, Via};
 use super::api::{self, ApiError, FeedbackBody, Received, UploadMode};
 use super::store;
 use crate::core::DISCLAIMER;
+use crate::security::audit_log::{self, Filter};
+use crate::security::{Role, accounts, tokens};
 
 pub fn templates() -> Environment<'static> {
     let mut env = Environment::new();
@@ -23,6 +26,9 @@ pub fn templates() -> Environment<'static> {
         ("model.html", include_str!("templates/model.html")),
         ("batch.html", include_str!("templates/batch.html")),
         ("pacs.html", include_str!("templates/pacs.html")),
+        ("login.html", include_str!("templates/login.html")),
+        ("audit.html", include_str!("templates/audit.html")),
+        ("users.html", include_str!("templates/users.html")),
     ] {
         if let Err(e) = env.add_template(name, source) {
             // Templates are compiled in and covered by tests; a broken one is a build defect.
@@ -32,9 +38,27 @@ pub fn templates() -> Environment<'static> {
     env
 }
 
-fn render(state: &AppState, status: StatusCode, name: &str, ctx: minijinja::Value) -> Response {
+/// What the templates know of the one asking: for the navigation, the sign-out form, the
+/// forms' CSRF token, and which forms to show.
+fn actor_context() -> minijinja::Value {
+    match access::current() {
+        Some(a) => context! {
+            name => a.name,
+            role => a.role.map(Role::as_str),
+            csrf => a.csrf,
+            open => a.via == Via::Open,
+            signed_in => matches!(a.via, Via::Session(_)),
+            clinician => a.may(Role::Clinician),
+            admin => a.may(Role::Admin),
+        },
+        None => context! {},
+    }
+}
+
+pub fn render(state: &AppState, status: StatusCode, name: &str, ctx: minijinja::Value) -> Response {
     let manifest = &state.explainer.manifest;
     let base = context! {
+        actor => actor_context(),
         disclaimer => DISCLAIMER,
         model_name => manifest.name,
         model_version => manifest.weights_sha256.chars().take(12).collect::<String>(),
@@ -59,8 +83,13 @@ pub async fn index(State(state): State<AppState>) -> Response {
 }
 
 /// The form's upload (works without JavaScript): analyse, then show the result page.
-pub async fn upload(State(state): State<AppState>, multipart: Multipart) -> Response {
-    match api::receive_upload(&state, multipart, UploadMode::Auto).await {
+pub async fn upload(
+    State(state): State<AppState>,
+    csrf: Option<axum::Extension<access::ExpectedCsrf>>,
+    multipart: Multipart,
+) -> Response {
+    let csrf = csrf.map(|c| c.0);
+    match api::receive_upload(&state, multipart, UploadMode::Auto, csrf.as_ref()).await {
         Ok(Received::Single(record)) => {
             Redirect::to(&format!("/analyses/{}", record.id)).into_response()
         }
@@ -190,7 +219,7 @@ async fn analysis_page(
             );
         }
     };
-    let feedback = store::list_feedback(&state.db, id)
+    let feedback = store::list_feedback(&state.db, &state.keys, id)
         .await
         .unwrap_or_default();
     let json = api::to_json(state, &record);
@@ -257,7 +286,7 @@ pub async fn feedback(
 }
 
 pub async fn history(State(state): State<AppState>) -> Response {
-    match store::list_analyses(&state.db, 200, 0).await {
+    match store::list_analyses(&state.db, &state.keys, 200, 0).await {
         Ok(rows) => {
             let items: Vec<api::AnalysisJson> =
                 rows.iter().map(|a| api::to_json(&state, a)).collect();
@@ -313,4 +342,175 @@ pub async fn style_css() -> Response {
         include_str!("static/style.css"),
     )
         .into_response()
+}
+
+fn message_page(state: &AppState, status: StatusCode, message: &str) -> Response {
+    render(state, status, "index.html", context! { error => message })
+}
+
+/// Deletes an analysis (the admin's form on its page), then shows the history.
+pub async fn delete_analysis(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    match api::remove_analysis(&state, &id).await {
+        Ok(()) => Redirect::to("/history").into_response(),
+        Err(e) => message_page(&state, e.status, &e.message),
+    }
+}
+
+/// Deletes a batch with its slices.
+pub async fn delete_batch(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    match api::remove_batch(&state, &id).await {
+        Ok(()) => Redirect::to("/history").into_response(),
+        Err(e) => message_page(&state, e.status, &e.message),
+    }
+}
+
+/// The audit trail's filter, as the page and the API take it.
+#[derive(Debug, Default, Deserialize, serde::Serialize)]
+pub struct AuditQuery {
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    pub object: Option<String>,
+    /// RFC 3339 date or time (`2026-12-01`, `2026-12-01T10:00:00Z`).
+    pub since: Option<String>,
+    pub until: Option<String>,
+    pub limit: Option<i64>,
+    /// `csv` or `json` (API only).
+    pub format: Option<String>,
+}
+
+fn parse_when(text: &str, end_of_day: bool) -> Result<i64, String> {
+    let full = if text.len() == 10 {
+        format!(
+            "{text}T{}Z",
+            if end_of_day { "23:59:59" } else { "00:00:00" }
+        )
+    } else {
+        text.to_string()
+    };
+    humantime::parse_rfc3339_weak(&full)
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs() as i64)
+        .ok_or_else(|| format!("{text:?} is not a date (YYYY-MM-DD) or an RFC 3339 time"))
+}
+
+impl AuditQuery {
+    pub fn filter(&self, default_limit: i64) -> Result<Filter, String> {
+        let some = |v: &Option<String>| {
+            v.as_ref()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+        };
+        Ok(Filter {
+            actor: some(&self.actor),
+            action: some(&self.action),
+            object: some(&self.object),
+            since_unix: some(&self.since)
+                .map(|t| parse_when(&t, false))
+                .transpose()?,
+            until_unix: some(&self.until)
+                .map(|t| parse_when(&t, true))
+                .transpose()?,
+            limit: Some(self.limit.unwrap_or(default_limit).clamp(1, 100_000)),
+        })
+    }
+}
+
+pub fn rfc3339(unix: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// The audit trail for admins: whether the chain verifies, a filter, the newest entries, an
+/// export link.
+pub async fn audit(State(state): State<AppState>, Query(q): Query<AuditQuery>) -> Response {
+    let verified = audit_log::verify(&state.db, &state.keys).await;
+    let (entries, error) = match q.filter(500) {
+        Ok(filter) => match audit_log::list(&state.db, &filter).await {
+            Ok(e) => (e, None),
+            Err(e) => (Vec::new(), Some(crate::core::error::sentence(&e))),
+        },
+        Err(e) => (Vec::new(), Some(e)),
+    };
+    let rows: Vec<minijinja::Value> = entries
+        .iter()
+        .map(|e| {
+            context! {
+                seq => e.seq, at => rfc3339(e.at_unix), actor => e.actor, address => e.address,
+                action => e.action, object => e.object, outcome => e.outcome, detail => e.detail,
+            }
+        })
+        .collect();
+    let mut query = String::new();
+    for (k, v) in [
+        ("actor", &q.actor),
+        ("action", &q.action),
+        ("object", &q.object),
+        ("since", &q.since),
+        ("until", &q.until),
+    ] {
+        if let Some(v) = v.as_ref().filter(|v| !v.is_empty()) {
+            query.push('&');
+            query.push_str(k);
+            query.push('=');
+            query.extend(form_urlencoded::byte_serialize(v.as_bytes()));
+        }
+    }
+    render(
+        &state,
+        if error.is_some() {
+            StatusCode::BAD_REQUEST
+        } else {
+            StatusCode::OK
+        },
+        "audit.html",
+        context! {
+            chain_ok => verified.is_ok(),
+            chain_entries => verified.as_ref().map(|v| v.entries).unwrap_or(0),
+            chain_error => verified.as_ref().err().map(|e| crate::core::error::sentence(e)),
+            f => q,
+            query => query,
+            entries => rows,
+            error => error,
+        },
+    )
+}
+
+/// Accounts and tokens (read-only: they are managed from the command line).
+pub async fn users(State(state): State<AppState>) -> Response {
+    let now = super::now_unix();
+    match (
+        accounts::list(&state.db).await,
+        tokens::list(&state.db).await,
+    ) {
+        (Ok(users), Ok(tokens)) => {
+            let users: Vec<minijinja::Value> = users
+                .iter()
+                .map(|u| {
+                    context! {
+                        name => u.name, role => u.role.as_str(), disabled => u.disabled,
+                        locked => u.locked_until_unix > now, created => rfc3339(u.created_unix),
+                    }
+                })
+                .collect();
+            let tokens: Vec<minijinja::Value> = tokens
+                .iter()
+                .map(|t| {
+                    context! {
+                        id => t.id, user => t.user, label => t.label,
+                        expires => t.expires_unix.map(rfc3339), revoked_unix => t.revoked_unix,
+                    }
+                })
+                .collect();
+            render(
+                &state,
+                StatusCode::OK,
+                "users.html",
+                context! { users => users, tokens => tokens },
+            )
+        }
+        (Err(e), _) | (_, Err(e)) => {
+            message_page(&state, StatusCode::INTERNAL_SERVER_ERROR, &e.to_string())
+        }
+    }
 }

@@ -2,12 +2,30 @@
 //! SQL so a PostgreSQL pool can follow). Migrations are versioned in `migrations/` and run at
 //! start. An analysis is written in one statement inside a transaction: a crash never leaves
 //! half of one.
+//!
+//! At rest, what could identify a patient or show their scan is sealed with AES-256-GCM under
+//! the deployment's key ([`KeyRing`]): the scan and heat-map PNGs, the file name, the batch's
+//! series summaries and errors, and feedback comments. Each value is bound to its row and
+//! column, so a sealed value copied elsewhere does not open. The class, confidence and verdict
+//! stay in the clear so that lists and metrics need no key; without the image they say nothing
+//! about whom.
 
 use serde::Serialize;
 use sqlx::{Row, SqlitePool as Pool};
 
 use crate::core::error::{Error, Result, StoreError};
 use crate::modelfile::GateFinding;
+use crate::security::keys::KeyRing;
+
+fn seal_text(keys: &KeyRing, context: &str, text: &str) -> Vec<u8> {
+    keys.seal(context, text.as_bytes())
+}
+
+fn open_text(keys: &KeyRing, context: &str, sealed: &[u8]) -> Result<String> {
+    let plain = keys.open(context, sealed)?;
+    String::from_utf8(plain)
+        .map_err(|_| Error::Key(crate::core::error::KeyError::Tampered(context.to_string())))
+}
 
 /// Everything stored for one analysis except the images.
 #[derive(Debug, Clone, Serialize)]
@@ -57,18 +75,20 @@ pub async fn ping(pool: &Pool) -> bool {
 
 pub async fn insert_analysis(
     pool: &Pool,
+    keys: &KeyRing,
     a: &AnalysisRecord,
     image_png: &[u8],
     heatmap_png: &[u8],
 ) -> Result<()> {
     let mut tx = pool.begin().await.map_err(db_err)?;
-    insert_analysis_in(&mut tx, a, image_png, heatmap_png, None).await?;
+    insert_analysis_in(&mut tx, keys, a, image_png, heatmap_png, None).await?;
     tx.commit().await.map_err(db_err)
 }
 
 /// One analysis inside `tx`, as slice `slice` of a batch when given.
 async fn insert_analysis_in(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    keys: &KeyRing,
     a: &AnalysisRecord,
     image_png: &[u8],
     heatmap_png: &[u8],
@@ -88,7 +108,7 @@ async fn insert_analysis_in(
     )
     .bind(&a.id)
     .bind(a.created_unix)
-    .bind(&a.filename)
+    .bind(seal_text(keys, &format!("analyses/{}/filename", a.id), &a.filename))
     .bind(&a.model_name)
     .bind(&a.model_version)
     .bind(&a.class_id)
@@ -101,8 +121,8 @@ async fn insert_analysis_in(
     .bind(probabilities)
     .bind(a.width as i64)
     .bind(a.height as i64)
-    .bind(image_png)
-    .bind(heatmap_png)
+    .bind(keys.seal(&format!("analyses/{}/image_png", a.id), image_png))
+    .bind(keys.seal(&format!("analyses/{}/heatmap_png", a.id), heatmap_png))
     .bind(slice.map(|(b, _)| b))
     .bind(slice.map(|(_, i)| i))
     .execute(&mut **tx)
@@ -124,6 +144,7 @@ pub struct BatchRecord {
 
 pub async fn insert_batch(
     pool: &Pool,
+    keys: &KeyRing,
     batch: &BatchRecord,
     slices: &[(&AnalysisRecord, &[u8], &[u8])],
 ) -> Result<()> {
@@ -131,13 +152,21 @@ pub async fn insert_batch(
     sqlx::query("INSERT INTO batches (id, created_unix, series, errors) VALUES (?, ?, ?, ?)")
         .bind(&batch.id)
         .bind(batch.created_unix)
-        .bind(batch.series.to_string())
-        .bind(batch.errors.to_string())
+        .bind(seal_text(
+            keys,
+            &format!("batches/{}/series", batch.id),
+            &batch.series.to_string(),
+        ))
+        .bind(seal_text(
+            keys,
+            &format!("batches/{}/errors", batch.id),
+            &batch.errors.to_string(),
+        ))
         .execute(&mut *tx)
         .await
         .map_err(db_err)?;
     for (i, (a, image, heat)) in slices.iter().enumerate() {
-        insert_analysis_in(&mut tx, a, image, heat, Some((&batch.id, i as i64))).await?;
+        insert_analysis_in(&mut tx, keys, a, image, heat, Some((&batch.id, i as i64))).await?;
     }
     tx.commit().await.map_err(db_err)
 }
@@ -145,6 +174,7 @@ pub async fn insert_batch(
 /// A batch and its analyses in slice order.
 pub async fn get_batch(
     pool: &Pool,
+    keys: &KeyRing,
     id: &str,
 ) -> Result<Option<(BatchRecord, Vec<AnalysisRecord>)>> {
     let Some(row) =
@@ -156,8 +186,16 @@ pub async fn get_batch(
     else {
         return Ok(None);
     };
-    let series: String = row.try_get("series").map_err(db_err)?;
-    let errors: String = row.try_get("errors").map_err(db_err)?;
+    let series = open_text(
+        keys,
+        &format!("batches/{id}/series"),
+        &row.try_get::<Vec<u8>, _>("series").map_err(db_err)?,
+    )?;
+    let errors = open_text(
+        keys,
+        &format!("batches/{id}/errors"),
+        &row.try_get::<Vec<u8>, _>("errors").map_err(db_err)?,
+    )?;
     let batch = BatchRecord {
         id: row.try_get("id").map_err(db_err)?,
         created_unix: row.try_get("created_unix").map_err(db_err)?,
@@ -171,21 +209,30 @@ pub async fn get_batch(
     .fetch_all(pool)
     .await
     .map_err(db_err)?;
-    let analyses = rows.iter().map(to_record).collect::<Result<Vec<_>>>()?;
+    let analyses = rows
+        .iter()
+        .map(|r| to_record(keys, r))
+        .collect::<Result<Vec<_>>>()?;
     Ok(Some((batch, analyses)))
 }
 
 const COLUMNS: &str = "id, created_unix, filename, model_name, model_version, class_id, class_name, confidence, \
                        uncertain, verdict, input_reasons, gate, probabilities, width, height";
 
-fn to_record(row: &sqlx::sqlite::SqliteRow) -> Result<AnalysisRecord> {
+fn to_record(keys: &KeyRing, row: &sqlx::sqlite::SqliteRow) -> Result<AnalysisRecord> {
+    let id: String = row.try_get("id").map_err(db_err)?;
+    let filename = open_text(
+        keys,
+        &format!("analyses/{id}/filename"),
+        &row.try_get::<Vec<u8>, _>("filename").map_err(db_err)?,
+    )?;
     let probabilities: String = row.try_get("probabilities").map_err(db_err)?;
     let input_reasons: String = row.try_get("input_reasons").map_err(db_err)?;
     let gate: Option<String> = row.try_get("gate").map_err(db_err)?;
     Ok(AnalysisRecord {
-        id: row.try_get("id").map_err(db_err)?,
+        id,
         created_unix: row.try_get("created_unix").map_err(db_err)?,
-        filename: row.try_get("filename").map_err(db_err)?,
+        filename,
         model_name: row.try_get("model_name").map_err(db_err)?,
         model_version: row.try_get("model_version").map_err(db_err)?,
         class_id: row.try_get("class_id").map_err(db_err)?,
@@ -204,16 +251,21 @@ fn to_record(row: &sqlx::sqlite::SqliteRow) -> Result<AnalysisRecord> {
     })
 }
 
-pub async fn get_analysis(pool: &Pool, id: &str) -> Result<Option<AnalysisRecord>> {
+pub async fn get_analysis(pool: &Pool, keys: &KeyRing, id: &str) -> Result<Option<AnalysisRecord>> {
     let row = sqlx::query(&format!("SELECT {COLUMNS} FROM analyses WHERE id = ?"))
         .bind(id)
         .fetch_optional(pool)
         .await
         .map_err(db_err)?;
-    row.as_ref().map(to_record).transpose()
+    row.as_ref().map(|r| to_record(keys, r)).transpose()
 }
 
-pub async fn list_analyses(pool: &Pool, limit: i64, offset: i64) -> Result<Vec<AnalysisRecord>> {
+pub async fn list_analyses(
+    pool: &Pool,
+    keys: &KeyRing,
+    limit: i64,
+    offset: i64,
+) -> Result<Vec<AnalysisRecord>> {
     let rows = sqlx::query(&format!(
         "SELECT {COLUMNS} FROM analyses ORDER BY created_unix DESC, id LIMIT ? OFFSET ?"
     ))
@@ -222,11 +274,16 @@ pub async fn list_analyses(pool: &Pool, limit: i64, offset: i64) -> Result<Vec<A
     .fetch_all(pool)
     .await
     .map_err(db_err)?;
-    rows.iter().map(to_record).collect()
+    rows.iter().map(|r| to_record(keys, r)).collect()
 }
 
 /// `which` is `image_png` or `heatmap_png`.
-pub async fn get_png(pool: &Pool, id: &str, heatmap: bool) -> Result<Option<Vec<u8>>> {
+pub async fn get_png(
+    pool: &Pool,
+    keys: &KeyRing,
+    id: &str,
+    heatmap: bool,
+) -> Result<Option<Vec<u8>>> {
     let column = if heatmap { "heatmap_png" } else { "image_png" };
     let row = sqlx::query(&format!(
         "SELECT {column} AS png FROM analyses WHERE id = ?"
@@ -235,12 +292,20 @@ pub async fn get_png(pool: &Pool, id: &str, heatmap: bool) -> Result<Option<Vec<
     .fetch_optional(pool)
     .await
     .map_err(db_err)?;
-    row.map(|r| r.try_get::<Vec<u8>, _>("png").map_err(db_err))
-        .transpose()
+    match row {
+        None => Ok(None),
+        Some(r) => {
+            let sealed: Vec<u8> = r.try_get("png").map_err(db_err)?;
+            Ok(Some(
+                keys.open(&format!("analyses/{id}/{column}"), &sealed)?,
+            ))
+        }
+    }
 }
 
 pub async fn insert_feedback(
     pool: &Pool,
+    keys: &KeyRing,
     analysis_id: &str,
     verdict: &str,
     class_id: &str,
@@ -254,14 +319,18 @@ pub async fn insert_feedback(
     .bind(now)
     .bind(verdict)
     .bind(class_id)
-    .bind(comment)
+    .bind(seal_text(keys, &format!("feedback/{analysis_id}/comment"), comment))
     .execute(pool)
     .await
     .map_err(db_err)?;
     Ok(result.last_insert_rowid())
 }
 
-pub async fn list_feedback(pool: &Pool, analysis_id: &str) -> Result<Vec<FeedbackRecord>> {
+pub async fn list_feedback(
+    pool: &Pool,
+    keys: &KeyRing,
+    analysis_id: &str,
+) -> Result<Vec<FeedbackRecord>> {
     let rows = sqlx::query(
         "SELECT id, analysis_id, created_unix, verdict, class_id, comment FROM feedback WHERE analysis_id = ? ORDER BY id",
     )
@@ -277,8 +346,124 @@ pub async fn list_feedback(pool: &Pool, analysis_id: &str) -> Result<Vec<Feedbac
                 created_unix: r.try_get("created_unix").map_err(db_err)?,
                 verdict: r.try_get("verdict").map_err(db_err)?,
                 class_id: r.try_get("class_id").map_err(db_err)?,
-                comment: r.try_get("comment").map_err(db_err)?,
+                comment: open_text(
+                    keys,
+                    &format!("feedback/{analysis_id}/comment"),
+                    &r.try_get::<Vec<u8>, _>("comment").map_err(db_err)?,
+                )?,
             })
         })
         .collect()
+}
+
+/// The sealed columns: table, the column naming the row in the sealing context, the column.
+const SEALED: &[(&str, &str, &str)] = &[
+    ("analyses", "id", "filename"),
+    ("analyses", "id", "image_png"),
+    ("analyses", "id", "heatmap_png"),
+    ("batches", "id", "series"),
+    ("batches", "id", "errors"),
+    ("feedback", "analysis_id", "comment"),
+];
+
+/// What [`reseal`] does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reseal {
+    /// Seal values still in the clear (databases from before encryption).
+    Plaintext,
+    /// Also re-seal values sealed with an older key (`oncolens key rotate`).
+    OlderKeys,
+}
+
+/// Seals, in one transaction, every stored value that `what` selects with the sealing key;
+/// returns how many values changed. Afterwards nothing selected is left in the clear or under
+/// an old key.
+pub async fn reseal(pool: &Pool, keys: &KeyRing, what: Reseal) -> Result<u64> {
+    let primary = keys.primary_id();
+    let mut tx = pool.begin().await.map_err(db_err)?;
+    let mut changed = 0;
+    for (table, owner, column) in SEALED {
+        let condition = match what {
+            Reseal::Plaintext => format!("substr({column}, 1, 6) IS NOT X'4F4C454E4331'"),
+            Reseal::OlderKeys => format!(
+                "substr({column}, 1, 6) IS NOT X'4F4C454E4331' OR substr({column}, 7, 8) IS NOT X'{primary}'"
+            ),
+        };
+        let rows = sqlx::query(&format!(
+            "SELECT rowid, {owner} AS owner, CAST({column} AS BLOB) AS value FROM {table} WHERE {condition}"
+        ))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        for row in rows {
+            let rowid: i64 = row.try_get("rowid").map_err(db_err)?;
+            let owner: String = row.try_get("owner").map_err(db_err)?;
+            let value: Vec<u8> = row.try_get("value").map_err(db_err)?;
+            let context = format!("{table}/{owner}/{column}");
+            let plain = if KeyRing::is_sealed(&value) {
+                keys.open(&context, &value)?
+            } else {
+                value
+            };
+            sqlx::query(&format!("UPDATE {table} SET {column} = ? WHERE rowid = ?"))
+                .bind(keys.seal(&context, &plain))
+                .bind(rowid)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+            changed += 1;
+        }
+    }
+    tx.commit().await.map_err(db_err)?;
+    if changed > 0 {
+        // The old values' pages are zeroed by secure_delete; VACUUM also drops the free pages
+        // and the write-ahead log's copies.
+        sqlx::query("VACUUM").execute(pool).await.map_err(db_err)?;
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(pool)
+            .await
+            .map_err(db_err)?;
+    }
+    Ok(changed)
+}
+
+/// Deletes an analysis, its feedback and its images; `false` if there was none.
+pub async fn delete_analysis(pool: &Pool, id: &str) -> Result<bool> {
+    let done = sqlx::query("DELETE FROM analyses WHERE id = ?")
+        .bind(id)
+        .execute(pool)
+        .await
+        .map_err(db_err)?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// Deletes a batch with all its slices' analyses; `false` if there was none.
+pub async fn delete_batch(pool: &Pool, id: &str) -> Result<bool> {
+    let done = sqlx::query("DELETE FROM batches WHERE id = ?")
+        .bind(id)
+        .execute(pool)
+        .await
+        .map_err(db_err)?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// Deletes the analyses (and batches) made before `cutoff_unix`; returns how many analyses.
+pub async fn purge_older_than(pool: &Pool, cutoff_unix: i64) -> Result<u64> {
+    let mut tx = pool.begin().await.map_err(db_err)?;
+    let analyses = sqlx::query("DELETE FROM analyses WHERE created_unix < ?")
+        .bind(cutoff_unix)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?
+        .rows_affected();
+    sqlx::query(
+        "DELETE FROM batches WHERE created_unix < ? \
+         AND NOT EXISTS (SELECT 1 FROM analyses WHERE analyses.batch_id = batches.id)",
+    )
+    .bind(cutoff_unix)
+    .execute(&mut *tx)
+    .await
+    .map_err(db_err)?;
+    tx.commit().await.map_err(db_err)?;
+    Ok(analyses)
 }

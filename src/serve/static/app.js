@@ -28,21 +28,12 @@
         show(input.files[0]);
       }
     });
-    form.addEventListener("submit", function (e) {
-      if (!window.fetch || !input.files.length) return;
-      e.preventDefault();
+    // The form itself is sent (it carries the CSRF token, and the server answers with the
+    // result page or the form again with the reason); this only says that work is under way.
+    form.addEventListener("submit", function () {
+      if (!input.files.length) return;
       status.textContent = "Analysing...";
-      var data = new FormData();
-      for (var i = 0; i < input.files.length; i++) data.append("image", input.files[i]);
-      // One PNG or JPEG is one analysis; DICOM, a zip or several files make a batch.
-      var single = input.files.length === 1 && /^image\/(png|jpeg)$/.test(input.files[0].type);
-      fetch(single ? "/api/v1/analyses" : "/api/v1/batches", { method: "POST", body: data })
-        .then(function (r) { return r.json().then(function (j) { return { ok: r.ok, body: j }; }); })
-        .then(function (r) {
-          if (r.ok) { window.location = r.body.links.page; }
-          else { status.textContent = r.body.error || "The scan could not be analysed."; status.className = "error"; }
-        })
-        .catch(function () { status.textContent = "The server could not be reached."; status.className = "error"; });
+      status.className = "";
     });
   }
 
