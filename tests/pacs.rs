@@ -491,12 +491,14 @@ fn the_server_runs_the_watcher_and_shows_failed_series() {
         .unwrap()
         .post(format!("{base}/pacs/{key}/retry"))
         .header("Origin", base.clone())
+        .form(&[("csrf", common::csrf_of(&page).unwrap())])
         .send()
         .unwrap();
     assert_eq!(r.status(), 303);
     let r = Client::new()
         .post(format!("{base}/pacs/{}/retry", "0".repeat(64)))
         .header("Origin", base.clone())
+        .form(&[("csrf", common::csrf_of(&page).unwrap())])
         .send()
         .unwrap();
     assert_eq!(r.status(), 404);

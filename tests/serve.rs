@@ -26,9 +26,14 @@ fn upload(
     bytes: Vec<u8>,
 ) -> reqwest::blocking::Response {
     let part = multipart::Part::bytes(bytes).file_name(name.to_string());
+    let mut form = multipart::Form::new();
+    if !path.starts_with("/api/") {
+        // A page's form carries its CSRF token first.
+        form = form.text("csrf", common::csrf_token(client, &format!("{base}/")));
+    }
     client
         .post(format!("{base}{path}"))
-        .multipart(multipart::Form::new().part("image", part))
+        .multipart(form.part("image", part))
         .send()
         .unwrap()
 }
@@ -318,9 +323,11 @@ fn pages_upload_show_feedback_and_history_and_survive_a_restart() {
     }
     assert!(!page.to_lowercase().contains("stage 1"));
 
+    let csrf = common::csrf_of(&page).expect("the feedback form carries a CSRF token");
     let r = client
         .post(format!("{base}{page_path}/feedback"))
         .form(&[
+            ("csrf", csrf.as_str()),
             ("class_id", "pituitary_tumor"),
             ("comment", "<b>checked</b>"),
         ])

@@ -128,10 +128,17 @@ fn a_series_gives_a_result_per_slice_and_a_summary_and_a_page() {
         .unwrap()
         .post(format!("{base}/"))
         .header("Origin", base.clone())
-        .multipart(multipart::Form::new().part(
-            "image",
-            multipart::Part::bytes(slices[0].1.clone()).file_name("x.dcm"),
-        ))
+        .multipart(
+            multipart::Form::new()
+                .text(
+                    "csrf",
+                    common::csrf_token(&Client::new(), &format!("{base}/")),
+                )
+                .part(
+                    "image",
+                    multipart::Part::bytes(slices[0].1.clone()).file_name("x.dcm"),
+                ),
+        )
         .send()
         .unwrap();
     assert_eq!(r.status(), 303);

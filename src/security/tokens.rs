@@ -39,7 +39,8 @@ pub async fn create(
     if user.disabled {
         return Err(AccessError::Disabled(user.name));
     }
-    let id = random_secret()[..12].to_string();
+    // Hex, so that the id never holds the `_` that separates it from the secret.
+    let id = super::sha256_hex(&random_secret())[..16].to_string();
     let secret = random_secret();
     let expires = days.map(|d| now + i64::from(d) * 86_400);
     sqlx::query(

@@ -357,6 +357,7 @@ pub async fn enforce(State(state): State<AppState>, mut request: Request, next: 
         };
     };
 
+    let object = object_of(&request, &path);
     let mut actor = Actor {
         name: "anonymous".into(),
         role: None,
@@ -432,9 +433,12 @@ pub async fn enforce(State(state): State<AppState>, mut request: Request, next: 
             state
                 .audit(
                     actor
-                        .event(rule.audit.unwrap_or("access"), &target)
+                        .event(
+                            rule.audit.unwrap_or("access"),
+                            object.as_deref().unwrap_or(""),
+                        )
                         .outcome(Outcome::Denied)
-                        .detail(format!("{method} {path} needs the {needed} role")),
+                        .detail(format!("{method} {target}: needs the {needed} role")),
                 )
                 .await;
             return error(
@@ -465,9 +469,12 @@ pub async fn enforce(State(state): State<AppState>, mut request: Request, next: 
                     state
                         .audit(
                             actor
-                                .event(rule.audit.unwrap_or("access"), &target)
+                                .event(
+                                    rule.audit.unwrap_or("access"),
+                                    object.as_deref().unwrap_or(""),
+                                )
                                 .outcome(Outcome::Denied)
-                                .detail("missing or wrong CSRF token"),
+                                .detail(format!("{method} {target}: missing or wrong CSRF token")),
                         )
                         .await;
                     return response;
@@ -476,7 +483,6 @@ pub async fn enforce(State(state): State<AppState>, mut request: Request, next: 
         }
     }
 
-    let object = object_of(&request, &path);
     request.extensions_mut().insert(actor.clone());
     let response = CURRENT.scope(actor.clone(), next.run(request)).await;
     if let Some(action) = rule.audit {

@@ -175,3 +175,15 @@ pub fn train_model(
     oncolens::workflows::train::train(&opts, &std::sync::atomic::AtomicBool::new(false))
         .expect("training runs")
 }
+
+/// The CSRF token of the forms on the page at `url` (the hidden `csrf` field).
+pub fn csrf_token(client: &reqwest::blocking::Client, url: &str) -> String {
+    let page = client.get(url).send().unwrap().text().unwrap();
+    csrf_of(&page).unwrap_or_else(|| panic!("no CSRF token on {url}:\n{page}"))
+}
+
+/// The CSRF token in a page's HTML, if it has a form.
+pub fn csrf_of(page: &str) -> Option<String> {
+    let rest = page.split("name=\"csrf\" value=\"").nth(1)?;
+    Some(rest.split('"').next()?.to_string())
+}
