@@ -1,6 +1,8 @@
 //! The web app in real headless Chromium (Debian's `chromium` + `chromium-driver`), driven over
 //! WebDriver: upload a scan, read the class and probabilities, toggle the heat-map, send
-//! feedback, open the history, and see a colour photo refused as "not a brain MRI slice". Screenshots go to `target/browser-artifacts/`.
+//! feedback, open the history, and see a colour photo refused as "not a brain MRI slice"; sign
+//! in as a viewer and as an admin and see each role's pages. Screenshots go to
+//! `target/browser-artifacts/`.
 //! Without Chromium the test fails and says what to install; it is never skipped.
 
 mod common;
@@ -347,5 +349,116 @@ async fn a_dicom_series_through_the_form_shows_its_summary_and_strip() {
         .await
         .unwrap();
     wait_for(&c, "#label").await;
+    c.close().await.unwrap();
+}
+
+async fn sign_in_through_the_form(c: &fantoccini::Client, base: &str, name: &str, password: &str) {
+    c.goto(&format!("{base}/history")).await.unwrap();
+    // Not signed in: the page asks for it, and comes back afterwards.
+    wait_for(c, "#login-form").await;
+    c.find(Locator::Css("#username"))
+        .await
+        .unwrap()
+        .send_keys(name)
+        .await
+        .unwrap();
+    c.find(Locator::Css("#password"))
+        .await
+        .unwrap()
+        .send_keys(password)
+        .await
+        .unwrap();
+    c.find(Locator::Css("#sign-in"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sign_in_shows_each_role_its_own_pages_in_chromium() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("roles.db");
+    let password = "correct horse battery staple";
+    {
+        let pool = oncolens::database::open(&format!("sqlite://{}", db.display()))
+            .await
+            .unwrap();
+        use oncolens::security::{Role, accounts};
+        accounts::add(&pool, "alice", Role::Admin, password, 0)
+            .await
+            .unwrap();
+        accounts::add(&pool, "victor", Role::Viewer, password, 0)
+            .await
+            .unwrap();
+    }
+    let addr = common::start_server(&db, 1, 2, 8 * 1024 * 1024);
+    let base = format!("http://{addr}");
+    let (c, _driver) = browser(&tmp.path().join("profile")).await;
+    let out = artifacts();
+
+    // A wrong password: said so, still on the sign-in page.
+    sign_in_through_the_form(&c, &base, "victor", "not the password at all").await;
+    let error = wait_for(&c, "#error").await.text().await.unwrap();
+    assert!(error.contains("Wrong name or password"), "{error}");
+
+    // The viewer: the history, no upload form, no admin pages.
+    sign_in_through_the_form(&c, &base, "victor", password).await;
+    let who = wait_for(&c, "#signed-in-as").await.text().await.unwrap();
+    assert_eq!(who, "victor (viewer)");
+    assert!(c.current_url().await.unwrap().path().ends_with("/history"));
+    assert!(c.find(Locator::Css("#nav-audit")).await.is_err());
+    c.goto(&base).await.unwrap();
+    wait_for(&c, "#read-only").await;
+    assert!(c.find(Locator::Css("#upload-form")).await.is_err());
+    assert!(c.find(Locator::Css("#unprotected")).await.is_err());
+    c.goto(&format!("{base}/admin/audit")).await.unwrap();
+    let refused = wait_for(&c, "#error").await.text().await.unwrap();
+    assert!(refused.contains("needs the admin role"), "{refused}");
+    std::fs::write(
+        out.join("viewer-refused.png"),
+        c.screenshot().await.unwrap(),
+    )
+    .unwrap();
+    c.find(Locator::Css("#sign-out"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for(&c, "#login-form").await;
+
+    // The admin: the upload form and the audit trail, which verifies and shows the sign-ins.
+    sign_in_through_the_form(&c, &base, "alice", password).await;
+    let who = wait_for(&c, "#signed-in-as").await.text().await.unwrap();
+    assert_eq!(who, "alice (admin)");
+    c.goto(&base).await.unwrap();
+    wait_for(&c, "#upload-form").await;
+    c.find(Locator::Css("#nav-audit"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let chain = wait_for(&c, "#chain").await.text().await.unwrap();
+    assert!(chain.contains("The chain verifies"), "{chain}");
+    let table = c
+        .find(Locator::Css("#audit"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        "session.sign_in",
+        "victor",
+        "alice",
+        "denied",
+        "session.sign_out",
+    ] {
+        assert!(table.contains(needle), "{needle} missing:\n{table}");
+    }
+    std::fs::write(out.join("admin-audit.png"), c.screenshot().await.unwrap()).unwrap();
     c.close().await.unwrap();
 }

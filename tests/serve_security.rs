@@ -73,7 +73,7 @@ fn every_response_carries_the_security_headers() {
         !page.contains("style=\"") && !page.contains("<script>"),
         "{page}"
     );
-    assert!(page.contains("No accounts yet"));
+    assert!(page.contains("Unprotected: no accounts yet"));
 }
 
 #[test]

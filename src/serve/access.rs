@@ -441,14 +441,12 @@ pub async fn enforce(State(state): State<AppState>, mut request: Request, next: 
                         .detail(format!("{method} {target}: needs the {needed} role")),
                 )
                 .await;
-            return error(
-                StatusCode::FORBIDDEN,
-                format!(
-                    "Your account ({}, {}) may not do this: it needs the {needed} role.",
-                    actor.name,
-                    actor.role.map_or("none", Role::as_str)
-                ),
+            let message = format!(
+                "Your account ({}, {}) may not do this: it needs the {needed} role.",
+                actor.name,
+                actor.role.map_or("none", Role::as_str)
             );
+            return refusal(&state, &actor, &path, StatusCode::FORBIDDEN, message).await;
         }
     }
 
@@ -465,7 +463,7 @@ pub async fn enforce(State(state): State<AppState>, mut request: Request, next: 
         if !is_api(&path) {
             match check_form_csrf(request, &actor.csrf, state.max_body_bytes).await {
                 Ok(checked) => request = checked,
-                Err(response) => {
+                Err((status, message)) => {
                     state
                         .audit(
                             actor
@@ -477,7 +475,7 @@ pub async fn enforce(State(state): State<AppState>, mut request: Request, next: 
                                 .detail(format!("{method} {target}: missing or wrong CSRF token")),
                         )
                         .await;
-                    return response;
+                    return refusal(&state, &actor, &path, status, message).await;
                 }
             }
         }
@@ -521,6 +519,29 @@ pub async fn enforce(State(state): State<AppState>, mut request: Request, next: 
     response
 }
 
+/// A refusal: JSON for the API, the home page with the reason for a page.
+async fn refusal(
+    state: &AppState,
+    actor: &Actor,
+    path: &str,
+    status: StatusCode,
+    message: String,
+) -> Response {
+    if is_api(path) {
+        return error(status, message);
+    }
+    CURRENT
+        .scope(actor.clone(), async {
+            super::pages::render(
+                state,
+                status,
+                "index.html",
+                minijinja::context! { error => message },
+            )
+        })
+        .await
+}
+
 /// The `{id}` or `{key}` of a routed path.
 fn object_of(request: &Request, pattern: &str) -> Option<String> {
     let path = request.uri().path();
@@ -537,12 +558,13 @@ async fn check_form_csrf(
     request: Request,
     expected: &str,
     max_body: usize,
-) -> Result<Request, Response> {
+) -> Result<Request, (StatusCode, String)> {
     let refused = || {
-        error(
+        (
             StatusCode::FORBIDDEN,
             "Refused: the form's security token is missing or out of date; reload the page and \
-             try again.",
+             try again."
+                .to_string(),
         )
     };
     if expected.is_empty() {
@@ -567,9 +589,9 @@ async fn check_form_csrf(
     let (parts, body) = request.into_parts();
     let limit = super::FORM_BODY_LIMIT.min(max_body);
     let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
-        error(
+        (
             StatusCode::PAYLOAD_TOO_LARGE,
-            "The form is larger than this server takes.",
+            "The form is larger than this server takes.".to_string(),
         )
     })?;
     match form_csrf(&bytes) {

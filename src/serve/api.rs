@@ -237,6 +237,31 @@ pub async fn read_uploads(
     Ok(files)
 }
 
+/// The files of an upload body as the server takes them (fields read, zips unpacked, the
+/// limits applied) without analysing them; what the `upload` fuzz target drives.
+pub async fn parse_upload(
+    content_type: &str,
+    body: Bytes,
+    max_unpacked: usize,
+) -> Result<Vec<(String, Bytes)>, ApiError> {
+    use axum::extract::FromRequest;
+    let request = Request::builder()
+        .method("POST")
+        .header(header::CONTENT_TYPE, content_type)
+        .body(axum::body::Body::from(body))
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let multipart = Multipart::from_request(request, &())
+        .await
+        .map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+    let files = read_uploads(multipart, None).await?;
+    super::engine::unpack_upload(files, max_unpacked, false).map_err(|r| {
+        ApiError::new(
+            StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_REQUEST),
+            r.message,
+        )
+    })
+}
+
 /// Reads a multipart body to its end, keeping nothing.
 async fn discard(mut multipart: Multipart) {
     while let Ok(Some(mut field)) = multipart.next_field().await {

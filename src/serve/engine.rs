@@ -93,6 +93,16 @@ pub fn analyse_upload(
     max_unpacked: usize,
     single_only: bool,
 ) -> Result<Vec<SliceOutcome>, Refused> {
+    let files = unpack_upload(uploads, max_unpacked, single_only)?;
+    Ok(analyse_files(explainer, &files))
+}
+
+/// The uploaded files with every zip replaced by its files, checked against the limits.
+pub fn unpack_upload(
+    uploads: Vec<(String, Bytes)>,
+    max_unpacked: usize,
+    single_only: bool,
+) -> Result<Vec<(String, Bytes)>, Refused> {
     let mut files = Vec::new();
     for (name, bytes) in uploads {
         if bytes.starts_with(b"PK\x03\x04") {
@@ -121,7 +131,7 @@ pub fn analyse_upload(
             ),
         ));
     }
-    Ok(analyse_files(explainer, &files))
+    Ok(files)
 }
 
 /// The files of a zip, at most `max_bytes` unpacked in all (a zip bomb stops there).

@@ -53,6 +53,7 @@ use crate::security::accounts;
 use crate::security::audit_log::{self, Event};
 use crate::security::keys::{KeyRing, KeySource};
 use crate::security::sessions::SessionPolicy;
+pub use api::{ApiError, parse_upload};
 pub use budget::ANALYSIS_PEAK_BYTES;
 use engine::Rejected;
 pub use http::HttpLimits;
