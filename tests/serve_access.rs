@@ -669,3 +669,88 @@ fn with_accounts_the_server_may_listen_beyond_loopback_and_is_not_unprotected() 
     let _ = server.kill();
     let _ = server.wait();
 }
+
+#[test]
+fn the_openapi_description_lists_every_api_route_and_its_security() {
+    let spec: serde_json::Value = serde_json::from_str(include_str!("../src/serve/openapi.json"))
+        .expect("the OpenAPI description is JSON");
+    for rule in ROUTES {
+        if !rule.path.starts_with("/api/v1/") || rule.path == "/api/v1/openapi.json" {
+            continue;
+        }
+        let method = rule.method.as_str().to_ascii_lowercase();
+        let op = &spec["paths"][rule.path][&method];
+        assert!(op.is_object(), "{method} {} is not described", rule.path);
+        assert!(
+            op["responses"]["401"].is_object() && op["responses"]["403"].is_object(),
+            "{method} {}: 401 and 403 undescribed",
+            rule.path
+        );
+    }
+    assert_eq!(
+        spec["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+}
+
+#[test]
+fn over_https_the_session_cookie_is_secure() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("tls.db");
+    accounts_in(&db);
+    // A private CA and a certificate for 127.0.0.1 that it signed.
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    let (cert_pem, key_pem) = (tmp.path().join("cert.pem"), tmp.path().join("key.pem"));
+    std::fs::write(&cert_pem, cert.pem()).unwrap();
+    std::fs::write(&key_pem, key.serialize_pem()).unwrap();
+    let port = common::free_port();
+    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_oncolens"))
+        .args([
+            "serve",
+            "--bind",
+            &format!("127.0.0.1:{port}"),
+            "--database",
+        ])
+        .arg(format!("sqlite://{}", db.display()))
+        .arg("--tls-cert")
+        .arg(&cert_pem)
+        .arg("--tls-key")
+        .arg(&key_pem)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap())
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let base = format!("https://127.0.0.1:{port}");
+    let started = std::time::Instant::now();
+    while client.get(format!("{base}/readyz")).send().is_err() {
+        assert!(started.elapsed().as_secs() < 60, "server did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let r = client
+        .post(format!("{base}/login"))
+        .form(&[("username", "alice"), ("password", PASSWORD)])
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let cookie = r.headers()["set-cookie"].to_str().unwrap();
+    assert!(cookie.contains("; Secure"), "{cookie}");
+    // Plain HTTP on the same port gets no page.
+    let plain = Client::new()
+        .get(format!("http://127.0.0.1:{port}/login"))
+        .send();
+    assert!(plain.is_err() || !plain.unwrap().status().is_success());
+    let _ = server.kill();
+    let _ = server.wait();
+}

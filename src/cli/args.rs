@@ -416,6 +416,12 @@ pub struct ServeArgs {
     /// Secure.
     #[arg(long)]
     pub behind_tls: bool,
+    /// Serve HTTPS: the certificate chain, PEM (with --tls-key).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key, PEM.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -940,6 +946,13 @@ impl From<&ServeArgs> for ServeConfig {
                 .retention_days
                 .map(|d| Duration::from_secs(d.max(1) * 86_400)),
             behind_tls: a.behind_tls,
+            tls: match (&a.tls_cert, &a.tls_key) {
+                (Some(cert), Some(key)) => Some(oncolens::serve::http::TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                }),
+                _ => None,
+            },
         }
     }
 }

@@ -9,8 +9,10 @@
 //!   all (else 431).
 //! - Body and whole-request timeouts are layers of the router (`serve::router`).
 //! - Shutdown stops accepting, lets requests in flight finish and closes idle connections.
+//! - HTTPS ([`TlsFiles`], rustls): the handshake must finish within the header timeout too.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -21,6 +23,8 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tower::ServiceExt;
+
+use crate::core::error::SettingError;
 
 /// Limits on what one client may take of the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +71,53 @@ pub async fn discard_body(body: axum::body::Body, max_bytes: usize, timeout: Dur
     .await;
 }
 
+/// A certificate chain and its private key, PEM files, for HTTPS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+impl TlsFiles {
+    /// The rustls server settings (TLS 1.2 and 1.3, ring's ciphers, HTTP/1.1 by ALPN).
+    pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, SettingError> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let bad = |what: &str, e: &dyn std::fmt::Display| {
+            SettingError::new("TLS", format!("{what}: {e}"))
+        };
+        let certs = CertificateDer::pem_file_iter(&self.cert)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| {
+                bad(
+                    &format!("cannot read the certificate {}", self.cert.display()),
+                    &e,
+                )
+            })?;
+        if certs.is_empty() {
+            return Err(bad(
+                &self.cert.display().to_string(),
+                &"no certificate in it",
+            ));
+        }
+        let key = PrivateKeyDer::from_pem_file(&self.key).map_err(|e| {
+            bad(
+                &format!("cannot read the private key {}", self.key.display()),
+                &e,
+            )
+        })?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad("protocol versions", &e))?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .map_err(|e| bad("the certificate and key do not fit together", &e))?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+}
+
 /// Serves `app` on `listener` until `shutdown` completes, then drains.
 pub async fn run(
     listener: TcpListener,
@@ -74,6 +125,18 @@ pub async fn run(
     limits: HttpLimits,
     shutdown: impl Future<Output = ()>,
 ) {
+    run_with_tls(listener, app, limits, None, shutdown).await
+}
+
+/// [`run`], over TLS when `tls` is given.
+pub async fn run_with_tls(
+    listener: TcpListener,
+    app: Router,
+    limits: HttpLimits,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -104,12 +167,36 @@ pub async fn run(
             .max_headers(limits.max_headers)
             .max_header_size(limits.max_header_bytes)
             .keep_alive(true);
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!("connection closed: {e}");
+        match &acceptor {
+            None => {
+                let connection =
+                    graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!("connection closed: {e}");
+                    }
+                });
             }
-        });
+            Some(acceptor) => {
+                // The handshake runs in the connection's own task, bounded like a request head,
+                // so a slow client holds up no one else.
+                let handshake =
+                    tokio::time::timeout(limits.header_timeout, acceptor.accept(stream));
+                let watcher = graceful.watcher();
+                tokio::spawn(async move {
+                    let stream = match handshake.await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => return tracing::debug!("TLS handshake failed: {e}"),
+                        Err(_) => return tracing::debug!("TLS handshake timed out"),
+                    };
+                    let connection =
+                        watcher.watch(builder.serve_connection(TokioIo::new(stream), service));
+                    if let Err(e) = connection.await {
+                        tracing::debug!("connection closed: {e}");
+                    }
+                });
+            }
+        }
     }
     drop(listener);
     graceful.shutdown().await;

@@ -95,6 +95,8 @@ pub struct ServeConfig {
     /// Whether clients reach the server over TLS (a TLS-terminating proxy, or `--tls-cert`):
     /// cookies are then marked `Secure`.
     pub behind_tls: bool,
+    /// Serve HTTPS with this certificate and key (cookies are then `Secure`).
+    pub tls: Option<http::TlsFiles>,
 }
 
 impl Default for ServeConfig {
@@ -117,6 +119,7 @@ impl Default for ServeConfig {
             sessions: SessionPolicy::default(),
             retention: None,
             behind_tls: false,
+            tls: None,
         }
     }
 }
@@ -188,7 +191,7 @@ impl AppState {
             pacs_url: config.pacs.as_ref().map(|p| p.url.clone()),
             keys: Arc::new(keys),
             sessions: config.sessions,
-            tls: config.behind_tls,
+            tls: config.behind_tls || config.tls.is_some(),
             open_csrf: crate::security::random_secret(),
             throttle: Arc::new(signin::Throttle::default()),
         })
@@ -369,6 +372,7 @@ pub const FORM_BODY_LIMIT: usize = 32 * 1024;
 
 /// Serves until Ctrl-C or SIGTERM, then lets in-flight requests finish.
 pub async fn serve(config: ServeConfig) -> Result<()> {
+    let tls = config.tls.as_ref().map(|t| t.server_config()).transpose()?;
     let state = AppState::new(&config).await?;
     if !state.accounts_exist().await {
         security::check_bind(config.bind)?;
@@ -394,7 +398,8 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
         .local_addr()
         .map_err(|e| ServeError::Listen(config.bind, e))?;
     tracing::info!(
-        "oncolens serving on http://{address} (model {})",
+        "oncolens serving on {}://{address} (model {})",
+        if tls.is_some() { "https" } else { "http" },
         state.explainer.manifest.name
     );
     if let Some(pacs) = config.pacs.clone() {
@@ -413,7 +418,14 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
             }
         });
     }
-    http::run(listener, router(state), config.limits, shutdown_signal()).await;
+    http::run_with_tls(
+        listener,
+        router(state),
+        config.limits,
+        tls,
+        shutdown_signal(),
+    )
+    .await;
     Ok(())
 }
 
