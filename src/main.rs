@@ -30,7 +30,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         oncolens::plot::prefer_font(font);
     }
     match cli.command {
-        Command::Serve(a) => commands::serve(a),
+        Command::Serve(a) => commands::serve(*a),
         Command::Train(a) => commands::train_model(a),
         Command::Evaluate(a) => commands::evaluate_model(a),
         Command::Calibrate(a) => commands::calibrate(a),

@@ -34,7 +34,7 @@ pub struct Cli {
 #[derive(Subcommand)]
 pub enum Command {
     /// Start the web app and JSON API (bundled model and an embedded SQLite database by default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Train a model on an image folder (ROOT/<class>/<images>).
     Train(TrainArgs),
     /// Evaluate a model on a labelled folder, excluding test images copied from training.
