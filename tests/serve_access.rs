@@ -754,3 +754,52 @@ fn over_https_the_session_cookie_is_secure() {
     let _ = server.kill();
     let _ = server.wait();
 }
+
+#[test]
+fn the_server_purges_analyses_past_their_retention_at_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("retention.db");
+    let t = accounts_in(&db);
+    let url = format!("sqlite://{}", db.display());
+    let (mut server, base) = common::spawn_server_binary(&db, &[]);
+    let old = upload_with_token(&base, &t.clinician, png());
+    let recent = upload_with_token(&base, &t.clinician, png());
+    let _ = server.kill();
+    let _ = server.wait();
+    // One analysis made 40 days ago.
+    runtime().block_on(async {
+        let pool = oncolens::database::open(&url).await.unwrap();
+        sqlx::query("UPDATE analyses SET created_unix = created_unix - 40 * 86400 WHERE id = ?")
+            .bind(old["id"].as_str().unwrap())
+            .execute(&pool)
+            .await
+            .unwrap();
+    });
+    let (mut server, base) = common::spawn_server_binary(&db, &["--retention-days", "30"]);
+    let fetch = |id: &serde_json::Value| {
+        Client::new()
+            .get(format!("{base}/api/v1/analyses/{}", id.as_str().unwrap()))
+            .bearer_auth(&t.viewer)
+            .send()
+            .unwrap()
+            .status()
+    };
+    let started = std::time::Instant::now();
+    while fetch(&old["id"]) != StatusCode::NOT_FOUND {
+        assert!(started.elapsed().as_secs() < 30, "not purged");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(fetch(&recent["id"]), StatusCode::OK);
+    let audit: serde_json::Value = Client::new()
+        .get(format!(
+            "{base}/api/v1/audit?action=retention.&actor=system"
+        ))
+        .bearer_auth(&t.admin)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(audit["items"].as_array().unwrap().len(), 1, "{audit}");
+    let _ = server.kill();
+    let _ = server.wait();
+}

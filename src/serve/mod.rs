@@ -387,9 +387,10 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
             )),
         )
         .await;
-    if let Some(keep) = config.retention {
+    {
         let state = state.clone();
-        tokio::spawn(async move { retention(state, keep).await });
+        let keep = config.retention;
+        tokio::spawn(async move { housekeeping(state, keep).await });
     }
     let listener = tokio::net::TcpListener::bind(config.bind)
         .await
@@ -429,11 +430,18 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
     Ok(())
 }
 
-/// Deletes analyses older than `keep`, at start and then hourly; each purge is audited.
-async fn retention(state: AppState, keep: std::time::Duration) {
+/// At start and then hourly: deletes timed-out sessions, and analyses older than `keep` (each
+/// purge audited).
+async fn housekeeping(state: AppState, keep: Option<std::time::Duration>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
     loop {
         tick.tick().await;
+        if let Err(e) =
+            crate::security::sessions::sweep(&state.db, now_unix(), state.sessions).await
+        {
+            tracing::warn!("sweeping sessions: {}", crate::core::error::sentence(&e));
+        }
+        let Some(keep) = keep else { continue };
         let cutoff = now_unix() - keep.as_secs() as i64;
         match store::purge_older_than(&state.db, cutoff).await {
             Ok(0) => {}
