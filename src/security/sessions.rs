@@ -91,12 +91,17 @@ pub async fn resume(
     let user = accounts::by_id(pool, row.get("user_id")).await?;
     match user {
         Some(user) if !expired && !user.disabled => {
-            sqlx::query("UPDATE sessions SET last_seen_unix = ? WHERE id_sha256 = ?")
-                .bind(now)
-                .bind(&key)
-                .execute(pool)
-                .await
-                .map_err(store)?;
+            // The idle clock moves in steps of a tenth of the idle timeout (at most a minute),
+            // so that a page and its images do not each write.
+            let step = (policy.idle.as_secs() as i64 / 10).clamp(1, 60);
+            if now - seen >= step {
+                sqlx::query("UPDATE sessions SET last_seen_unix = ? WHERE id_sha256 = ?")
+                    .bind(now)
+                    .bind(&key)
+                    .execute(pool)
+                    .await
+                    .map_err(store)?;
+            }
             Ok(Some(Session {
                 user,
                 csrf: row.get("csrf"),

@@ -57,12 +57,19 @@ pub struct Next {
     next: Option<String>,
 }
 
-/// Where to go after signing in: a path on this server only (no `//host`, no scheme).
+/// Where to go after signing in: a path on this server only. No `//host`, no scheme, and only
+/// characters that browsers do not drop or rewrite (a tab or a backslash can turn `/\t/x` into
+/// `//x`).
 fn local_path(next: Option<&str>) -> String {
+    let safe = |p: &str| {
+        p.len() <= 500
+            && p.starts_with('/')
+            && !p.starts_with("//")
+            && p.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"/-_.~?=&%+".contains(&b))
+    };
     match next {
-        Some(p) if p.starts_with('/') && !p.starts_with("//") && !p.contains('\\') => {
-            p.chars().take(500).collect()
-        }
+        Some(p) if safe(p) => p.to_string(),
         _ => "/".into(),
     }
 }
@@ -222,4 +229,43 @@ pub async fn sign_out(
     r.headers_mut()
         .append(header::SET_COOKIE, access::clear_cookie(state.tls));
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_local_paths_are_followed_after_sign_in() {
+        for ok in ["/", "/history", "/analyses/ab12?feedback=saved"] {
+            assert_eq!(local_path(Some(ok)), ok);
+        }
+        for bad in [
+            "//evil.example",
+            "https://evil.example",
+            "/\t/evil.example",
+            "/\\evil.example",
+            "evil",
+            "/a b",
+        ] {
+            assert_eq!(local_path(Some(bad)), "/", "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn an_address_that_fails_too_often_must_wait() {
+        let throttle = Throttle::default();
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        for _ in 0..MAX_FAILURES_PER_ADDRESS {
+            assert_eq!(throttle.wait(Some(a), 100), None);
+            throttle.failed(Some(a), 100);
+        }
+        assert!(throttle.wait(Some(a), 101).is_some_and(|w| w > 0));
+        assert_eq!(throttle.wait(Some(b), 101), None, "others are not affected");
+        assert_eq!(
+            throttle.wait(Some(a), 100 + THROTTLE_WINDOW_S),
+            None,
+            "the window passes"
+        );
+    }
 }
