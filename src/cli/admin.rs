@@ -39,6 +39,7 @@ async fn open(store: &StoreArgs) -> Result<Opened> {
     let keys = KeyRing::load_or_create(&KeySource::for_database(
         &store.database,
         store.key_file.as_deref(),
+        store.key.as_deref(),
     ))?;
     Ok(Opened { db, keys })
 }

@@ -107,6 +107,14 @@ pub struct StoreArgs {
     /// The data key's file (default: $ONCOLENS_KEY, else the database's file with `.key`).
     #[arg(long, env = "ONCOLENS_KEY_FILE")]
     pub key_file: Option<PathBuf>,
+    /// The data key itself, 32 bytes in base64 (from the environment only).
+    #[arg(
+        long = "data-key",
+        env = "ONCOLENS_KEY",
+        hide = true,
+        hide_env_values = true
+    )]
+    pub key: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -403,6 +411,14 @@ pub struct ServeArgs {
     /// created with mode 0600 on first start).
     #[arg(long, env = "ONCOLENS_KEY_FILE")]
     pub key_file: Option<PathBuf>,
+    /// The data key itself, 32 bytes in base64 (from the environment only).
+    #[arg(
+        long = "data-key",
+        env = "ONCOLENS_KEY",
+        hide = true,
+        hide_env_values = true
+    )]
+    pub key: Option<String>,
     /// Minutes without a request after which a session ends.
     #[arg(long, default_value_t = 30)]
     pub session_idle_minutes: u64,
@@ -938,6 +954,7 @@ impl From<&ServeArgs> for ServeConfig {
             allowed_hosts: a.allowed_host.clone(),
             pacs: None,
             key_file: a.key_file.clone(),
+            key: a.key.clone(),
             sessions: oncolens::security::sessions::SessionPolicy {
                 idle: Duration::from_secs(a.session_idle_minutes.max(1) * 60),
                 absolute: Duration::from_secs(a.session_max_hours.max(1) * 3600),

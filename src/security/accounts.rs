@@ -65,6 +65,16 @@ async fn hash_checked(name: &str, password: &str) -> Result<String, AccessError>
         .map_err(|e| AccessError::Hash(e.to_string()))?
 }
 
+/// Ends every session of an account (disabled, or its password changed).
+async fn end_sessions(pool: &SqlitePool, user_id: i64) -> Result<(), AccessError> {
+    sqlx::query("DELETE FROM sessions WHERE user_id = ?")
+        .bind(user_id)
+        .execute(pool)
+        .await
+        .map_err(store)?;
+    Ok(())
+}
+
 /// Whether any account exists (then every request must authenticate).
 pub async fn any(pool: &SqlitePool) -> Result<bool, AccessError> {
     sqlx::query_scalar::<_, i64>("SELECT EXISTS (SELECT 1 FROM users)")
@@ -149,7 +159,7 @@ pub async fn set_disabled(
         .await
         .map_err(store)?;
     if disabled {
-        super::sessions::end_all_for(pool, user.id).await?;
+        end_sessions(pool, user.id).await?;
     }
     find(pool, name).await
 }
@@ -173,7 +183,7 @@ pub async fn reset_password(
     .execute(pool)
     .await
     .map_err(store)?;
-    super::sessions::end_all_for(pool, user.id).await?;
+    end_sessions(pool, user.id).await?;
     find(pool, name).await
 }
 

@@ -2,8 +2,8 @@
 //! comments), and an HMAC key derived from it that signs the audit trail's head.
 //!
 //! The key lives outside the database: in a key file beside it (`oncolens.db.key`, created
-//! with mode 0600 on first start), in a file given with `--key-file`, or in `ONCOLENS_KEY`
-//! (32 bytes, base64). A key file may hold several keys, newest first: data is sealed with the
+//! with mode 0600 on first start), in a file given with `--key-file`, or given in base64 (the
+//! command line reads `$ONCOLENS_KEY`). A key file may hold several keys, newest first: data is sealed with the
 //! first and opened with whichever key its header names, which lets `oncolens key rotate`
 //! re-encrypt without a moment where stored data cannot be read.
 //!
@@ -39,16 +39,14 @@ pub enum KeySource {
 }
 
 impl KeySource {
-    /// The default for a database URL: `ONCOLENS_KEY` if set, else `<database file>.key`, else
-    /// (in-memory database) an ephemeral key.
-    pub fn for_database(url: &str, key_file: Option<&Path>) -> Self {
+    /// The key for a database: the given file, else the given key (base64, from
+    /// `$ONCOLENS_KEY`), else `<database file>.key`, else (in-memory database) an ephemeral key.
+    pub fn for_database(url: &str, key_file: Option<&Path>, inline: Option<&str>) -> Self {
         if let Some(path) = key_file {
             return Self::File(path.to_path_buf());
         }
-        if let Ok(key) = std::env::var("ONCOLENS_KEY")
-            && !key.trim().is_empty()
-        {
-            return Self::Inline(key);
+        if let Some(key) = inline.filter(|k| !k.trim().is_empty()) {
+            return Self::Inline(key.to_string());
         }
         match database_file(url) {
             Some(path) => {
@@ -453,8 +451,16 @@ mod tests {
         );
         assert_eq!(database_file("sqlite::memory:"), None);
         assert_eq!(
-            KeySource::for_database("sqlite://x.db", Some(Path::new("/k"))),
+            KeySource::for_database("sqlite://x.db", Some(Path::new("/k")), None),
             KeySource::File("/k".into())
+        );
+        assert_eq!(
+            KeySource::for_database("sqlite://x.db", None, None),
+            KeySource::File("x.db.key".into())
+        );
+        assert_eq!(
+            KeySource::for_database("sqlite://x.db", None, Some("a2V5")),
+            KeySource::Inline("a2V5".into())
         );
     }
 }

@@ -124,16 +124,6 @@ pub async fn end(pool: &SqlitePool, cookie: &str) -> Result<(), AccessError> {
     Ok(())
 }
 
-/// Ends every session of an account (disabled, or its password changed).
-pub async fn end_all_for(pool: &SqlitePool, user_id: i64) -> Result<(), AccessError> {
-    sqlx::query("DELETE FROM sessions WHERE user_id = ?")
-        .bind(user_id)
-        .execute(pool)
-        .await
-        .map_err(store)?;
-    Ok(())
-}
-
 /// Deletes the sessions that have timed out.
 pub async fn sweep(pool: &SqlitePool, now: i64, policy: SessionPolicy) -> Result<u64, AccessError> {
     sqlx::query("DELETE FROM sessions WHERE last_seen_unix < ? OR created_unix < ?")

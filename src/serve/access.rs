@@ -21,6 +21,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 
 use super::AppState;
+pub use super::actor::{Actor, CURRENT, Via};
+pub use super::api::ExpectedCsrf;
 use super::api::error;
 use crate::security::audit_log::{Event, Outcome};
 use crate::security::{Role, sessions, tokens};
@@ -182,52 +184,6 @@ pub fn rule_for(method: &Method, path: &str) -> Option<&'static RouteRule> {
         .find(|r| r.path == path && r.method == *method)
 }
 
-/// How a request is authenticated.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Via {
-    /// No account exists: the server is open (loopback only).
-    Open,
-    /// A browser session; the cookie value.
-    Session(String),
-    Token,
-    Anonymous,
-}
-
-/// Who makes the current request.
-#[derive(Debug, Clone)]
-pub struct Actor {
-    /// Account name (`local` when open, `anonymous` without credentials).
-    pub name: String,
-    /// `None`: no role (anonymous).
-    pub role: Option<Role>,
-    pub via: Via,
-    /// The client's address.
-    pub address: String,
-    /// The token this actor's forms carry.
-    pub csrf: String,
-}
-
-impl Actor {
-    pub fn may(&self, role: Role) -> bool {
-        self.role.is_some_and(|r| r >= role)
-    }
-
-    /// An audit event by this actor from its address.
-    pub fn event(&self, action: &str, object: &str) -> Event {
-        Event::new(self.name.clone(), action, object).from_address(self.address.clone())
-    }
-}
-
-tokio::task_local! {
-    /// The actor of the request being handled (for templates).
-    pub static CURRENT: Actor;
-}
-
-/// The current request's actor, if inside one.
-pub fn current() -> Option<Actor> {
-    CURRENT.try_with(Clone::clone).ok()
-}
-
 fn cookie_value(request: &Request, name: &str) -> Option<String> {
     request
         .headers()
@@ -312,16 +268,6 @@ fn form_csrf(body: &[u8]) -> Option<String> {
     form_urlencoded::parse(body)
         .find(|(k, _)| k == "csrf")
         .map(|(_, v)| v.into_owned())
-}
-
-/// The CSRF token a multipart upload must carry (checked as its fields are read).
-#[derive(Debug, Clone)]
-pub struct ExpectedCsrf(pub String);
-
-impl ExpectedCsrf {
-    pub fn matches(&self, token: &str) -> bool {
-        same_secret(&self.0, token)
-    }
 }
 
 /// Authenticates, authorises, checks CSRF and audits every request.
@@ -532,7 +478,7 @@ async fn refusal(
     }
     CURRENT
         .scope(actor.clone(), async {
-            super::pages::render(
+            super::view::render(
                 state,
                 status,
                 "index.html",

@@ -10,7 +10,6 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::access::ExpectedCsrf;
 use super::engine::{MAX_UPLOAD_FILES, Outcome};
 use super::store::{self, AnalysisRecord, BatchRecord};
 use super::{AppState, Busy, new_id, now_unix, valid_id};
@@ -19,6 +18,16 @@ use crate::deid::Deidentifier;
 use crate::imaging::dicom::DicomSource;
 use crate::inference::Verdict;
 use crate::inference::series::{SeriesSlice, summarise_series};
+
+/// The CSRF token a multipart upload must carry (checked as its fields are read).
+#[derive(Debug, Clone)]
+pub struct ExpectedCsrf(pub String);
+
+impl ExpectedCsrf {
+    pub fn matches(&self, token: &str) -> bool {
+        subtle::ConstantTimeEq::ct_eq(self.0.as_bytes(), token.as_bytes()).into()
+    }
+}
 
 /// An error for the person or program that asked: a status and one plain sentence.
 #[derive(Debug)]
@@ -879,11 +888,63 @@ pub async fn delete_batch(State(state): State<AppState>, Path(id): Path<String>)
     }
 }
 
+/// The audit trail's filter, as the page and the API take it.
+#[derive(Debug, Default, Deserialize, Serialize)]
+pub struct AuditQuery {
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    pub object: Option<String>,
+    /// RFC 3339 date or time (`2026-12-01`, `2026-12-01T10:00:00Z`).
+    pub since: Option<String>,
+    pub until: Option<String>,
+    pub limit: Option<i64>,
+    /// `csv` or `json` (API only).
+    pub format: Option<String>,
+}
+
+fn parse_when(text: &str, end_of_day: bool) -> Result<i64, String> {
+    let full = if text.len() == 10 {
+        format!(
+            "{text}T{}Z",
+            if end_of_day { "23:59:59" } else { "00:00:00" }
+        )
+    } else {
+        text.to_string()
+    };
+    humantime::parse_rfc3339_weak(&full)
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs() as i64)
+        .ok_or_else(|| format!("{text:?} is not a date (YYYY-MM-DD) or an RFC 3339 time"))
+}
+
+impl AuditQuery {
+    pub fn filter(&self, default_limit: i64) -> Result<crate::security::audit_log::Filter, String> {
+        let some = |v: &Option<String>| {
+            v.as_ref()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+        };
+        Ok(crate::security::audit_log::Filter {
+            actor: some(&self.actor),
+            action: some(&self.action),
+            object: some(&self.object),
+            since_unix: some(&self.since)
+                .map(|t| parse_when(&t, false))
+                .transpose()?,
+            until_unix: some(&self.until)
+                .map(|t| parse_when(&t, true))
+                .transpose()?,
+            limit: Some(self.limit.unwrap_or(default_limit).clamp(1, 100_000)),
+        })
+    }
+}
+
 /// `GET /api/v1/audit`: the audit trail, filtered, as JSON (`{"items": [...], "verified": ...}`)
 /// or CSV (`format=csv`).
 pub async fn audit(
     State(state): State<AppState>,
-    query: Result<Query<super::pages::AuditQuery>, QueryRejection>,
+    query: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Response {
     let Ok(Query(q)) = query else {
         return error(

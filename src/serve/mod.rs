@@ -20,6 +20,7 @@
 //! slices are stored under their instance numbers and summaries under replaced UIDs.
 
 pub mod access;
+mod actor;
 mod api;
 pub mod budget;
 mod engine;
@@ -29,6 +30,7 @@ mod pages;
 pub mod security;
 mod signin;
 pub mod store;
+mod view;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -86,8 +88,10 @@ pub struct ServeConfig {
     pub allowed_hosts: Vec<String>,
     /// The PACS watcher to run beside the server, if any.
     pub pacs: Option<crate::workflows::pacs::WatchOptions>,
-    /// The data key's file (default: beside the database, or `ONCOLENS_KEY`).
+    /// The data key's file (default: beside the database).
     pub key_file: Option<std::path::PathBuf>,
+    /// The data key itself, base64 (instead of a file).
+    pub key: Option<String>,
     /// Session timeouts.
     pub sessions: SessionPolicy,
     /// Analyses older than this are deleted (checked at start and hourly); `None` keeps them.
@@ -116,6 +120,7 @@ impl Default for ServeConfig {
             allowed_hosts: Vec::new(),
             pacs: None,
             key_file: None,
+            key: None,
             sessions: SessionPolicy::default(),
             retention: None,
             behind_tls: false,
@@ -171,6 +176,7 @@ impl AppState {
         let keys = KeyRing::load_or_create(&KeySource::for_database(
             &config.database,
             config.key_file.as_deref(),
+            config.key.as_deref(),
         ))?;
         let sealed = store::reseal(&db, &keys, store::Reseal::Plaintext).await?;
         if sealed > 0 {
@@ -184,7 +190,7 @@ impl AppState {
             workers: Arc::new(Semaphore::new(plan.workers)),
             admitted: Arc::new(Semaphore::new(plan.workers + plan.queue)),
             metrics: Arc::new(Metrics::default()),
-            templates: Arc::new(pages::templates()),
+            templates: Arc::new(view::templates()),
             max_body_bytes: config.max_body_bytes,
             limits: config.limits,
             hosts: security::AllowedHosts::new(config.bind, &config.allowed_hosts),

@@ -1,82 +1,19 @@
-//! Server-rendered pages (minijinja templates compiled into the binary, autoescaped) and the
-//! two static assets. Errors are shown as plain sentences on the page.
+//! Server-rendered pages (templates and their rendering in [`super::view`]) and the two static
+//! assets. Errors are shown as plain sentences on the page.
 
 use axum::Form;
 use axum::extract::{Multipart, Path, Query, State};
 use axum::http::{StatusCode, header};
-use axum::response::{Html, IntoResponse, Redirect, Response};
-use minijinja::{Environment, context};
+use axum::response::{IntoResponse, Redirect, Response};
+use minijinja::context;
 use serde::Deserialize;
 
 use super::AppState;
-use super::access::{self, Via};
-use super::api::{self, ApiError, FeedbackBody, Received, UploadMode};
+use super::api::{self, ApiError, AuditQuery, ExpectedCsrf, FeedbackBody, Received, UploadMode};
 use super::store;
-use crate::core::DISCLAIMER;
-use crate::security::audit_log::{self, Filter};
-use crate::security::{Role, accounts, tokens};
-
-pub fn templates() -> Environment<'static> {
-    let mut env = Environment::new();
-    for (name, source) in [
-        ("base.html", include_str!("templates/base.html")),
-        ("index.html", include_str!("templates/index.html")),
-        ("analysis.html", include_str!("templates/analysis.html")),
-        ("history.html", include_str!("templates/history.html")),
-        ("model.html", include_str!("templates/model.html")),
-        ("batch.html", include_str!("templates/batch.html")),
-        ("pacs.html", include_str!("templates/pacs.html")),
-        ("login.html", include_str!("templates/login.html")),
-        ("audit.html", include_str!("templates/audit.html")),
-        ("users.html", include_str!("templates/users.html")),
-    ] {
-        if let Err(e) = env.add_template(name, source) {
-            // Templates are compiled in and covered by tests; a broken one is a build defect.
-            tracing::error!("template {name}: {e}");
-        }
-    }
-    env
-}
-
-/// What the templates know of the one asking: for the navigation, the sign-out form, the
-/// forms' CSRF token, and which forms to show.
-fn actor_context() -> minijinja::Value {
-    match access::current() {
-        Some(a) => context! {
-            name => a.name,
-            role => a.role.map(Role::as_str),
-            csrf => a.csrf,
-            open => a.via == Via::Open,
-            signed_in => matches!(a.via, Via::Session(_)),
-            clinician => a.may(Role::Clinician),
-            admin => a.may(Role::Admin),
-        },
-        None => context! {},
-    }
-}
-
-pub fn render(state: &AppState, status: StatusCode, name: &str, ctx: minijinja::Value) -> Response {
-    let manifest = &state.explainer.manifest;
-    let base = context! {
-        actor => actor_context(),
-        disclaimer => DISCLAIMER,
-        model_name => manifest.name,
-        model_version => manifest.weights_sha256.chars().take(12).collect::<String>(),
-    };
-    let merged = context! { ..ctx, ..base };
-    match state
-        .templates
-        .get_template(name)
-        .and_then(|t| t.render(merged))
-    {
-        Ok(html) => (status, Html(html)).into_response(),
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("page could not be rendered: {e}"),
-        )
-            .into_response(),
-    }
-}
+use super::view::render;
+use crate::security::audit_log;
+use crate::security::{accounts, tokens};
 
 pub async fn index(State(state): State<AppState>) -> Response {
     render(&state, StatusCode::OK, "index.html", context! {})
@@ -85,7 +22,7 @@ pub async fn index(State(state): State<AppState>) -> Response {
 /// The form's upload (works without JavaScript): analyse, then show the result page.
 pub async fn upload(
     State(state): State<AppState>,
-    csrf: Option<axum::Extension<access::ExpectedCsrf>>,
+    csrf: Option<axum::Extension<ExpectedCsrf>>,
     multipart: Multipart,
 ) -> Response {
     let csrf = csrf.map(|c| c.0);
@@ -361,58 +298,6 @@ pub async fn delete_batch(State(state): State<AppState>, Path(id): Path<String>)
     match api::remove_batch(&state, &id).await {
         Ok(()) => Redirect::to("/history").into_response(),
         Err(e) => message_page(&state, e.status, &e.message),
-    }
-}
-
-/// The audit trail's filter, as the page and the API take it.
-#[derive(Debug, Default, Deserialize, serde::Serialize)]
-pub struct AuditQuery {
-    pub actor: Option<String>,
-    pub action: Option<String>,
-    pub object: Option<String>,
-    /// RFC 3339 date or time (`2026-12-01`, `2026-12-01T10:00:00Z`).
-    pub since: Option<String>,
-    pub until: Option<String>,
-    pub limit: Option<i64>,
-    /// `csv` or `json` (API only).
-    pub format: Option<String>,
-}
-
-fn parse_when(text: &str, end_of_day: bool) -> Result<i64, String> {
-    let full = if text.len() == 10 {
-        format!(
-            "{text}T{}Z",
-            if end_of_day { "23:59:59" } else { "00:00:00" }
-        )
-    } else {
-        text.to_string()
-    };
-    humantime::parse_rfc3339_weak(&full)
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map(|d| d.as_secs() as i64)
-        .ok_or_else(|| format!("{text:?} is not a date (YYYY-MM-DD) or an RFC 3339 time"))
-}
-
-impl AuditQuery {
-    pub fn filter(&self, default_limit: i64) -> Result<Filter, String> {
-        let some = |v: &Option<String>| {
-            v.as_ref()
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-        };
-        Ok(Filter {
-            actor: some(&self.actor),
-            action: some(&self.action),
-            object: some(&self.object),
-            since_unix: some(&self.since)
-                .map(|t| parse_when(&t, false))
-                .transpose()?,
-            until_unix: some(&self.until)
-                .map(|t| parse_when(&t, true))
-                .transpose()?,
-            limit: Some(self.limit.unwrap_or(default_limit).clamp(1, 100_000)),
-        })
     }
 }
 

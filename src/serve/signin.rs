@@ -15,8 +15,9 @@ use axum::response::{IntoResponse, Redirect, Response};
 use minijinja::context;
 use serde::Deserialize;
 
-use super::access::{self, Actor, Via};
-use super::pages::render;
+use super::access;
+use super::actor::{Actor, Via};
+use super::view::render;
 use super::{AppState, now_unix};
 use crate::security::accounts::{self, SignIn};
 use crate::security::audit_log::Outcome;
