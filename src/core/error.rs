@@ -76,6 +76,16 @@ pub enum DicomError {
     NoFileMeta,
     #[error("the file cannot be parsed (truncated or malformed)")]
     Parse(#[source] Cause),
+    #[error(
+        "the element ({group:04X},{element:04X}) declares {declared} bytes but only {remaining} \
+         follow: the file is truncated or malformed"
+    )]
+    DeclaredBeyondEnd {
+        group: u16,
+        element: u16,
+        declared: u64,
+        remaining: u64,
+    },
     #[error("a {sop_class} object holds no image; only MR images can be analysed")]
     NotAnImage { sop_class: String },
     #[error(

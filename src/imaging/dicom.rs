@@ -141,6 +141,7 @@ fn parse_up_to(bytes: &[u8], with_pixels: bool) -> Result<DefaultDicomObject, Di
     } else {
         return Err(DicomError::NoFileMeta);
     };
+    super::dicom_lengths::check_declared_lengths(body.as_ref())?;
     let read = |b: &[u8]| {
         // Reading stops after the pixel data: what may follow (padding, signatures) is not
         // needed to analyse or de-identify.

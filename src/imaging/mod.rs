@@ -6,6 +6,7 @@
 pub mod augment;
 pub mod decode;
 pub mod dicom;
+mod dicom_lengths;
 pub mod gate_view;
 pub mod preprocess;
 pub mod scan;
