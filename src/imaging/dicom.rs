@@ -141,7 +141,9 @@ fn parse_up_to(bytes: &[u8], with_pixels: bool) -> Result<DefaultDicomObject, Di
     } else {
         return Err(DicomError::NoFileMeta);
     };
-    super::dicom_lengths::check_declared_lengths(body.as_ref())?;
+    // The parser allocates each value at its declared length: lengths past the end are
+    // refused first (the inflate bound: the decoder's, twice).
+    super::dicom_lengths::check_declared_lengths(body.as_ref(), 2 * MAX_DICOM_DECODED_BYTES)?;
     let read = |b: &[u8]| {
         // Reading stops after the pixel data: what may follow (padding, signatures) is not
         // needed to analyse or de-identify.
@@ -478,6 +480,32 @@ mod tests {
             "{low} {high}"
         );
         assert_eq!(percentile_window(&[5.0; 64]), (5.0, 6.0));
+    }
+
+    #[test]
+    fn a_file_declaring_more_than_it_holds_is_refused_before_parsing() {
+        // A 26 kB file whose element after the pixel data declares 2 GB (what the decode fuzz
+        // target found): refused with the reason, nothing allocated at that size.
+        let ts = b"1.2.840.10008.1.2\0";
+        let mut file = vec![0u8; PREAMBLE];
+        file.extend(b"DICM");
+        file.extend([0x02, 0x00, 0x10, 0x00, b'U', b'I']);
+        file.extend((ts.len() as u16).to_le_bytes());
+        file.extend(ts);
+        file.extend([0xE0, 0x7F, 0x10, 0x00]);
+        file.extend(16u32.to_le_bytes());
+        file.extend([0u8; 16]);
+        file.extend([0x42, 0x02, 0xCB, 0xE2]);
+        file.extend(0x7EDB_41BAu32.to_le_bytes());
+        file.extend(vec![0u8; 26_000]);
+        match parse(&file) {
+            Err(DicomError::DeclaredBeyondEnd {
+                group: 0x0242,
+                element: 0xE2CB,
+                ..
+            }) => {}
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
