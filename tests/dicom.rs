@@ -373,3 +373,28 @@ fn a_small_file_cannot_declare_its_way_to_gigabytes() {
         "{e}"
     );
 }
+
+#[test]
+fn a_corrupt_rle_segment_is_refused_not_a_crash() {
+    // A valid RLE frame whose segment is then made of PackBits no-ops: it decodes to no bytes
+    // at all. dicom-transfer-syntax-registry 0.10 indexes past the end of it and panics (the
+    // decode fuzz target found this); reading the file must refuse it with a sentence.
+    let dir = tempfile::tempdir().unwrap();
+    let spec = MrSpec {
+        bits: 8,
+        ..MrSpec::default()
+    };
+    let path = write_mr(&dir.path().join("rle.dcm"), &spec, RLE);
+    let mut bytes = std::fs::read(&path).unwrap();
+    // The RLE header of a one-segment frame: 1 segment, starting at byte 64 of the fragment.
+    let header = [1u8, 0, 0, 0, 64, 0, 0, 0];
+    let at = bytes
+        .windows(8)
+        .position(|w| w == header)
+        .expect("the RLE header");
+    let fragment_len = u32::from_le_bytes(bytes[at - 4..at].try_into().unwrap()) as usize;
+    bytes[at + 64..at + fragment_len].fill(0x80);
+    std::fs::write(&path, &bytes).unwrap();
+    let e = frames(&path).unwrap_err();
+    assert!(e.contains("pixel data"), "{e}");
+}

@@ -293,13 +293,24 @@ pub fn read_object(obj: &DefaultDicomObject) -> Result<DicomImage, DicomError> {
         burned_in_annotation: text(obj, tags::BURNED_IN_ANNOTATION)
             .map(|s| s.eq_ignore_ascii_case("YES")),
     };
-    let pixels = obj
-        .decode_pixel_data()
-        .map_err(|e| DicomError::Pixels(Box::new(e)))?;
+    // The codecs are third-party code run on data a client sent; one of them (the RLE
+    // decoder of dicom-transfer-syntax-registry 0.10) indexes out of bounds on some corrupt
+    // segments (found by the decode fuzz target). A panic there is this file's fault, so it
+    // becomes this file's error, not the caller's crash.
+    let decoded =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| obj.decode_pixel_data()))
+            .map_err(|_| {
+                DicomError::Pixels("the pixel data decoder failed on corrupt data".into())
+            })?;
+    let pixels = decoded.map_err(|e| DicomError::Pixels(Box::new(e)))?;
     let mut out = Vec::with_capacity(frames as usize);
     let mut colour = 0.0f32;
     for frame in 0..pixels.number_of_frames() {
-        let (image, window, c) = grey_frame(&pixels, frame)?;
+        let (image, window, c) =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| grey_frame(&pixels, frame)))
+                .map_err(|_| {
+                    DicomError::Pixels("the pixel data converter failed on corrupt data".into())
+                })??;
         colour = colour.max(c);
         let mut source = base.clone();
         source.frame = frame;
