@@ -51,12 +51,19 @@ pub fn check_declared_lengths(body: &[u8], max_inflated: u64) -> Result<(), Dico
     match transfer_syntax.as_str() {
         DEFLATED_LE => {
             let mut inflated = Vec::new();
-            let read = flate2::read::DeflateDecoder::new(rest)
+            // A stream that breaks off still yields what came before the break, and the parser
+            // reads that: the check walks it too.
+            let _ = flate2::read::DeflateDecoder::new(rest)
                 .take(max_inflated + 1)
                 .read_to_end(&mut inflated);
-            // Data that does not inflate is the parser's to refuse.
-            if read.is_err() || inflated.len() as u64 > max_inflated {
-                return Ok(());
+            if inflated.len() as u64 > max_inflated {
+                return Err(DicomError::Parse(
+                    format!(
+                        "the deflated data set inflates to more than {} MiB",
+                        max_inflated >> 20
+                    )
+                    .into(),
+                ));
             }
             walk(&inflated, Syntax::ExplicitLe)
         }
@@ -291,6 +298,28 @@ mod tests {
                 element: 0x1150,
                 ..
             })
+        ));
+    }
+
+    #[test]
+    fn a_deflated_data_set_is_checked_even_when_its_stream_breaks_off() {
+        use std::io::Write;
+        let mut element = vec![0x09, 0, 0x10, 0, b'O', b'B', 0, 0];
+        element.extend(0xF000_0000u32.to_le_bytes());
+        element.extend(vec![7u8; 4096]);
+        let mut z = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+        z.write_all(&element).unwrap();
+        let mut deflated = z.finish().unwrap();
+        deflated.truncate(deflated.len() / 2);
+        let ts = b"1.2.840.10008.1.2.1.99";
+        let mut body = b"DICM".to_vec();
+        body.extend([0x02, 0x00, 0x10, 0x00, b'U', b'I']);
+        body.extend((ts.len() as u16).to_le_bytes());
+        body.extend(ts);
+        body.extend(deflated);
+        assert!(matches!(
+            check_declared_lengths(&body, 1 << 20),
+            Err(DicomError::DeclaredBeyondEnd { group: 0x0009, .. })
         ));
     }
 }
