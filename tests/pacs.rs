@@ -227,6 +227,23 @@ fn watch_answers_each_mr_series_into_its_study_once() {
         ),
         "{stdout}"
     );
+    // Each series answered or failed is in the audit trail, named by its key, not its UIDs.
+    let trail = Command::new(env!("CARGO_BIN_EXE_oncolens"))
+        .args(["audit-log", "export", "--database"])
+        .arg(format!("sqlite://{}", db.display()))
+        .output()
+        .unwrap();
+    let csv = String::from_utf8_lossy(&trail.stdout);
+    assert_eq!(
+        csv.matches(",pacs-watcher,pacs.answer,").count(),
+        3,
+        "{csv}"
+    );
+    assert_eq!(csv.matches(",failed,").count(), 1, "{csv}");
+    assert!(
+        !csv.contains("1.2.826.0.1.3680043"),
+        "a UID in the trail: {csv}"
+    );
 
     // The real series' study now holds an SR and a secondary-capture series.
     let source: Vec<InMemDicomObject> = real

@@ -267,6 +267,18 @@ pub struct PacsWatchArgs {
     /// The database that remembers which series are done: sqlite://PATH or sqlite::memory:
     #[arg(long, default_value = "sqlite://oncolens.db")]
     pub database: String,
+    /// The data key's file, which signs the audit trail's head (default: $ONCOLENS_KEY, else
+    /// the database's file with `.key`).
+    #[arg(long, env = "ONCOLENS_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    /// The data key itself, 32 bytes in base64 (from the environment only).
+    #[arg(
+        long = "data-key",
+        env = "ONCOLENS_KEY",
+        hide = true,
+        hide_env_values = true
+    )]
+    pub key: Option<String>,
     /// Model directory (default: $ONCOLENS_MODEL, else the bundled model).
     #[arg(long, env = "ONCOLENS_MODEL")]
     pub model: Option<PathBuf>,

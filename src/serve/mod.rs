@@ -409,7 +409,8 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
         if tls.is_some() { "https" } else { "http" },
         state.explainer.manifest.name
     );
-    if let Some(pacs) = config.pacs.clone() {
+    if let Some(mut pacs) = config.pacs.clone() {
+        pacs.audit_keys = Some(state.keys.clone());
         let (explainer, db) = (state.explainer.clone(), state.db.clone());
         tracing::info!(
             "watching the PACS at {} every {} s",

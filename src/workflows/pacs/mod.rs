@@ -26,6 +26,8 @@ use crate::imaging::dicom::parse;
 use crate::inference::render::overlay_image;
 use crate::inference::series::{SeriesSlice, summarise_series};
 use crate::inference::{Explainer, Prediction};
+use crate::security::audit_log::{self, Event, Outcome};
+use crate::security::keys::KeyRing;
 use dicomweb::{DicomWeb, PacsAuth, SeriesRef};
 use report::SliceResult;
 
@@ -49,6 +51,9 @@ pub struct WatchOptions {
     pub request_timeout: Duration,
     /// PEM certificates of a private certificate authority to trust for `https://` PACS URLs.
     pub ca_certificates: Option<Vec<u8>>,
+    /// Where each answered or failed series is recorded in the audit trail (the deployment's
+    /// key signs its head); `None` records nothing.
+    pub audit_keys: Option<Arc<KeyRing>>,
 }
 
 impl Default for WatchOptions {
@@ -63,6 +68,7 @@ impl Default for WatchOptions {
             connect_backoff: Duration::from_millis(500),
             request_timeout: Duration::from_secs(120),
             ca_certificates: None,
+            audit_keys: None,
         }
     }
 }
@@ -164,10 +170,15 @@ pub async fn poll_once(
             report.skipped += 1;
             continue;
         }
-        match process_series(explainer, client, &s).await {
+        // The series is named in the audit trail by its key (a hash), never by its UIDs.
+        let event = Event::new("pacs-watcher", "pacs.answer", &key[..16.min(key.len())]);
+        let event = match process_series(explainer, client, &s).await {
             Ok((slices, finding)) => {
                 state::mark_done(db, &key, slices, &finding, now_unix()).await?;
                 report.analysed += 1;
+                event.detail(format!(
+                    "{slices} slices: {finding}; report stored in the study"
+                ))
             }
             Err(e) => {
                 let reason = crate::core::error::sentence(&e);
@@ -176,7 +187,16 @@ pub async fn poll_once(
                 if state::mark_failed(db, &key, &reason, now_unix()).await? {
                     report.parked += 1;
                 }
+                event.outcome(Outcome::Failed).detail(reason)
             }
+        };
+        if let Some(keys) = &opts.audit_keys
+            && let Err(e) = audit_log::record(db, keys, &event, now_unix()).await
+        {
+            tracing::error!(
+                "the audit entry for a PACS series could not be recorded: {}",
+                crate::core::error::sentence(&e)
+            );
         }
     }
     Ok(report)
