@@ -3,9 +3,22 @@
 //! replay of the committed corpora in the tests (`tests/fuzz_corpus.rs`), so that both check
 //! the same thing.
 
+/// libfuzzer-sys installs a panic hook that aborts at any panic, even one the library catches
+/// on purpose (around the third-party pixel codecs, which panic on some corrupt data). The
+/// default hook is put back: a panic that escapes the library still aborts, at the fuzz
+/// target's boundary, and is reported as a crash.
+fn let_caught_panics_be() {
+    #[cfg(fuzzing)]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| drop(std::panic::take_hook()));
+    }
+}
+
 /// Any bytes through the one decoding step of uploads, `predict` and the PACS watcher: PNG,
 /// JPEG or DICOM (every frame). It may refuse; it must not panic, and every pixel is in [0, 1].
 pub fn decode(data: &[u8]) {
+    let_caught_panics_be();
     if let Ok(scans) = oncolens::imaging::Scan::decode_frames(data) {
         for s in scans {
             assert!(s.image.pixels().all(|p| (0.0..=1.0).contains(&p.0[0])));
@@ -16,6 +29,7 @@ pub fn decode(data: &[u8]) {
 /// Any bytes through DICOM parsing and de-identification; what comes out must parse again and
 /// say the identity was removed.
 pub fn deidentify(data: &[u8]) {
+    let_caught_panics_be();
     let Ok(obj) = oncolens::imaging::dicom::parse(data) else {
         return;
     };
