@@ -111,7 +111,8 @@ fn header(b: &[u8], pos: usize, syntax: Syntax) -> Option<Header> {
             size: 8,
         });
     }
-    let vr = VR::from_binary([*b.get(pos + 4)?, *b.get(pos + 5)?]);
+    // An unknown VR is read as UN (4-byte length), as dicom-encoding does.
+    let vr = Some(VR::from_binary([*b.get(pos + 4)?, *b.get(pos + 5)?]).unwrap_or(VR::UN));
     let long = matches!(
         vr,
         Some(
@@ -320,6 +321,23 @@ mod tests {
         assert!(matches!(
             check_declared_lengths(&body, 1 << 20),
             Err(DicomError::DeclaredBeyondEnd { group: 0x0009, .. })
+        ));
+    }
+
+    #[test]
+    fn an_unknown_vr_has_a_four_byte_length_as_the_parser_reads_it() {
+        // Tag (0000,0000) with VR bytes 00 00 (zero padding): the parser reads it as UN, whose
+        // 4-byte length here is 0xEB000000.
+        let mut e = vec![0u8; 8];
+        e.extend(0xEB00_0000u32.to_le_bytes());
+        e.extend([0u8; 32]);
+        assert!(matches!(
+            check_declared_lengths(&explicit_le(&e), 1 << 20),
+            Err(DicomError::DeclaredBeyondEnd {
+                group: 0,
+                element: 0,
+                ..
+            })
         ));
     }
 }
