@@ -8,8 +8,6 @@
 //! which the parser reads too) and refuses a length that reaches past the end before anything
 //! is allocated. It reads headers only, in one pass.
 
-use std::io::Read;
-
 use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry, VirtualVr};
 use dicom_core::{Tag, VR};
 use dicom_dictionary_std::StandardDataDictionary;
@@ -50,26 +48,44 @@ pub fn check_declared_lengths(body: &[u8], max_inflated: u64) -> Result<(), Dico
     let rest = &body[pos..];
     match transfer_syntax.as_str() {
         DEFLATED_LE => {
-            let mut inflated = Vec::new();
-            // A stream that breaks off still yields what came before the break, and the parser
-            // reads that: the check walks it too.
-            let _ = flate2::read::DeflateDecoder::new(rest)
-                .take(max_inflated + 1)
-                .read_to_end(&mut inflated);
-            if inflated.len() as u64 > max_inflated {
-                return Err(DicomError::Parse(
-                    format!(
-                        "the deflated data set inflates to more than {} MiB",
-                        max_inflated >> 20
-                    )
-                    .into(),
-                ));
-            }
+            let inflated = inflate_prefix(rest, max_inflated)?;
             walk(&inflated, Syntax::ExplicitLe)
         }
         IMPLICIT_LE => walk(rest, Syntax::ImplicitLe),
         EXPLICIT_BE => walk(rest, Syntax::ExplicitBe),
         _ => walk(rest, Syntax::ExplicitLe),
+    }
+}
+
+/// All that a raw deflate stream yields, up to its end or the first corrupt symbol. The parser
+/// reads a broken stream up to the break (how far depends on its read sizes), so the check
+/// takes everything before it: whatever the parser can see, the check has seen.
+fn inflate_prefix(deflated: &[u8], max_inflated: u64) -> Result<Vec<u8>, DicomError> {
+    let mut inflater = flate2::Decompress::new(false);
+    let mut out = Vec::new();
+    loop {
+        out.reserve(64 * 1024);
+        let consumed = inflater.total_in() as usize;
+        let before = out.len();
+        let status = inflater.decompress_vec(
+            &deflated[consumed.min(deflated.len())..],
+            &mut out,
+            flate2::FlushDecompress::None,
+        );
+        if out.len() as u64 > max_inflated {
+            return Err(DicomError::Parse(
+                format!(
+                    "the deflated data set inflates to more than {} MiB",
+                    max_inflated >> 20
+                )
+                .into(),
+            ));
+        }
+        let progressed = out.len() > before || inflater.total_in() as usize > consumed;
+        match status {
+            Ok(flate2::Status::Ok | flate2::Status::BufError) if progressed => continue,
+            _ => return Ok(out),
+        }
     }
 }
 
