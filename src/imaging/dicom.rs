@@ -500,6 +500,8 @@ mod tests {
         let ts = b"1.2.840.10008.1.2\0";
         let mut file = vec![0u8; PREAMBLE];
         file.extend(b"DICM");
+        file.extend([0x02, 0x00, 0x00, 0x00, b'U', b'L', 4, 0]);
+        file.extend((8 + ts.len() as u32).to_le_bytes());
         file.extend([0x02, 0x00, 0x10, 0x00, b'U', b'I']);
         file.extend((ts.len() as u16).to_le_bytes());
         file.extend(ts);

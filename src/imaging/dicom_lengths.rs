@@ -29,14 +29,29 @@ enum Syntax {
 /// Checks `body` (starting at `DICM`); a deflated data set is inflated up to `max_inflated`
 /// bytes for the check.
 pub fn check_declared_lengths(body: &[u8], max_inflated: u64) -> Result<(), DicomError> {
+    // File meta, explicit VR little endian, read as dicom-object reads it: first the group
+    // length (0002,0000), then elements of any group until that many bytes are consumed.
     let mut pos = 4;
+    let Some(first) = header(body, pos, Syntax::ExplicitLe) else {
+        return Ok(()); // too short for a header: the parser says so
+    };
+    if first.tag != Tag(0x0002, 0x0000) || first.len != 4 {
+        return Ok(()); // the parser refuses a file meta without its group length
+    }
+    let Some(group_length) = u32_at(body, pos + first.size, false) else {
+        return Ok(());
+    };
+    pos += first.size + 4;
+    let meta_start = pos;
     let mut transfer_syntax = String::new();
-    // File meta: group 0002, explicit VR little endian.
-    while body.get(pos..pos + 2) == Some(&[0x02, 0x00]) {
+    while pos - meta_start < group_length as usize {
         let Some(h) = header(body, pos, Syntax::ExplicitLe) else {
-            return Ok(()); // too short for a header: the parser says so
+            return Ok(());
         };
         let start = pos + h.size;
+        if h.len == UNDEFINED {
+            return Ok(()); // the parser refuses undefined lengths in the file meta
+        }
         let len = within(body, start, &h)?;
         if h.tag == Tag(0x0002, 0x0010) {
             transfer_syntax = String::from_utf8_lossy(&body[start..start + len])
@@ -268,14 +283,21 @@ fn walk(b: &[u8], syntax: Syntax) -> Result<(), DicomError> {
 mod tests {
     use super::*;
 
-    fn explicit_le(elements: &[u8]) -> Vec<u8> {
-        let ts = b"1.2.840.10008.1.2.1\0";
+    /// A file body (from `DICM`) whose meta names `ts`, then `elements`.
+    fn with_meta(ts: &[u8], elements: &[u8]) -> Vec<u8> {
+        let mut meta = vec![0x02, 0x00, 0x10, 0x00, b'U', b'I'];
+        meta.extend((ts.len() as u16).to_le_bytes());
+        meta.extend(ts);
         let mut body = b"DICM".to_vec();
-        body.extend([0x02, 0x00, 0x10, 0x00, b'U', b'I']);
-        body.extend((ts.len() as u16).to_le_bytes());
-        body.extend(ts);
+        body.extend([0x02, 0x00, 0x00, 0x00, b'U', b'L', 4, 0]);
+        body.extend((meta.len() as u32).to_le_bytes());
+        body.extend(meta);
         body.extend(elements);
         body
+    }
+
+    fn explicit_le(elements: &[u8]) -> Vec<u8> {
+        with_meta(b"1.2.840.10008.1.2.1\0", elements)
     }
 
     #[test]
@@ -328,12 +350,7 @@ mod tests {
         z.write_all(&element).unwrap();
         let mut deflated = z.finish().unwrap();
         deflated.truncate(deflated.len() / 2);
-        let ts = b"1.2.840.10008.1.2.1.99";
-        let mut body = b"DICM".to_vec();
-        body.extend([0x02, 0x00, 0x10, 0x00, b'U', b'I']);
-        body.extend((ts.len() as u16).to_le_bytes());
-        body.extend(ts);
-        body.extend(deflated);
+        let body = with_meta(b"1.2.840.10008.1.2.1.99", &deflated);
         assert!(matches!(
             check_declared_lengths(&body, 1 << 20),
             Err(DicomError::DeclaredBeyondEnd { group: 0x0009, .. })
