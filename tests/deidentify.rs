@@ -228,3 +228,29 @@ fn burned_in_annotation_is_refused_and_nothing_is_written() {
     let run = deidentify(&[&inputs[0]], &dir2.path().join("out"), None);
     assert!(run.status.success());
 }
+
+#[test]
+fn a_multi_valued_sop_instance_uid_is_refused() {
+    // What the deidentify fuzz target found: two values as the data set's SOP Instance UID,
+    // each replaced, the pair written into the file meta (unreadable) and the output's name.
+    let spec = MrSpec::default();
+    let mut obj = encode(mr_dataset(&spec), &spec, EXPLICIT_LE);
+    obj.put(dicom_core::DataElement::new(
+        tags::SOP_INSTANCE_UID,
+        dicom_core::VR::UI,
+        dicom_core::dicom_value!(
+            Strs,
+            [
+                "1.2.826.0.1.3680043.99.1.1.1",
+                "1.2.826.0.1.3680043.99.1.1.2"
+            ]
+        ),
+    ));
+    let refused = oncolens::deid::Deidentifier::new(Some("k")).deidentify(&obj);
+    let e = refused.err().expect("refused");
+    assert!(
+        oncolens::core::error::sentence(&e).contains("SOP Instance UID"),
+        "{}",
+        oncolens::core::error::sentence(&e)
+    );
+}

@@ -179,6 +179,13 @@ impl Deidentifier {
         }
         let sop_instance = text(&clean, tags::SOP_INSTANCE_UID)
             .unwrap_or_else(|| self.uid(obj.meta().media_storage_sop_instance_uid()));
+        // One UID, not several (a fuzzed file had "a\b", whose replacements went into the file
+        // meta and the output's name).
+        if !is_valid_uid(&sop_instance) {
+            return Err(DeidError::Meta(
+                "the SOP Instance UID is not one valid UID".into(),
+            ));
+        }
         let meta = FileMetaTableBuilder::new()
             .transfer_syntax(obj.meta().transfer_syntax().trim_end_matches('\0'))
             .media_storage_sop_class_uid(sop_class.as_str())
