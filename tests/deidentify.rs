@@ -247,7 +247,9 @@ fn a_multi_valued_sop_instance_uid_is_refused() {
         ),
     ));
     let refused = oncolens::deid::Deidentifier::new(Some("k")).deidentify(&obj);
-    let e = refused.err().expect("refused");
+    let Err(e) = refused else {
+        panic!("a data set with two SOP Instance UIDs was de-identified")
+    };
     assert!(
         oncolens::core::error::sentence(&e).contains("SOP Instance UID"),
         "{}",
