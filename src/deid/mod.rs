@@ -194,7 +194,23 @@ impl Deidentifier {
             .implementation_version_name(IMPLEMENTATION_VERSION_NAME)
             .build()
             .map_err(|e| DeidError::Meta(Box::new(e)))?;
-        Ok((clean.with_exact_meta(meta), report))
+        let out = clean.with_exact_meta(meta);
+        // dicom-rs 0.10 can write an object it has read into bytes that it cannot read back (the
+        // deidentify fuzz target found an item length past the end after a fuzzed unknown
+        // element); what is handed on must read back.
+        let mut bytes = Vec::new();
+        out.write_all(&mut bytes)
+            .map_err(|e| DeidError::Encode(Box::new(e)))?;
+        crate::imaging::dicom::parse(&bytes).map_err(|e| {
+            DeidError::Encode(
+                format!(
+                    "the de-identified object does not read back: {}",
+                    crate::core::error::sentence(&e)
+                )
+                .into(),
+            )
+        })?;
+        Ok((out, report))
     }
 
     /// The data set with every element's action applied (sequences recursively).
