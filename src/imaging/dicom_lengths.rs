@@ -54,8 +54,10 @@ pub fn check_declared_lengths(body: &[u8], max_inflated: u64) -> Result<(), Dico
         }
         let len = within(body, start, &h)?;
         if h.tag == Tag(0x0002, 0x0010) {
+            // Trimmed as dicom-object trims it: NULs and any whitespace (a fuzzed file ended
+            // its UID with "\0\x0C\0", which the parser still reads as implicit VR).
             transfer_syntax = String::from_utf8_lossy(&body[start..start + len])
-                .trim_end_matches(['\0', ' '])
+                .trim_end_matches(|c: char| c.is_whitespace() || c == '\0')
                 .to_string();
         }
         pos = start + len;
@@ -369,6 +371,22 @@ mod tests {
             Err(DicomError::DeclaredBeyondEnd {
                 group: 0,
                 element: 0,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn the_transfer_syntax_is_trimmed_as_the_parser_trims_it() {
+        // "1.2.840.10008.1.2\0\x0C\0" is implicit VR to the parser; there, the element
+        // (0000,4F54) declares 0xFFFFFF00 bytes.
+        let mut e = vec![0x00, 0x00, 0x54, 0x4F];
+        e.extend(0xFFFF_FF00u32.to_le_bytes());
+        e.extend([0u8; 16]);
+        assert!(matches!(
+            check_declared_lengths(&with_meta(b"1.2.840.10008.1.2\0\x0C\0", &e), 1 << 20),
+            Err(DicomError::DeclaredBeyondEnd {
+                element: 0x4F54,
                 ..
             })
         ));
