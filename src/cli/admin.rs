@@ -9,7 +9,7 @@ use sqlx::SqlitePool;
 
 use super::args::{AuditLogCommand, KeyCommand, PurgeArgs, StoreArgs, TokenCommand, UserCommand};
 use oncolens::security::audit_log::{self, Event, Filter};
-use oncolens::security::keys::{KeyRing, KeySource};
+use oncolens::security::keys::KeyRing;
 use oncolens::security::{Role, accounts, tokens};
 use oncolens::serve::store;
 
@@ -36,11 +36,7 @@ async fn open(store: &StoreArgs) -> Result<Opened> {
     let db = oncolens::database::open(&store.database)
         .await
         .with_context(|| format!("opening {}", store.database))?;
-    let keys = KeyRing::load_or_create(&KeySource::for_database(
-        &store.database,
-        store.key_file.as_deref(),
-        store.key.as_deref(),
-    ))?;
+    let keys = KeyRing::load_or_create(&store.key.source(&store.database))?;
     Ok(Opened { db, keys })
 }
 

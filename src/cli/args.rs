@@ -98,13 +98,11 @@ pub enum Command {
     Purge(PurgeArgs),
 }
 
-/// The database and its key, as the administrative commands take them.
+/// Where the data key comes from (it seals stored scans and signs the audit trail's head).
 #[derive(clap::Args, Clone)]
-pub struct StoreArgs {
-    /// sqlite://PATH of the server's database.
-    #[arg(long, default_value = "sqlite://oncolens.db")]
-    pub database: String,
-    /// The data key's file (default: $ONCOLENS_KEY, else the database's file with `.key`).
+pub struct KeyArgs {
+    /// The data key's file (default: $ONCOLENS_KEY, else the database's file with `.key`,
+    /// created with mode 0600 on first use).
     #[arg(long, env = "ONCOLENS_KEY_FILE")]
     pub key_file: Option<PathBuf>,
     /// The data key itself, 32 bytes in base64 (from the environment only).
@@ -115,6 +113,27 @@ pub struct StoreArgs {
         hide_env_values = true
     )]
     pub key: Option<String>,
+}
+
+impl KeyArgs {
+    /// The key of the database at `url`.
+    pub fn source(&self, url: &str) -> oncolens::security::keys::KeySource {
+        oncolens::security::keys::KeySource::for_database(
+            url,
+            self.key_file.as_deref(),
+            self.key.as_deref(),
+        )
+    }
+}
+
+/// The database and its key, as the administrative commands take them.
+#[derive(clap::Args, Clone)]
+pub struct StoreArgs {
+    /// sqlite://PATH of the server's database.
+    #[arg(long, default_value = "sqlite://oncolens.db")]
+    pub database: String,
+    #[command(flatten)]
+    pub key: KeyArgs,
 }
 
 #[derive(Subcommand)]
@@ -267,18 +286,8 @@ pub struct PacsWatchArgs {
     /// The database that remembers which series are done: sqlite://PATH or sqlite::memory:
     #[arg(long, default_value = "sqlite://oncolens.db")]
     pub database: String,
-    /// The data key's file, which signs the audit trail's head (default: $ONCOLENS_KEY, else
-    /// the database's file with `.key`).
-    #[arg(long, env = "ONCOLENS_KEY_FILE")]
-    pub key_file: Option<PathBuf>,
-    /// The data key itself, 32 bytes in base64 (from the environment only).
-    #[arg(
-        long = "data-key",
-        env = "ONCOLENS_KEY",
-        hide = true,
-        hide_env_values = true
-    )]
-    pub key: Option<String>,
+    #[command(flatten)]
+    pub key: KeyArgs,
     /// Model directory (default: $ONCOLENS_MODEL, else the bundled model).
     #[arg(long, env = "ONCOLENS_MODEL")]
     pub model: Option<PathBuf>,
@@ -419,18 +428,8 @@ pub struct ServeArgs {
     /// PEM file of a private certificate authority to trust for an https:// PACS.
     #[arg(long)]
     pub pacs_ca_cert: Option<PathBuf>,
-    /// The data key's file (default: $ONCOLENS_KEY, else the database's file with `.key`,
-    /// created with mode 0600 on first start).
-    #[arg(long, env = "ONCOLENS_KEY_FILE")]
-    pub key_file: Option<PathBuf>,
-    /// The data key itself, 32 bytes in base64 (from the environment only).
-    #[arg(
-        long = "data-key",
-        env = "ONCOLENS_KEY",
-        hide = true,
-        hide_env_values = true
-    )]
-    pub key: Option<String>,
+    #[command(flatten)]
+    pub key: KeyArgs,
     /// Minutes without a request after which a session ends.
     #[arg(long, default_value_t = 30)]
     pub session_idle_minutes: u64,
@@ -965,8 +964,8 @@ impl From<&ServeArgs> for ServeConfig {
             memory_budget_bytes: a.memory_budget_mb * 1024 * 1024,
             allowed_hosts: a.allowed_host.clone(),
             pacs: None,
-            key_file: a.key_file.clone(),
-            key: a.key.clone(),
+            key_file: a.key.key_file.clone(),
+            key: a.key.key.clone(),
             sessions: oncolens::security::sessions::SessionPolicy {
                 idle: Duration::from_secs(a.session_idle_minutes.max(1) * 60),
                 absolute: Duration::from_secs(a.session_max_hours.max(1) * 3600),

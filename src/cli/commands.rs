@@ -390,13 +390,7 @@ pub fn deidentify(a: DeidentifyArgs) -> Result<()> {
 
 pub fn pacs_watch(a: PacsWatchArgs) -> Result<()> {
     let mut options = a.connection.options(&a.url, a.once)?;
-    let keys = oncolens::security::keys::KeyRing::load_or_create(
-        &oncolens::security::keys::KeySource::for_database(
-            &a.database,
-            a.key_file.as_deref(),
-            a.key.as_deref(),
-        ),
-    )?;
+    let keys = oncolens::security::keys::KeyRing::load_or_create(&a.key.source(&a.database))?;
     options.audit_keys = Some(std::sync::Arc::new(keys));
     let explainer = std::sync::Arc::new(Explainer::open_source(&model_source(&a.model))?);
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
