@@ -304,6 +304,16 @@ pub async fn enforce(State(state): State<AppState>, mut request: Request, next: 
     };
 
     let object = object_of(&request, &path);
+    // The audit entry of a refusal: this route's action on its object, and why.
+    let denied = |actor: &Actor, why: String| {
+        actor
+            .event(
+                rule.audit.unwrap_or("access"),
+                object.as_deref().unwrap_or(""),
+            )
+            .outcome(Outcome::Denied)
+            .detail(format!("{method} {target}: {why}"))
+    };
     let mut actor = Actor {
         name: "anonymous".into(),
         role: None,
@@ -377,15 +387,7 @@ pub async fn enforce(State(state): State<AppState>, mut request: Request, next: 
         }
         if !actor.may(needed) {
             state
-                .audit(
-                    actor
-                        .event(
-                            rule.audit.unwrap_or("access"),
-                            object.as_deref().unwrap_or(""),
-                        )
-                        .outcome(Outcome::Denied)
-                        .detail(format!("{method} {target}: needs the {needed} role")),
-                )
+                .audit(denied(&actor, format!("needs the {needed} role")))
                 .await;
             let message = format!(
                 "Your account ({}, {}) may not do this: it needs the {needed} role.",
@@ -396,7 +398,7 @@ pub async fn enforce(State(state): State<AppState>, mut request: Request, next: 
         }
     }
 
-    let write = !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
+    let write = super::security::is_write(&method);
     let csrf_exempt = matches!(path.as_str(), "/login" | "/logout");
     if write && !csrf_exempt && actor.via != Via::Token {
         if is_api(&path) && matches!(actor.via, Via::Session(_)) {
@@ -411,15 +413,7 @@ pub async fn enforce(State(state): State<AppState>, mut request: Request, next: 
                 Ok(checked) => request = checked,
                 Err((status, message)) => {
                     state
-                        .audit(
-                            actor
-                                .event(
-                                    rule.audit.unwrap_or("access"),
-                                    object.as_deref().unwrap_or(""),
-                                )
-                                .outcome(Outcome::Denied)
-                                .detail(format!("{method} {target}: missing or wrong CSRF token")),
-                        )
+                        .audit(denied(&actor, "missing or wrong CSRF token".into()))
                         .await;
                     return refusal(&state, &actor, &path, status, message).await;
                 }

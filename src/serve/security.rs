@@ -43,7 +43,8 @@ pub async fn headers(request: Request, next: Next) -> Response {
     response
 }
 
-fn is_write(method: &Method) -> bool {
+/// Whether a request may change something (anything but GET, HEAD, OPTIONS).
+pub(super) fn is_write(method: &Method) -> bool {
     !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
 }
 
