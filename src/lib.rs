@@ -17,7 +17,7 @@
 //! | 2 | [`data`], [`ir`], [`deid`], [`database`] | data sets (folders, splits, batching); the network description; DICOM de-identification; the SQL database, opened and migrated |
 //! | 3 | [`model`], [`security`] | the architectures, each describing itself in the `ir`; accounts, sessions, tokens, the audit trail, the data key |
 //! | 4 | [`modelfile`] | the model file's plain data types, and reading/writing it |
-//! | 5 | [`backend`] | back ends over the `ir`: ONNX writer, int8 engine |
+//! | 5 | [`backend`], [`store`] | back ends over the `ir`: ONNX writer, int8 engine; the stored analyses, feedback and model registry |
 //! | 6 | [`runtime`] | the one model loader; f32/int8 forward passes, TTA |
 //! | 7 | [`inference`] | answers (`Predictor`) and Grad-CAM (`Explainer`) |
 //! | 8 | [`workflows`] | audit, train, calibrate, quantize, evaluate, export, import |
@@ -44,6 +44,7 @@ pub mod security;
 pub mod modelfile;
 
 pub mod backend;
+pub mod store;
 
 pub mod runtime;
 

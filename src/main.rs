@@ -4,8 +4,8 @@
 mod cli;
 
 use clap::Parser;
-use cli::args::{Cli, Command, GateCommand, ModelCommand, PacsCommand};
-use cli::{admin, commands};
+use cli::args::{Cli, Command, FeedbackCommand, GateCommand, ModelCommand, PacsCommand};
+use cli::{admin, commands, feedback};
 
 fn main() {
     // Progress and warnings of the library arrive through tracing: oncolens' own at info
@@ -40,9 +40,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Predict(a) => commands::predict(a),
         Command::Audit(a) => commands::audit_data(a),
         Command::Explain(a) => commands::explain(a),
-        Command::Model {
-            command: ModelCommand::Summary(a),
-        } => commands::model_summary(a),
+        Command::Model { command } => match command {
+            ModelCommand::Summary(a) => commands::model_summary(a),
+            ModelCommand::List(a) => feedback::list(a),
+            ModelCommand::Register(a) => feedback::register(a),
+            ModelCommand::Promote(a) => feedback::promote(a),
+            ModelCommand::Rollback(a) => feedback::rollback(a),
+        },
+        Command::Feedback {
+            command: FeedbackCommand::Export(a),
+        } => feedback::export(a),
+        Command::Finetune(a) => feedback::finetune(a),
         Command::Gate { command } => match command {
             GateCommand::Evaluate(a) => commands::gate_evaluate(a),
             GateCommand::Train(a) => commands::gate_train(a),

@@ -21,6 +21,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("security", 3),
     ("modelfile", 4),
     ("backend", 5),
+    ("store", 5),
     ("runtime", 6),
     ("inference", 7),
     ("workflows", 8),

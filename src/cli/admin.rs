@@ -11,7 +11,7 @@ use super::args::{AuditLogCommand, KeyCommand, PurgeArgs, StoreArgs, TokenComman
 use oncolens::security::audit_log::{self, Event, Filter};
 use oncolens::security::keys::KeyRing;
 use oncolens::security::{Role, accounts, tokens};
-use oncolens::serve::store;
+use oncolens::store;
 
 struct Opened {
     db: SqlitePool,

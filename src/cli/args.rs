@@ -84,6 +84,14 @@ pub enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Clinicians' feedback as training data.
+    Feedback {
+        #[command(subcommand)]
+        command: FeedbackCommand,
+    },
+    /// Continue training a model on a feedback export plus a replay of its original training
+    /// data, re-calibrate it and write a new version that names its parent and feedback.
+    Finetune(FinetuneArgs),
     /// The append-only audit trail.
     AuditLog {
         #[command(subcommand)]
@@ -449,6 +457,10 @@ pub struct ServeArgs {
     /// The certificate's private key, PEM.
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// How often the model registry is read for a newly promoted version, seconds (the switch
+    /// happens between requests; none is lost).
+    #[arg(long, default_value_t = 5)]
+    pub registry_poll_s: u64,
 }
 
 #[derive(clap::Args)]
@@ -840,6 +852,125 @@ impl From<&GateEvaluateArgs> for GateOptions {
 pub enum ModelCommand {
     /// Layer table with output shapes and parameter counts.
     Summary(SummaryArgs),
+    /// The registered model versions: parent, data, metrics, which one is served.
+    List(RegistryArgs),
+    /// Copy a model folder into the registry (e.g. the output of `finetune`).
+    Register(RegisterArgs),
+    /// Serve a registered version after comparing it with the served one on held-out images;
+    /// refused when it is worse by more than the margin.
+    Promote(PromoteArgs),
+    /// Return to the version served before the last promotion.
+    Rollback(RollbackArgs),
+}
+
+/// The deployment whose registry a command uses.
+#[derive(clap::Args)]
+pub struct RegistryArgs {
+    /// sqlite://PATH
+    #[arg(long, default_value = "sqlite://oncolens.db")]
+    pub database: String,
+    /// The registry's models folder (default: beside the database, `<file>.models`).
+    #[arg(long)]
+    pub models_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub key: KeyArgs,
+}
+
+impl RegistryArgs {
+    pub fn models_dir(&self) -> PathBuf {
+        self.models_dir.clone().unwrap_or_else(|| {
+            oncolens::workflows::registry::default_models_dir(&self.database)
+        })
+    }
+}
+
+#[derive(clap::Args)]
+pub struct RegisterArgs {
+    /// The model folder to register.
+    pub model: PathBuf,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+#[derive(clap::Args)]
+pub struct PromoteArgs {
+    /// The registered version (`oncolens model list`).
+    pub version: String,
+    /// Held-out labelled images to compare on: image folders (`DIR/<class_id>/...`) and
+    /// feedback exports (their held-out items); repeat for several.
+    #[arg(long = "eval", required = true)]
+    pub eval: Vec<PathBuf>,
+    /// Largest drop in accuracy or in any class's recall accepted, in points.
+    #[arg(long, default_value_t = 2.0)]
+    pub margin_points: f64,
+    /// The model served while none is promoted (the server's --model; default: bundled).
+    #[arg(long, env = "ONCOLENS_MODEL")]
+    pub baseline: Option<PathBuf>,
+    /// Who promotes, for the audit trail.
+    #[arg(long, env = "USER", default_value = "cli")]
+    pub by: String,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+#[derive(clap::Args)]
+pub struct RollbackArgs {
+    #[arg(long, env = "USER", default_value = "cli")]
+    pub by: String,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+#[derive(Subcommand)]
+pub enum FeedbackCommand {
+    /// The confirmed and corrected scans as an image folder DIR/<class_id>/... with a
+    /// manifest (analysis, model version, predicted and given class, who, when); "not
+    /// assessable" items are listed only.
+    Export(FeedbackExportArgs),
+}
+
+#[derive(clap::Args)]
+pub struct FeedbackExportArgs {
+    #[arg(long, default_value = "sqlite://oncolens.db")]
+    pub database: String,
+    #[command(flatten)]
+    pub key: KeyArgs,
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Share of items held out of fine-tuning for the promotion check (stable per analysis).
+    #[arg(long, default_value_t = oncolens::workflows::feedback::DEFAULT_HOLDOUT)]
+    pub holdout: f64,
+    /// The model whose classes the feedback names (default: $ONCOLENS_MODEL, else bundled).
+    #[arg(long, env = "ONCOLENS_MODEL")]
+    pub model: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub struct FinetuneArgs {
+    /// The model to continue from.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// A feedback export (`oncolens feedback export`); its held-out items are never trained on.
+    #[arg(long)]
+    pub feedback: PathBuf,
+    /// The original training folder, replayed so that the model does not forget (default:
+    /// the folder named in the model file, when it exists).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 8)]
+    pub epochs: usize,
+    /// Learning rate (a tenth of a typical training rate: the weights move, not restart).
+    #[arg(long, default_value_t = 1e-4)]
+    pub learning_rate: f64,
+    /// Original training images replayed per feedback image.
+    #[arg(long, default_value_t = 1.0)]
+    pub replay_ratio: f64,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    #[arg(long, short)]
+    pub quiet: bool,
 }
 
 #[derive(clap::Args)]
@@ -981,6 +1112,7 @@ impl From<&ServeArgs> for ServeConfig {
                 }),
                 _ => None,
             },
+            registry_poll: Duration::from_secs(a.registry_poll_s.max(1)),
         }
     }
 }

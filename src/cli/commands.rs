@@ -392,11 +392,29 @@ pub fn pacs_watch(a: PacsWatchArgs) -> Result<()> {
     let mut options = a.connection.options(&a.url, a.once)?;
     let keys = oncolens::security::keys::KeyRing::load_or_create(&a.key.source(&a.database))?;
     options.audit_keys = Some(std::sync::Arc::new(keys));
-    let explainer = std::sync::Arc::new(Explainer::open_source(&model_source(&a.model))?);
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let report = runtime.block_on(async {
         let db = oncolens::database::open(&a.database).await?;
-        oncolens::workflows::pacs::watch(explainer, db, options)
+        // The registry's promoted version, and every later one, as the web app serves them.
+        let fallback = model_source(&a.model);
+        let source = oncolens::workflows::registry::served_source(&db, &fallback).await?;
+        let slot = std::sync::Arc::new(oncolens::inference::ModelSlot::new(
+            Explainer::open_source(&source)?,
+        ));
+        if !a.once {
+            tokio::spawn(oncolens::workflows::registry::follow(
+                slot.clone(),
+                db.clone(),
+                oncolens::workflows::registry::FollowOptions {
+                    fallback,
+                    tta: false,
+                    int8: false,
+                    interval: std::time::Duration::from_secs(30),
+                    audit_keys: options.audit_keys.clone(),
+                },
+            ));
+        }
+        oncolens::workflows::pacs::watch(slot, db, options)
             .await
             .map_err(oncolens::Error::from)
     })?;

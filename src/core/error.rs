@@ -321,6 +321,31 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("database: a stored field is not valid JSON")]
     Json(#[from] serde_json::Error),
+    #[error("database: a stored value is not valid: {0}")]
+    Corrupt(String),
+}
+
+/// The model registry and the feedback loop around it.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("no model version {0:?} is registered (`oncolens model list` shows them)")]
+    UnknownVersion(String),
+    #[error("model version {0} is registered already")]
+    AlreadyRegistered(String),
+    #[error("model version {0} is the one served already")]
+    AlreadyServed(String),
+    #[error("no earlier promoted version to roll back to")]
+    NothingToRollBack,
+    #[error("the candidate's classes ({candidate}) differ from the served model's ({served})")]
+    ClassesDiffer { candidate: String, served: String },
+    #[error("promotion refused: {0}")]
+    Refused(String),
+    #[error("the evaluation set {0} holds no usable image")]
+    EmptyEvaluation(String),
+    #[error("the feedback folder {0} has no manifest.json (`oncolens feedback export` writes one)")]
+    NoFeedbackManifest(String),
+    #[error("the feedback holds no confirmed or corrected item to train on")]
+    NoFeedback,
 }
 
 /// Accounts, passwords, sessions and API tokens.
@@ -344,6 +369,8 @@ pub enum AccessError {
     NoSuchToken(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
 }
 
 /// The append-only audit trail.
@@ -355,6 +382,8 @@ pub enum AuditError {
     Head(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
     #[error(transparent)]
     Key(#[from] KeyError),
 }
@@ -448,6 +477,8 @@ pub enum Error {
     Font(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
     #[error("PACS")]
     Pacs(#[from] PacsError),
     #[error("cannot de-identify {path}")]

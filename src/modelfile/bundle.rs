@@ -109,6 +109,13 @@ pub fn load(path: &Path, device: &Device) -> Result<(Manifest, Classifier)> {
 
 /// [`load`] for a given [`Mode`].
 pub fn load_with_mode(path: &Path, device: &Device, mode: Mode) -> Result<(Manifest, Classifier)> {
+    let (manifest, model) = load_trainable(path, device)?;
+    Ok((manifest, finish(model, mode)))
+}
+
+/// Loads manifest and weights onto `device` as they were trained (dropout and batch-norm
+/// statistics in training behaviour on an autodiff device): where fine-tuning starts.
+pub fn load_trainable(path: &Path, device: &Device) -> Result<(Manifest, Classifier)> {
     let dir = model_dir(path);
     let manifest = read_manifest(&dir)?;
     let weights = dir.join(WEIGHTS_FILE);
@@ -122,7 +129,7 @@ pub fn load_with_mode(path: &Path, device: &Device, mode: Mode) -> Result<(Manif
     let model = Classifier::init(&manifest.spec, device)
         .try_load_file(&weights)
         .map_err(|e| Error::model(&weights, ModelFileProblem::WeightsDoNotFit(Detail::of(e))))?;
-    Ok((manifest, finish(model, mode)))
+    Ok((manifest, model))
 }
 
 /// The default model, committed under `models/default/` and compiled into the binary so that

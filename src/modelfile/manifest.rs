@@ -75,7 +75,37 @@ pub struct Manifest {
     /// The input gate this model uses; `None`: the gate compiled into the binary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gate: Option<GateLink>,
+    /// The model this one was fine-tuned from (`None`: trained from scratch or ImageNet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ParentModel>,
+    /// The clinicians' feedback it was fine-tuned on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feedback: Option<FeedbackProvenance>,
     pub weights_sha256: String,
+}
+
+/// The model a fine-tuned model started from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ParentModel {
+    pub name: String,
+    /// Its version (first 12 hex digits of its weights' SHA-256).
+    pub version: String,
+    pub weights_sha256: String,
+}
+
+/// The feedback a model was fine-tuned on (`oncolens feedback export`'s folder).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeedbackProvenance {
+    pub root: String,
+    /// SHA-256 over the sorted file hashes of the items trained on.
+    pub fingerprint: String,
+    /// Items trained on, per class (model class order).
+    pub class_counts: Vec<usize>,
+    /// Items kept out of training for the promotion check, and items validated on.
+    pub held_out: usize,
+    pub validation: usize,
+    /// Original training images replayed beside the feedback (so that it does not forget).
+    pub replayed: usize,
 }
 
 impl Manifest {
@@ -127,6 +157,12 @@ impl Manifest {
             }
         }
         Ok(())
+    }
+
+    /// The model's version: the first 12 hex digits of its weights' SHA-256 (what analyses
+    /// record and the registry is keyed by).
+    pub fn version(&self) -> String {
+        self.weights_sha256.chars().take(12).collect()
     }
 
     /// The temperature logits are divided by (1 before calibration).

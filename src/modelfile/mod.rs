@@ -22,6 +22,8 @@ pub mod weights;
 pub use bundle::{MANIFEST_FILE, Mode, ModelSource, WEIGHTS_FILE};
 pub use gate::{GateFinding, GateLink, GateManifest};
 pub use int8::{Int8Calibration, QParams};
-pub use manifest::{ClassInfo, DataProvenance, Manifest, ValidationSummary};
+pub use manifest::{
+    ClassInfo, DataProvenance, FeedbackProvenance, Manifest, ParentModel, ValidationSummary,
+};
 pub use training::{Balance, Schedule, TrainConfig};
 pub use trust::{CalibrationSummary, InputCheck, OUT_OF_DISTRIBUTION, TrustProfile};

@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::engine::{MAX_UPLOAD_FILES, Outcome};
-use super::store::{self, AnalysisRecord, BatchRecord};
+use super::actor;
+use super::store::{self, AnalysisRecord, BatchRecord, FeedbackVerdict, StoredImages};
+use crate::modelfile::Manifest;
 use super::{AppState, Busy, new_id, now_unix, valid_id};
 use crate::core::DISCLAIMER;
 use crate::deid::Deidentifier;
@@ -113,7 +115,8 @@ pub struct AnalysisJson {
 }
 
 pub fn to_json(state: &AppState, a: &AnalysisRecord) -> AnalysisJson {
-    let classes = &state.explainer.manifest.classes;
+    let explainer = state.explainer();
+    let classes = &explainer.manifest.classes;
     let created =
         std::time::UNIX_EPOCH + std::time::Duration::from_secs(a.created_unix.max(0) as u64);
     AnalysisJson {
@@ -310,16 +313,24 @@ pub enum Received {
     Batch(BatchRecord, Vec<AnalysisRecord>),
 }
 
-/// The record of one analysed slice.
-fn record_of(state: &AppState, name: &str, outcome: &Outcome) -> AnalysisRecord {
-    let manifest = &state.explainer.manifest;
+/// The images an analysis stores.
+fn stored_images(outcome: &Outcome) -> StoredImages<'_> {
+    StoredImages {
+        display_png: &outcome.image_png,
+        heatmap_png: &outcome.heatmap_png,
+        source_png: Some(&outcome.source_png),
+    }
+}
+
+/// The record of one slice analysed by the model of `manifest`.
+fn record_of(manifest: &Manifest, name: &str, outcome: &Outcome) -> AnalysisRecord {
     let p = &outcome.prediction;
     AnalysisRecord {
         id: new_id(),
         created_unix: now_unix(),
         filename: name.to_string(),
         model_name: manifest.name.clone(),
-        model_version: manifest.weights_sha256.chars().take(12).collect(),
+        model_version: manifest.version(),
         class_id: p.class_id.clone(),
         class_name: p.class_name.clone(),
         confidence: f64::from(p.confidence),
@@ -371,14 +382,14 @@ pub async fn receive_upload(
             )
         })??;
     let single_only = mode == UploadMode::Single;
-    let outcomes = match state.analyse_files(admission, files, single_only).await {
+    let (explainer, outcomes) = match state.analyse_files(admission, files, single_only).await {
         Err(Busy) => return Err(busy()),
-        Ok(Err(refused)) => {
+        Ok((_, Err(refused))) => {
             let status =
                 StatusCode::from_u16(refused.status).unwrap_or(StatusCode::UNPROCESSABLE_ENTITY);
             return Err(ApiError::new(status, refused.message));
         }
-        Ok(Ok(o)) => o,
+        Ok((explainer, Ok(o))) => (explainer, o),
     };
     let single = match mode {
         UploadMode::Single => true,
@@ -390,19 +401,13 @@ pub async fn receive_upload(
         let outcome = slice
             .result
             .map_err(|r| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, r.0))?;
-        let record = record_of(state, &slice.name, &outcome);
-        store::insert_analysis(
-            &state.db,
-            &state.keys,
-            &record,
-            &outcome.image_png,
-            &outcome.heatmap_png,
-        )
+        let record = record_of(&explainer.manifest, &slice.name, &outcome);
+        store::insert_analysis(&state.db, &state.keys, &record, stored_images(&outcome))
         .await
         .map_err(store_error)?;
         return Ok(Received::Single(record));
     }
-    let manifest = &state.explainer.manifest;
+    let manifest = &explainer.manifest;
     let mut deid = Deidentifier::new(None);
     let mut records = Vec::new();
     let mut analysed = Vec::new();
@@ -410,7 +415,7 @@ pub async fn receive_upload(
     for slice in &outcomes {
         match &slice.result {
             Ok(outcome) => {
-                let record = record_of(state, &slice.name, outcome);
+                let record = record_of(manifest, &slice.name, outcome);
                 // Identifiers replaced before the summary is made and stored.
                 let source = slice.dicom.as_ref().map(|d| DicomSource {
                     study_instance_uid: deid.uid(&d.study_instance_uid),
@@ -450,10 +455,10 @@ pub async fn receive_upload(
         series: serde_json::to_value(&series).unwrap_or_default(),
         errors: serde_json::Value::Array(errors),
     };
-    let stored: Vec<(&AnalysisRecord, &[u8], &[u8])> = records
+    let stored: Vec<(&AnalysisRecord, StoredImages<'_>)> = records
         .iter()
         .zip(&analysed)
-        .map(|(r, (_, _, o))| (r, o.image_png.as_slice(), o.heatmap_png.as_slice()))
+        .map(|(r, (_, _, o))| (r, stored_images(o)))
         .collect();
     store::insert_batch(&state.db, &state.keys, &batch, &stored)
         .await
@@ -639,52 +644,90 @@ pub async fn heatmap(State(state): State<AppState>, Path(id): Path<String>) -> R
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FeedbackBody {
-    /// The class the user confirms or corrects to (a class id such as `glioma_tumor`).
-    pub class_id: String,
+    /// The class the user confirms or corrects to (a class id such as `glioma_tumor`); may be
+    /// left out to confirm the model's class, and must be left out for "not assessable".
+    #[serde(default)]
+    pub class_id: Option<String>,
+    /// `confirmed`, `corrected` or `not_assessable`; when left out, it follows from the class.
+    #[serde(default)]
+    pub verdict: Option<String>,
     #[serde(default)]
     pub comment: String,
 }
 
-/// Validates and stores feedback; returns the verdict.
+/// Validates and stores feedback by the current actor; returns its id and the verdict.
 pub async fn store_feedback(
     state: &AppState,
     analysis: &AnalysisRecord,
     body: &FeedbackBody,
 ) -> Result<(i64, &'static str), ApiError> {
-    let ids = state.explainer.manifest.class_ids();
-    if !ids.contains(&body.class_id) {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!(
-                "Unknown class {:?}; choose one of {}.",
-                body.class_id,
-                ids.join(", ")
-            ),
-        ));
+    let unprocessable = |m: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, m);
+    let ids = state.explainer().manifest.class_ids();
+    let class = body.class_id.as_deref().map(str::trim).filter(|c| !c.is_empty());
+    if let Some(c) = class
+        && !ids.iter().any(|id| id == c)
+    {
+        return Err(unprocessable(format!(
+            "Unknown class {c:?}; choose one of {}.",
+            ids.join(", ")
+        )));
     }
     if body.comment.chars().count() > 2000 {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "The comment is longer than 2,000 characters.",
+        return Err(unprocessable(
+            "The comment is longer than 2,000 characters.".into(),
         ));
     }
-    let verdict = if body.class_id == analysis.class_id {
-        "confirmed"
-    } else {
-        "corrected"
+    let asked = match body.verdict.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
+        None => None,
+        Some(v) => Some(FeedbackVerdict::parse(v).ok_or_else(|| {
+            unprocessable(format!(
+                "Unknown verdict {v:?}; choose confirmed, corrected or not_assessable."
+            ))
+        })?),
     };
-    let id = store::insert_feedback(
-        &state.db,
-        &state.keys,
-        &analysis.id,
+    let (verdict, class_id) = match (asked, class) {
+        (Some(FeedbackVerdict::NotAssessable), None) => (FeedbackVerdict::NotAssessable, ""),
+        (Some(FeedbackVerdict::NotAssessable), Some(_)) => {
+            return Err(unprocessable(
+                "\"Not assessable\" takes no class: leave class_id out.".into(),
+            ));
+        }
+        (None | Some(FeedbackVerdict::Confirmed), None) => {
+            (FeedbackVerdict::Confirmed, analysis.class_id.as_str())
+        }
+        (None, Some(c)) if c == analysis.class_id => (FeedbackVerdict::Confirmed, c),
+        (None, Some(c)) => (FeedbackVerdict::Corrected, c),
+        (Some(FeedbackVerdict::Confirmed), Some(c)) if c == analysis.class_id => {
+            (FeedbackVerdict::Confirmed, c)
+        }
+        (Some(FeedbackVerdict::Corrected), Some(c)) if c != analysis.class_id => {
+            (FeedbackVerdict::Corrected, c)
+        }
+        (Some(FeedbackVerdict::Corrected), None) => {
+            return Err(unprocessable(
+                "A correction needs the class the scan shows (class_id).".into(),
+            ));
+        }
+        (Some(v), Some(c)) => {
+            return Err(unprocessable(format!(
+                "The verdict {} does not fit class {c:?}: the model answered {:?}.",
+                v.as_str(),
+                analysis.class_id
+            )));
+        }
+    };
+    let given_by = actor::current().map_or_else(String::new, |a| a.name);
+    let feedback = store::NewFeedback {
+        analysis_id: &analysis.id,
         verdict,
-        &body.class_id,
-        body.comment.trim(),
-        now_unix(),
-    )
-    .await
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    Ok((id, verdict))
+        class_id,
+        comment: body.comment.trim(),
+        given_by: &given_by,
+    };
+    let id = store::feedback::insert_feedback(&state.db, &state.keys, &feedback, now_unix())
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok((id, verdict.as_str()))
 }
 
 pub async fn feedback(
@@ -702,7 +745,7 @@ pub async fn feedback(
             return error(
                 e.status(),
                 format!(
-                    "{} Send JSON like {{\"class_id\": \"glioma_tumor\", \"comment\": \"...\"}}.",
+                    "{} Send JSON like {{\"class_id\": \"glioma_tumor\", \"comment\": \"...\"}} or {{\"verdict\": \"not_assessable\"}}.",
                     e.body_text()
                 ),
             );
@@ -723,14 +766,15 @@ pub async fn list_feedback(State(state): State<AppState>, Path(id): Path<String>
         Ok(a) => a,
         Err(e) => return e.into_response(),
     };
-    match store::list_feedback(&state.db, &state.keys, &analysis.id).await {
+    match store::feedback::list_feedback(&state.db, &state.keys, &analysis.id).await {
         Ok(items) => Json(json!({ "items": items })).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 
 pub async fn model(State(state): State<AppState>) -> Response {
-    let m = &state.explainer.manifest;
+    let explainer = state.explainer();
+    let m = &explainer.manifest;
     Json(json!({
         "name": m.name,
         "version": m.weights_sha256.chars().take(12).collect::<String>(),
@@ -739,8 +783,8 @@ pub async fn model(State(state): State<AppState>) -> Response {
         "classes": m.classes,
         "uncertainty_threshold": m.uncertainty_threshold,
         // How this server computes answers.
-        "precision": if state.explainer.is_int8() { "int8" } else { "f32" },
-        "test_time_augmentation": state.explainer.tta,
+        "precision": if explainer.is_int8() { "int8" } else { "f32" },
+        "test_time_augmentation": explainer.tta,
         "int8_calibration": m.int8.as_ref().map(|q| json!({
             "rule": q.rule,
             "top1_agreement_with_f32": q.top1_agreement,
@@ -755,7 +799,7 @@ pub async fn model(State(state): State<AppState>) -> Response {
             "feature_distance_threshold": t.features.threshold,
             "feature_threshold_rule": t.features.threshold_rule,
         })),
-        "input_gate": state.explainer.gate().map(|g| json!({
+        "input_gate": explainer.gate().map(|g| json!({
             "name": g.manifest.name,
             "origin": g.origin,
             "version": g.manifest.weights_sha256.chars().take(12).collect::<String>(),
@@ -777,7 +821,7 @@ pub async fn healthz() -> Response {
 
 pub async fn readyz(State(state): State<AppState>) -> Response {
     if store::ping(&state.db).await {
-        Json(json!({ "status": "ready", "model": state.explainer.manifest.name, "database": "ok" }))
+        Json(json!({ "status": "ready", "model": state.explainer().manifest.name, "database": "ok" }))
             .into_response()
     } else {
         error(

@@ -20,6 +20,8 @@ pub struct Outcome {
     pub prediction: Prediction,
     pub image_png: Vec<u8>,
     pub heatmap_png: Vec<u8>,
+    /// The scan as decoded, at its resolution and bit depth, for training on feedback.
+    pub source_png: Vec<u8>,
     pub width: u32,
     pub height: u32,
 }
@@ -273,9 +275,28 @@ pub fn analyse_scan(explainer: &Explainer, scan: &Scan) -> Result<Outcome, Rejec
     });
     Ok(Outcome {
         prediction,
+        source_png: png(source_image(scan))?,
         image_png: png(DynamicImage::ImageLuma8(display))?,
         heatmap_png: png(DynamicImage::ImageRgba8(heat))?,
         width: dw,
         height: dh,
     })
+}
+
+/// The decoded scan as a grey image of its own bit depth: 8 bits for 8-bit files, 16 for
+/// deeper ones (DICOM), so that training on feedback sees what the network saw. PNG holds no
+/// metadata here: nothing but pixels is kept.
+fn source_image(scan: &Scan) -> DynamicImage {
+    let grey = &scan.image;
+    let (w, h) = grey.dimensions();
+    let value = |x, y| grey.get_pixel(x, y).0[0].clamp(0.0, 1.0);
+    if scan.info.bits_per_channel <= 8 {
+        DynamicImage::ImageLuma8(GrayImage::from_fn(w, h, |x, y| {
+            Luma([(value(x, y) * 255.0).round() as u8])
+        }))
+    } else {
+        DynamicImage::ImageLuma16(image::ImageBuffer::from_fn(w, h, |x, y| {
+            Luma([(value(x, y) * 65535.0).round() as u16])
+        }))
+    }
 }

@@ -29,7 +29,7 @@ mod metrics;
 mod pages;
 pub mod security;
 mod signin;
-pub mod store;
+pub use crate::store;
 mod view;
 
 use std::net::SocketAddr;
@@ -49,7 +49,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
 
 use crate::core::error::{Result, ServeError};
-use crate::inference::Explainer;
+use crate::inference::{Explainer, ModelSlot};
+use crate::workflows::registry;
 use crate::modelfile::ModelSource;
 use crate::security::accounts;
 use crate::security::audit_log::{self, Event};
@@ -101,6 +102,8 @@ pub struct ServeConfig {
     pub behind_tls: bool,
     /// Serve HTTPS with this certificate and key (cookies are then `Secure`).
     pub tls: Option<http::TlsFiles>,
+    /// How often the registry is read for a newly promoted version.
+    pub registry_poll: std::time::Duration,
 }
 
 impl Default for ServeConfig {
@@ -125,6 +128,7 @@ impl Default for ServeConfig {
             retention: None,
             behind_tls: false,
             tls: None,
+            registry_poll: std::time::Duration::from_secs(5),
         }
     }
 }
@@ -132,7 +136,10 @@ impl Default for ServeConfig {
 /// Shared state of the handlers.
 #[derive(Clone)]
 pub struct AppState {
-    explainer: Arc<Explainer>,
+    /// The model analyses use; replaced when the registry promotes another version.
+    model: Arc<ModelSlot>,
+    /// The model the server was started with: served while the registry promotes none.
+    started_with: ModelSource,
     db: SqlitePool,
     workers: Arc<Semaphore>,
     admitted: Arc<Semaphore>,
@@ -165,14 +172,18 @@ pub struct Admission {
 
 impl AppState {
     pub async fn new(config: &ServeConfig) -> Result<Self> {
-        let model = config.model.clone();
+        let db = store::open(&config.database).await?;
+        // The registry's promoted version, else the model the server is started with.
+        let model = registry::served_source(&db, &config.model).await?;
+        if model != config.model {
+            tracing::info!("the model registry serves {model:?}");
+        }
         let (tta, int8) = (config.tta, config.int8);
         let explainer = tokio::task::spawn_blocking(move || {
             Explainer::open_source(&model).and_then(|e| e.with_tta(tta).with_int8(int8))
         })
         .await
         .map_err(|e| ServeError::ModelLoading(e.into()))??;
-        let db = store::open(&config.database).await?;
         let keys = KeyRing::load_or_create(&KeySource::for_database(
             &config.database,
             config.key_file.as_deref(),
@@ -182,10 +193,12 @@ impl AppState {
         if sealed > 0 {
             tracing::info!("encrypted {sealed} values stored before encryption at rest");
         }
+        store::feedback::backfill_entropy(&db).await?;
         let plan = budget::plan(config)?;
         tracing::info!("{}", plan.describe());
         Ok(Self {
-            explainer: Arc::new(explainer),
+            model: Arc::new(ModelSlot::new(explainer)),
+            started_with: config.model.clone(),
             db,
             workers: Arc::new(Semaphore::new(plan.workers)),
             admitted: Arc::new(Semaphore::new(plan.workers + plan.queue)),
@@ -201,6 +214,11 @@ impl AppState {
             open_csrf: crate::security::random_secret(),
             throttle: Arc::new(signin::Throttle::default()),
         })
+    }
+
+    /// The model new work uses (each request takes it once and finishes on it).
+    pub fn explainer(&self) -> Arc<Explainer> {
+        self.model.current()
     }
 
     /// Whether any account exists (then every route but the public ones needs one).
@@ -234,19 +252,27 @@ impl AppState {
             })
     }
 
-    /// Analyses every slice of an admitted upload on the blocking pool once a worker is free.
+    /// Analyses every slice of an admitted upload on the blocking pool once a worker is free,
+    /// with the model current when the work starts (returned with the outcomes: the records
+    /// name the model that made them even if another version is promoted meanwhile).
     async fn analyse_files(
         &self,
         admission: Admission,
         files: Vec<(String, Bytes)>,
         single_only: bool,
-    ) -> std::result::Result<std::result::Result<Vec<engine::SliceOutcome>, engine::Refused>, Busy>
-    {
+    ) -> std::result::Result<
+        (
+            Arc<Explainer>,
+            std::result::Result<Vec<engine::SliceOutcome>, engine::Refused>,
+        ),
+        Busy,
+    > {
         self.metrics.queue_depth.fetch_add(1, Ordering::Relaxed);
         let worker = self.workers.clone().acquire_owned().await;
         self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
         let worker = worker.map_err(|_| Busy)?;
-        let explainer = self.explainer.clone();
+        let explainer = self.explainer();
+        let used = explainer.clone();
         // A zip may unpack to at most the upload limit (the memory budget counts it).
         let max_unpacked = self.max_body_bytes;
         let started = Instant::now();
@@ -265,7 +291,7 @@ impl AppState {
         });
         self.metrics
             .observe_inference(started.elapsed().as_secs_f64());
-        Ok(result)
+        Ok((used, result))
     }
 }
 
@@ -383,7 +409,8 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
     if !state.accounts_exist().await {
         security::check_bind(config.bind)?;
     }
-    let manifest = &state.explainer.manifest;
+    let explainer = state.explainer();
+    let manifest = &explainer.manifest;
     state
         .audit(
             Event::new("system", "model.load", manifest.name.clone()).detail(format!(
@@ -398,6 +425,17 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
         let keep = config.retention;
         tokio::spawn(async move { housekeeping(state, keep).await });
     }
+    tokio::spawn(registry::follow(
+        state.model.clone(),
+        state.db.clone(),
+        registry::FollowOptions {
+            fallback: config.model.clone(),
+            tta: config.tta,
+            int8: config.int8,
+            interval: config.registry_poll,
+            audit_keys: Some(state.keys.clone()),
+        },
+    ));
     let listener = tokio::net::TcpListener::bind(config.bind)
         .await
         .map_err(|e| ServeError::Listen(config.bind, e))?;
@@ -407,18 +445,18 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
     tracing::info!(
         "oncolens serving on {}://{address} (model {})",
         if tls.is_some() { "https" } else { "http" },
-        state.explainer.manifest.name
+        state.explainer().manifest.name
     );
     if let Some(mut pacs) = config.pacs.clone() {
         pacs.audit_keys = Some(state.keys.clone());
-        let (explainer, db) = (state.explainer.clone(), state.db.clone());
+        let (models, db) = (state.model.clone(), state.db.clone());
         tracing::info!(
             "watching the PACS at {} every {} s",
             pacs.url,
             pacs.interval.as_secs()
         );
         tokio::spawn(async move {
-            if let Err(e) = crate::workflows::pacs::watch(explainer, db, pacs).await {
+            if let Err(e) = crate::workflows::pacs::watch(models, db, pacs).await {
                 tracing::error!(
                     "the PACS watcher stopped: {}",
                     crate::core::error::sentence(&e)

@@ -50,7 +50,8 @@ pub async fn batch(State(state): State<AppState>, Path(id): Path<String>) -> Res
     match api::find_batch(&state, &id).await {
         Ok((batch, analyses)) => {
             let json = api::batch_json(&state, &batch, &analyses);
-            let classes = &state.explainer.manifest.classes;
+            let explainer = state.explainer();
+            let classes = &explainer.manifest.classes;
             render(
                 &state,
                 StatusCode::OK,
@@ -156,22 +157,23 @@ async fn analysis_page(
             );
         }
     };
-    let feedback = store::list_feedback(&state.db, &state.keys, id)
+    let feedback = store::feedback::list_feedback(&state.db, &state.keys, id)
         .await
         .unwrap_or_default();
     let json = api::to_json(state, &record);
-    let validation = state.explainer.manifest.validation.clone();
+    let explainer = state.explainer();
+    let validation = explainer.manifest.validation.clone();
     render(
         state,
         status,
         "analysis.html",
         context! {
             a => json,
-            classes => state.explainer.manifest.classes,
+            classes => explainer.manifest.classes,
             feedback => feedback,
             notice => notice,
             error => error,
-            threshold => state.explainer.manifest.uncertainty_threshold,
+            threshold => explainer.manifest.uncertainty_threshold,
             validation => validation,
         },
     )
@@ -191,7 +193,14 @@ pub async fn analysis(
 
 #[derive(Deserialize)]
 pub struct FeedbackForm {
+    #[serde(default)]
     class_id: String,
+    /// `not_assessable` from its button; otherwise the verdict follows from the class.
+    #[serde(default)]
+    verdict: String,
+    /// Where to go afterwards: the review queue sends its own path.
+    #[serde(default)]
+    next: String,
     #[serde(default)]
     comment: String,
 }
@@ -213,10 +222,12 @@ pub async fn feedback(
         }
     };
     let body = FeedbackBody {
-        class_id: form.class_id,
+        class_id: Some(form.class_id),
+        verdict: Some(form.verdict),
         comment: form.comment,
     };
     match api::store_feedback(&state, &record, &body).await {
+        Ok(_) if form.next == "/review" => Redirect::to("/review?saved=1").into_response(),
         Ok(_) => Redirect::to(&format!("/analyses/{id}?feedback=saved")).into_response(),
         Err(e) => analysis_page(&state, &id, e.status, None, Some(&e.message)).await,
     }
@@ -244,7 +255,8 @@ pub async fn history(State(state): State<AppState>) -> Response {
 }
 
 pub async fn model_card(State(state): State<AppState>) -> Response {
-    let m = &state.explainer.manifest;
+    let explainer = state.explainer();
+    let m = &explainer.manifest;
     render(
         &state,
         StatusCode::OK,

@@ -51,7 +51,8 @@ fn actor_context() -> minijinja::Value {
 }
 
 pub fn render(state: &AppState, status: StatusCode, name: &str, ctx: minijinja::Value) -> Response {
-    let manifest = &state.explainer.manifest;
+    let explainer = state.explainer();
+    let manifest = &explainer.manifest;
     let base = context! {
         actor => actor_context(),
         disclaimer => DISCLAIMER,

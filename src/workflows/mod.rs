@@ -3,7 +3,10 @@
 //! evaluate uses audit), never in a circle.
 //!
 //! - [`audit`]: duplicates, near-duplicates, leakage and balance of a data set;
-//! - [`train`]: the training loop, checkpoints, history and curves;
+//! - [`train`]: the training loop, checkpoints, history and curves; fine-tuning on feedback;
+//! - [`feedback`]: clinicians' feedback exported as an image folder with a manifest;
+//! - [`registry`]: model versions, the promotion gate, rollback, and following the served
+//!   version in a running service;
 //! - [`calibrate`]: temperature, "uncertain" threshold and input check of a saved model;
 //! - [`quantize`]: int8 activation ranges of a saved model;
 //! - [`evaluate`]: leak-free evaluation reports;
@@ -22,6 +25,7 @@ pub mod calibrate;
 pub mod deidentify;
 pub mod evaluate;
 pub mod export;
+pub mod feedback;
 pub mod gate_crossval;
 pub mod gate_report;
 pub mod gate_train;
@@ -29,4 +33,5 @@ pub mod import;
 pub mod observe;
 pub mod pacs;
 pub mod quantize;
+pub mod registry;
 pub mod train;

@@ -28,8 +28,6 @@ pub struct QuantizeReport {
 pub fn quantize_saved(model_dir: &Path, data: &Path, images: usize) -> Result<QuantizeReport> {
     let dir = bundle::model_dir(model_dir);
     let (folder, split) = held_out_split(&dir, data)?;
-    let loaded = LoadedModel::open(&ModelSource::Directory(dir.clone()), Mode::Inference)?;
-    let pre = &loaded.manifest.preprocessing;
     // Every k-th validation image: the split is stratified, so the classes stay mixed.
     let step = (split.validation.len() / images.max(1)).max(1);
     let paths: Vec<&Path> = split
@@ -39,7 +37,16 @@ pub fn quantize_saved(model_dir: &Path, data: &Path, images: usize) -> Result<Qu
         .take(images)
         .map(|&i| folder.samples[i].path.as_path())
         .collect();
-    let inputs: Vec<Vec<f32>> = prepare_files(&paths, None, |scan| {
+    quantize_on(&dir, &paths)
+}
+
+/// Quantises the model in `model_dir`, calibrating the activation ranges on `paths` (images
+/// the model was not trained on).
+pub fn quantize_on(model_dir: &Path, paths: &[&Path]) -> Result<QuantizeReport> {
+    let dir = bundle::model_dir(model_dir);
+    let loaded = LoadedModel::open(&ModelSource::Directory(dir.clone()), Mode::Inference)?;
+    let pre = &loaded.manifest.preprocessing;
+    let inputs: Vec<Vec<f32>> = prepare_files(paths, None, |scan| {
         pre.standardize(&scan.prepared(pre).image)
     })
     .into_iter()

@@ -25,7 +25,7 @@ use crate::imaging::Scan;
 use crate::imaging::dicom::parse;
 use crate::inference::render::overlay_image;
 use crate::inference::series::{SeriesSlice, summarise_series};
-use crate::inference::{Explainer, Prediction};
+use crate::inference::{Explainer, ModelSlot, Prediction};
 use crate::security::audit_log::{self, Event, Outcome};
 use crate::security::keys::KeyRing;
 use dicomweb::{DicomWeb, PacsAuth, SeriesRef};
@@ -103,9 +103,10 @@ fn now_unix() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-/// Polls until `opts.once` or forever, logging each poll.
+/// Polls until `opts.once` or forever, logging each poll; each poll answers with the model
+/// current in `models` when it starts.
 pub async fn watch(
-    explainer: Arc<Explainer>,
+    models: Arc<ModelSlot>,
     db: SqlitePool,
     opts: WatchOptions,
 ) -> Result<PollReport, PacsError> {
@@ -116,6 +117,7 @@ pub async fn watch(
         opts.ca_certificates.as_deref(),
     )?;
     loop {
+        let explainer = models.current();
         match poll_once(&explainer, &client, &db, &opts).await {
             Ok(report) => {
                 tracing::info!("PACS poll: {}", report.describe());

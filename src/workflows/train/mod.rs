@@ -8,6 +8,7 @@
 //! - `history.csv`, `history.json`, `accuracy.png`, `loss.png`: per-epoch metrics and curves;
 //! - `split.json`: which files went to validation.
 
+pub mod finetune;
 pub mod history;
 
 use std::path::{Path, PathBuf};
@@ -508,6 +509,8 @@ fn manifest_template(
         trust: None,
         int8: None,
         gate: None,
+            parent: None,
+            feedback: None,
         weights_sha256: String::new(),
     }
 }
@@ -535,14 +538,25 @@ struct EpochOutcome {
 impl EpochOutcome {
     /// The history row of zero-based `epoch` with its validation figures.
     fn record(&self, epoch: usize, val_loss: f64, val: &Metrics) -> EpochRecord {
+        self.record_figures(epoch, val_loss, val.accuracy, val.macro_avg.f1)
+    }
+
+    /// [`Self::record`] from the validation figures themselves.
+    fn record_figures(
+        &self,
+        epoch: usize,
+        val_loss: f64,
+        val_accuracy: f64,
+        val_macro_f1: f64,
+    ) -> EpochRecord {
         EpochRecord {
             epoch: epoch + 1,
             learning_rate: self.learning_rate,
             train_loss: self.loss_sum / self.seen.max(1) as f64,
             train_accuracy: self.correct as f64 / self.seen.max(1) as f64,
             val_loss,
-            val_accuracy: val.accuracy,
-            val_macro_f1: val.macro_avg.f1,
+            val_accuracy,
+            val_macro_f1,
             seconds: self.seconds,
             images_per_second: self.seen as f64 / self.seconds.max(1e-9),
         }
@@ -655,13 +669,31 @@ fn validate(
 
 /// Fits temperature, "uncertain" threshold and input check of the saved best model.
 fn calibrate_best(opts: &TrainOptions, folder: &ImageFolder, split: &Split) -> Result<()> {
-    let report = calibrate_saved(
+    calibrate_best_on(
         &opts.out,
         folder,
         &split.train,
         &split.validation,
-        FitOptions::default(),
         opts.progress,
+    )
+}
+
+/// Fits temperature, "uncertain" threshold and input check of the model saved in `dir` on the
+/// `train` and `validation` samples of `folder`.
+fn calibrate_best_on(
+    dir: &Path,
+    folder: &ImageFolder,
+    train: &[usize],
+    validation: &[usize],
+    progress: bool,
+) -> Result<()> {
+    let report = calibrate_saved(
+        dir,
+        folder,
+        train,
+        validation,
+        FitOptions::default(),
+        progress,
     )?;
     tracing::info!(
         "calibrated on {} validation images: temperature {:.2}, ECE {:.3} -> {:.3}, uncertain below {:.2}",

@@ -10,8 +10,16 @@
 //! stay in the clear so that lists and metrics need no key; without the image they say nothing
 //! about whom.
 
+pub mod feedback;
+pub mod registry;
+
 use serde::Serialize;
 use sqlx::{Row, SqlitePool as Pool};
+
+pub use feedback::{
+    Agreement, ClassAgreement, FeedbackItem, FeedbackRecord, FeedbackVerdict, MonthAgreement,
+    NewFeedback,
+};
 
 use crate::core::error::{Error, Result, StoreError};
 use crate::modelfile::GateFinding;
@@ -50,14 +58,26 @@ pub struct AnalysisRecord {
     pub height: u32,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct FeedbackRecord {
-    pub id: i64,
-    pub analysis_id: String,
-    pub created_unix: i64,
-    pub verdict: String,
-    pub class_id: String,
-    pub comment: String,
+/// The images stored with an analysis.
+#[derive(Debug, Clone, Copy)]
+pub struct StoredImages<'a> {
+    /// The scan as shown (grey PNG, longest side at most 1024).
+    pub display_png: &'a [u8],
+    /// Grad-CAM, coloured RGBA PNG at the display size.
+    pub heatmap_png: &'a [u8],
+    /// The scan as decoded, at its resolution and bit depth (16-bit grey PNG), for training on
+    /// clinicians' feedback.
+    pub source_png: Option<&'a [u8]>,
+}
+
+/// Predictive entropy of `probabilities`, in bits (0: certain; 2: four classes equally likely).
+pub fn entropy_bits(probabilities: &[f32]) -> f64 {
+    probabilities
+        .iter()
+        .map(|&p| f64::from(p))
+        .filter(|&p| p > 0.0)
+        .map(|p| -p * p.log2())
+        .sum()
 }
 
 fn db_err(e: impl Into<StoreError>) -> Error {
@@ -77,11 +97,10 @@ pub async fn insert_analysis(
     pool: &Pool,
     keys: &KeyRing,
     a: &AnalysisRecord,
-    image_png: &[u8],
-    heatmap_png: &[u8],
+    images: StoredImages<'_>,
 ) -> Result<()> {
     let mut tx = pool.begin().await.map_err(db_err)?;
-    insert_analysis_in(&mut tx, keys, a, image_png, heatmap_png, None).await?;
+    insert_analysis_in(&mut tx, keys, a, images, None).await?;
     tx.commit().await.map_err(db_err)
 }
 
@@ -90,8 +109,7 @@ async fn insert_analysis_in(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     keys: &KeyRing,
     a: &AnalysisRecord,
-    image_png: &[u8],
-    heatmap_png: &[u8],
+    images: StoredImages<'_>,
     slice: Option<(&str, i64)>,
 ) -> Result<()> {
     let probabilities = serde_json::to_string(&a.probabilities).map_err(db_err)?;
@@ -103,8 +121,8 @@ async fn insert_analysis_in(
     sqlx::query(
         "INSERT INTO analyses (id, created_unix, filename, model_name, model_version, class_id, class_name, \
          confidence, uncertain, verdict, input_reasons, gate, probabilities, width, height, image_png, heatmap_png, \
-         batch_id, slice_index) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         batch_id, slice_index, source_png, entropy) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(&a.id)
     .bind(a.created_unix)
@@ -121,10 +139,16 @@ async fn insert_analysis_in(
     .bind(probabilities)
     .bind(a.width as i64)
     .bind(a.height as i64)
-    .bind(keys.seal(&format!("analyses/{}/image_png", a.id), image_png))
-    .bind(keys.seal(&format!("analyses/{}/heatmap_png", a.id), heatmap_png))
+    .bind(keys.seal(&format!("analyses/{}/image_png", a.id), images.display_png))
+    .bind(keys.seal(&format!("analyses/{}/heatmap_png", a.id), images.heatmap_png))
     .bind(slice.map(|(b, _)| b))
     .bind(slice.map(|(_, i)| i))
+    .bind(
+        images
+            .source_png
+            .map(|png| keys.seal(&format!("analyses/{}/source_png", a.id), png)),
+    )
+    .bind(entropy_bits(&a.probabilities))
     .execute(&mut **tx)
     .await
     .map_err(db_err)?;
@@ -146,7 +170,7 @@ pub async fn insert_batch(
     pool: &Pool,
     keys: &KeyRing,
     batch: &BatchRecord,
-    slices: &[(&AnalysisRecord, &[u8], &[u8])],
+    slices: &[(&AnalysisRecord, StoredImages<'_>)],
 ) -> Result<()> {
     let mut tx = pool.begin().await.map_err(db_err)?;
     sqlx::query("INSERT INTO batches (id, created_unix, series, errors) VALUES (?, ?, ?, ?)")
@@ -165,8 +189,8 @@ pub async fn insert_batch(
         .execute(&mut *tx)
         .await
         .map_err(db_err)?;
-    for (i, (a, image, heat)) in slices.iter().enumerate() {
-        insert_analysis_in(&mut tx, keys, a, image, heat, Some((&batch.id, i as i64))).await?;
+    for (i, (a, images)) in slices.iter().enumerate() {
+        insert_analysis_in(&mut tx, keys, a, *images, Some((&batch.id, i as i64))).await?;
     }
     tx.commit().await.map_err(db_err)
 }
@@ -303,64 +327,12 @@ pub async fn get_png(
     }
 }
 
-pub async fn insert_feedback(
-    pool: &Pool,
-    keys: &KeyRing,
-    analysis_id: &str,
-    verdict: &str,
-    class_id: &str,
-    comment: &str,
-    now: i64,
-) -> Result<i64> {
-    let result = sqlx::query(
-        "INSERT INTO feedback (analysis_id, created_unix, verdict, class_id, comment) VALUES (?, ?, ?, ?, ?)",
-    )
-    .bind(analysis_id)
-    .bind(now)
-    .bind(verdict)
-    .bind(class_id)
-    .bind(seal_text(keys, &format!("feedback/{analysis_id}/comment"), comment))
-    .execute(pool)
-    .await
-    .map_err(db_err)?;
-    Ok(result.last_insert_rowid())
-}
-
-pub async fn list_feedback(
-    pool: &Pool,
-    keys: &KeyRing,
-    analysis_id: &str,
-) -> Result<Vec<FeedbackRecord>> {
-    let rows = sqlx::query(
-        "SELECT id, analysis_id, created_unix, verdict, class_id, comment FROM feedback WHERE analysis_id = ? ORDER BY id",
-    )
-    .bind(analysis_id)
-    .fetch_all(pool)
-    .await
-    .map_err(db_err)?;
-    rows.iter()
-        .map(|r| {
-            Ok(FeedbackRecord {
-                id: r.try_get("id").map_err(db_err)?,
-                analysis_id: r.try_get("analysis_id").map_err(db_err)?,
-                created_unix: r.try_get("created_unix").map_err(db_err)?,
-                verdict: r.try_get("verdict").map_err(db_err)?,
-                class_id: r.try_get("class_id").map_err(db_err)?,
-                comment: open_text(
-                    keys,
-                    &format!("feedback/{analysis_id}/comment"),
-                    &r.try_get::<Vec<u8>, _>("comment").map_err(db_err)?,
-                )?,
-            })
-        })
-        .collect()
-}
-
 /// The sealed columns: table, the column naming the row in the sealing context, the column.
 const SEALED: &[(&str, &str, &str)] = &[
     ("analyses", "id", "filename"),
     ("analyses", "id", "image_png"),
     ("analyses", "id", "heatmap_png"),
+    ("analyses", "id", "source_png"),
     ("batches", "id", "series"),
     ("batches", "id", "errors"),
     ("feedback", "analysis_id", "comment"),
@@ -384,9 +356,11 @@ pub async fn reseal(pool: &Pool, keys: &KeyRing, what: Reseal) -> Result<u64> {
     let mut changed = 0;
     for (table, owner, column) in SEALED {
         let condition = match what {
-            Reseal::Plaintext => format!("substr({column}, 1, 6) IS NOT X'4F4C454E4331'"),
+            Reseal::Plaintext => format!(
+                "{column} IS NOT NULL AND substr({column}, 1, 6) IS NOT X'4F4C454E4331'"
+            ),
             Reseal::OlderKeys => format!(
-                "substr({column}, 1, 6) IS NOT X'4F4C454E4331' OR substr({column}, 7, 8) IS NOT X'{primary}'"
+                "{column} IS NOT NULL AND (substr({column}, 1, 6) IS NOT X'4F4C454E4331' OR substr({column}, 7, 8) IS NOT X'{primary}')"
             ),
         };
         let rows = sqlx::query(&format!(
