@@ -89,6 +89,20 @@ pub const ROUTES: &[RouteRule] = &[
         Some("analysis.delete"),
     ),
     rule(Method::GET, "/history", VIEWER, Some("analysis.list")),
+    rule(Method::GET, "/review", CLINICIAN, Some("review.view")),
+    rule(Method::GET, "/api/v1/review", CLINICIAN, Some("review.view")),
+    rule(
+        Method::GET,
+        "/admin/feedback",
+        ADMIN,
+        Some("feedback.statistics"),
+    ),
+    rule(
+        Method::GET,
+        "/api/v1/feedback/agreement",
+        ADMIN,
+        Some("feedback.statistics"),
+    ),
     rule(Method::GET, "/model", VIEWER, None),
     rule(Method::GET, "/batches/{id}", VIEWER, Some("batch.view")),
     rule(

@@ -594,6 +594,44 @@ pub async fn list(
     }
 }
 
+/// The review queue: analyses without feedback, the most informative (highest entropy) first.
+pub async fn review(
+    State(state): State<AppState>,
+    page: Result<Query<Page>, QueryRejection>,
+) -> Response {
+    let (limit, offset) = match page
+        .map_err(|e| ApiError::new(e.status(), e.body_text()))
+        .and_then(|Query(p)| p.checked())
+    {
+        Ok(v) => v,
+        Err(e) => return e.into_response(),
+    };
+    let queue = store::feedback::review_queue(&state.db, &state.keys, limit, offset).await;
+    let pending = store::feedback::pending_review(&state.db).await;
+    match (queue, pending) {
+        (Ok(rows), Ok(pending)) => {
+            let items: Vec<serde_json::Value> = rows
+                .iter()
+                .map(|(a, entropy)| json!({ "entropy_bits": entropy, "analysis": to_json(&state, a) }))
+                .collect();
+            Json(json!({ "items": items, "pending": pending, "limit": limit, "offset": offset }))
+                .into_response()
+        }
+        (Err(e), _) | (_, Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// Agreement between the model and the clinicians (latest feedback per analysis).
+pub async fn agreement(State(state): State<AppState>) -> Response {
+    match store::feedback::feedback_items(&state.db).await {
+        Ok(items) => {
+            let classes = state.explainer().manifest.class_ids();
+            Json(store::Agreement::of(&items, &classes)).into_response()
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
 pub async fn find(state: &AppState, id: &str) -> Result<AnalysisRecord, ApiError> {
     if !valid_id(id) {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "No such analysis."));

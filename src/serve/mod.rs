@@ -138,8 +138,6 @@ impl Default for ServeConfig {
 pub struct AppState {
     /// The model analyses use; replaced when the registry promotes another version.
     model: Arc<ModelSlot>,
-    /// The model the server was started with: served while the registry promotes none.
-    started_with: ModelSource,
     db: SqlitePool,
     workers: Arc<Semaphore>,
     admitted: Arc<Semaphore>,
@@ -198,7 +196,6 @@ impl AppState {
         tracing::info!("{}", plan.describe());
         Ok(Self {
             model: Arc::new(ModelSlot::new(explainer)),
-            started_with: config.model.clone(),
             db,
             workers: Arc::new(Semaphore::new(plan.workers)),
             admitted: Arc::new(Semaphore::new(plan.workers + plan.queue)),
@@ -333,6 +330,10 @@ pub fn router(state: AppState) -> Router {
             post(pages::delete_batch).layer(DefaultBodyLimit::max(FORM_BODY_LIMIT)),
         )
         .route("/admin/audit", get(pages::audit))
+        .route("/admin/feedback", get(pages::feedback_stats))
+        .route("/review", get(pages::review))
+        .route("/api/v1/review", get(api::review))
+        .route("/api/v1/feedback/agreement", get(api::agreement))
         .route("/admin/users", get(pages::users))
         .route("/api/v1/audit", get(api::audit))
         .route("/history", get(pages::history))
@@ -420,22 +421,7 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
             )),
         )
         .await;
-    {
-        let state = state.clone();
-        let keep = config.retention;
-        tokio::spawn(async move { housekeeping(state, keep).await });
-    }
-    tokio::spawn(registry::follow(
-        state.model.clone(),
-        state.db.clone(),
-        registry::FollowOptions {
-            fallback: config.model.clone(),
-            tta: config.tta,
-            int8: config.int8,
-            interval: config.registry_poll,
-            audit_keys: Some(state.keys.clone()),
-        },
-    ));
+    spawn_background(&state, &config);
     let listener = tokio::net::TcpListener::bind(config.bind)
         .await
         .map_err(|e| ServeError::Listen(config.bind, e))?;
@@ -473,6 +459,27 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
     )
     .await;
     Ok(())
+}
+
+/// The server's background work, started once beside the listener: housekeeping (sessions,
+/// retention) and following the model registry's served version.
+pub fn spawn_background(state: &AppState, config: &ServeConfig) {
+    {
+        let state = state.clone();
+        let keep = config.retention;
+        tokio::spawn(async move { housekeeping(state, keep).await });
+    }
+    tokio::spawn(registry::follow(
+        state.model.clone(),
+        state.db.clone(),
+        registry::FollowOptions {
+            fallback: config.model.clone(),
+            tta: config.tta,
+            int8: config.int8,
+            interval: config.registry_poll,
+            audit_keys: Some(state.keys.clone()),
+        },
+    ));
 }
 
 /// At start and then hourly: deletes timed-out sessions, and analyses older than `keep` (each

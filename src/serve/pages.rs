@@ -411,3 +411,92 @@ pub async fn users(State(state): State<AppState>) -> Response {
         }
     }
 }
+
+#[derive(Deserialize)]
+pub struct ReviewNotice {
+    saved: Option<String>,
+}
+
+/// The review queue: the least certain answer without feedback, with buttons (and keys) to
+/// confirm, correct or call it not assessable, then the next ones.
+pub async fn review(State(state): State<AppState>, Query(q): Query<ReviewNotice>) -> Response {
+    let queue = store::feedback::review_queue(&state.db, &state.keys, 21, 0).await;
+    let pending = store::feedback::pending_review(&state.db).await;
+    let (rows, pending) = match (queue, pending) {
+        (Ok(r), Ok(p)) => (r, p),
+        (Err(e), _) | (_, Err(e)) => {
+            return render(
+                &state,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "review.html",
+                context! { error => e.sentence(), pending => 0 },
+            );
+        }
+    };
+    let explainer = state.explainer();
+    let items: Vec<minijinja::Value> = rows
+        .iter()
+        .map(|(a, entropy)| context! { a => api::to_json(&state, a), entropy => entropy })
+        .collect();
+    let k = explainer.manifest.classes.len().max(1) as f64;
+    render(
+        &state,
+        StatusCode::OK,
+        "review.html",
+        context! {
+            current => items.first(),
+            upcoming => items.get(1..).unwrap_or(&[]),
+            pending => pending,
+            classes => explainer.manifest.classes,
+            max_entropy => k.log2(),
+            saved => q.saved.is_some(),
+        },
+    )
+}
+
+/// Agreement between the model and the clinicians, and the registry's versions.
+pub async fn feedback_stats(State(state): State<AppState>) -> Response {
+    let explainer = state.explainer();
+    let loaded = async {
+        let items = store::feedback::feedback_items(&state.db).await?;
+        let pending = store::feedback::pending_review(&state.db).await?;
+        let versions = store::registry::list(&state.db).await?;
+        let promoted = store::registry::served(&state.db).await?;
+        crate::Result::Ok((items, pending, versions, promoted))
+    };
+    match loaded.await {
+        Ok((items, pending, versions, promoted)) => {
+            let agreement = store::Agreement::of(&items, &explainer.manifest.class_ids());
+            let versions: Vec<minijinja::Value> = versions
+                .iter()
+                .map(|v| {
+                    context! {
+                        version => v.version, parent => v.parent, name => v.name,
+                        registered => rfc3339(v.registered_unix),
+                    }
+                })
+                .collect();
+            render(
+                &state,
+                StatusCode::OK,
+                "feedback_stats.html",
+                context! {
+                    a => agreement,
+                    pending => pending,
+                    versions => versions,
+                    promoted => promoted.is_some(),
+                    served_version => explainer.manifest.version(),
+                },
+            )
+        }
+        Err(e) => {
+            let e: crate::Error = e;
+            render(
+                &state,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "index.html",
+                context! { error => e.sentence() },
+            )
+        }
+    }
+}

@@ -24,6 +24,11 @@ pub fn templates() -> Environment<'static> {
         ("login.html", include_str!("templates/login.html")),
         ("audit.html", include_str!("templates/audit.html")),
         ("users.html", include_str!("templates/users.html")),
+        ("review.html", include_str!("templates/review.html")),
+        (
+            "feedback_stats.html",
+            include_str!("templates/feedback_stats.html"),
+        ),
     ] {
         if let Err(e) = env.add_template(name, source) {
             // Templates are compiled in and covered by tests; a broken one is a build defect.

@@ -2,7 +2,8 @@
 //! corrected scans as an image folder `DIR/<class_id>/<analysis_id>.png`, the layout `train`,
 //! `evaluate` and `finetune` read, with `manifest.json` (and `manifest.csv` for people) naming
 //! for each item the analysis, the model version, the predicted and the given class, who gave
-//! it and when.
+//! it and when, and `agreement.json` (how often the clinicians agreed with the model, per class
+//! and per month).
 //!
 //! - De-identified: the images are the pixels the network saw, as PNG without metadata, named
 //!   by the random analysis id; no file name, DICOM attribute or comment leaves the database.
@@ -24,6 +25,8 @@ use crate::store::{self, FeedbackVerdict};
 
 pub const MANIFEST: &str = "manifest.json";
 pub const MANIFEST_CSV: &str = "manifest.csv";
+/// The agreement between model and clinicians over the exported feedback.
+pub const AGREEMENT: &str = "agreement.json";
 pub const FORMAT: &str = "oncolens-feedback";
 /// Default share of items held out of fine-tuning for the promotion check.
 pub const DEFAULT_HOLDOUT: f64 = 0.2;
@@ -208,7 +211,9 @@ pub async fn export(
         unknown_class: 0,
     };
     let mut items = Vec::new();
-    for f in store::feedback::feedback_items(db).await? {
+    let latest = store::feedback::feedback_items(db).await?;
+    let agreement = store::Agreement::of(&latest, classes);
+    for f in latest {
         let mut item = ExportedItem {
             analysis_id: f.analysis_id.clone(),
             file: None,
@@ -263,6 +268,7 @@ pub async fn export(
     };
     write_json_atomic(&staging.join(MANIFEST), &manifest)?;
     write_csv(&staging.join(MANIFEST_CSV), &manifest)?;
+    write_json_atomic(&staging.join(AGREEMENT), &agreement)?;
     if out.exists() {
         std::fs::remove_dir_all(out).map_err(|e| Error::write(out, e))?;
     }

@@ -90,6 +90,7 @@ pub fn start_server_with(config: oncolens::serve::ServeConfig) -> std::net::Sock
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(async move {
             let state = oncolens::serve::AppState::new(&config).await.unwrap();
+            oncolens::serve::spawn_background(&state, &config);
             let listener = tokio::net::TcpListener::bind(config.bind).await.unwrap();
             tx.send(listener.local_addr().unwrap()).unwrap();
             let limits = config.limits;
@@ -186,4 +187,30 @@ pub fn csrf_token(client: &reqwest::blocking::Client, url: &str) -> String {
 pub fn csrf_of(page: &str) -> Option<String> {
     let rest = page.split("name=\"csrf\" value=\"").nth(1)?;
     Some(rest.split('"').next()?.to_string())
+}
+
+/// A real slice of the shared data (`Testing/<class>/image(<n>).jpg`); fails saying what to
+/// install when the data is missing.
+pub fn real_slice(class: &str, n: usize) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("../shared/data/brain-tumor-mri/Testing/{class}/image({n}).jpg"));
+    assert!(
+        path.is_file(),
+        "{} is missing: this test needs the shared data (../shared/data, see its SOURCE.md)",
+        path.display()
+    );
+    path
+}
+
+/// Uploads `bytes` as file `name` to `POST /api/v1/analyses` (no credentials: an open server)
+/// and returns the status and the JSON answer.
+pub fn upload_api(base: &str, name: &str, bytes: Vec<u8>) -> (u16, serde_json::Value) {
+    let part = reqwest::blocking::multipart::Part::bytes(bytes).file_name(name.to_string());
+    let response = reqwest::blocking::Client::new()
+        .post(format!("{base}/api/v1/analyses"))
+        .multipart(reqwest::blocking::multipart::Form::new().part("image", part))
+        .send()
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().unwrap_or(serde_json::Value::Null))
 }

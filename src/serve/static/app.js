@@ -50,4 +50,19 @@
     opacity.addEventListener("input", apply);
     apply();
   }
+
+  // Review queue: one key per verdict (c confirm, 1-9 a class, n not assessable), except
+  // while typing a comment. The buttons stay the way to do it without a keyboard.
+  var review = document.getElementById("review-form");
+  if (review) {
+    document.addEventListener("keydown", function (e) {
+      var target = e.target;
+      if (e.ctrlKey || e.metaKey || e.altKey || e.repeat) return;
+      if (target && (target.tagName === "TEXTAREA" || target.tagName === "INPUT")) return;
+      var button = review.querySelector('button[data-key="' + e.key.toLowerCase() + '"]');
+      if (!button) return;
+      e.preventDefault();
+      if (review.requestSubmit) { review.requestSubmit(button); } else { button.click(); }
+    });
+  }
 })();
