@@ -462,3 +462,117 @@ async fn sign_in_shows_each_role_its_own_pages_in_chromium() {
     std::fs::write(out.join("admin-audit.png"), c.screenshot().await.unwrap()).unwrap();
     c.close().await.unwrap();
 }
+
+/// The number in "N analyses have no feedback yet" on the review page.
+async fn pending_on_page(c: &fantoccini::Client) -> u64 {
+    let text = wait_for(c, "#queue-count").await.text().await.unwrap();
+    text.split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {text:?}"))
+}
+
+/// Waits until the review page shows `n` pending analyses (after a key sent the form).
+async fn wait_for_pending(c: &fantoccini::Client, n: u64) {
+    let started = Instant::now();
+    loop {
+        if c.find(Locator::Css("#queue-count")).await.is_ok() && pending_on_page(c).await == n {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the queue did not go down to {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn review_queue_takes_verdicts_from_the_keyboard_in_chromium() {
+    let tmp = tempfile::tempdir().unwrap();
+    let addr = common::start_server(&tmp.path().join("review.db"), 2, 8, 8 << 20);
+    let base = format!("http://{addr}");
+    for (class, n) in [("glioma_tumor", 1), ("no_tumor", 1), ("pituitary_tumor", 1)] {
+        let bytes = std::fs::read(common::real_slice(class, n)).unwrap();
+        let base = base.clone();
+        let (status, a) =
+            tokio::task::spawn_blocking(move || common::upload_api(&base, "scan.jpg", bytes))
+                .await
+                .unwrap();
+        assert_eq!(status, 201, "{a}");
+    }
+    let queue: serde_json::Value = reqwest::get(format!("{base}/api/v1/review"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let order: Vec<String> = queue["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["analysis"]["id"].as_str().unwrap().to_string())
+        .collect();
+    let (c, _driver) = browser(&tmp.path().join("profile")).await;
+    let out = artifacts();
+
+    c.goto(&format!("{base}/review")).await.unwrap();
+    assert_eq!(pending_on_page(&c).await, 3);
+    // The most informative first, as the API orders them.
+    let shown = wait_for(&c, "#review-item")
+        .await
+        .attr("data-analysis")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(shown, order[0]);
+    std::fs::write(out.join("review-queue.png"), c.screenshot().await.unwrap()).unwrap();
+    // c: confirm; 2: the second class; n: not assessable. Typing in the comment box is not a key.
+    let body = c.find(Locator::Css("body")).await.unwrap();
+    body.send_keys("c").await.unwrap();
+    wait_for_pending(&c, 2).await;
+    wait_for(&c, "#notice").await;
+    let comment = c.find(Locator::Css("#review-comment")).await.unwrap();
+    comment.send_keys("cnn").await.unwrap();
+    assert_eq!(pending_on_page(&c).await, 2, "keys typed in the comment sent nothing");
+    c.find(Locator::Css("body"))
+        .await
+        .unwrap()
+        .send_keys("2")
+        .await
+        .unwrap();
+    wait_for_pending(&c, 1).await;
+    c.find(Locator::Css("body"))
+        .await
+        .unwrap()
+        .send_keys("n")
+        .await
+        .unwrap();
+    wait_for(&c, "#queue-empty").await;
+
+    let verdict = |id: String| {
+        let base = base.clone();
+        async move {
+            let v: serde_json::Value =
+                reqwest::get(format!("{base}/api/v1/analyses/{id}/feedback"))
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+            v["items"][0].clone()
+        }
+    };
+    let first = verdict(order[0].clone()).await;
+    assert_eq!(first["verdict"], "confirmed", "{first}");
+    let second = verdict(order[1].clone()).await;
+    assert_eq!(second["class_id"], "meningioma_tumor", "{second}");
+    assert_eq!(second["comment"], "cnn");
+    assert_eq!(verdict(order[2].clone()).await["verdict"], "not_assessable");
+
+    // The admin page counts them.
+    c.goto(&format!("{base}/admin/feedback")).await.unwrap();
+    let table = wait_for(&c, "#agreement").await.text().await.unwrap();
+    assert!(table.contains("Not assessable 1"), "{table}");
+    std::fs::write(out.join("feedback-stats.png"), c.screenshot().await.unwrap()).unwrap();
+}
