@@ -534,7 +534,11 @@ async fn review_queue_takes_verdicts_from_the_keyboard_in_chromium() {
     wait_for(&c, "#notice").await;
     let comment = c.find(Locator::Css("#review-comment")).await.unwrap();
     comment.send_keys("cnn").await.unwrap();
-    assert_eq!(pending_on_page(&c).await, 2, "keys typed in the comment sent nothing");
+    assert_eq!(
+        pending_on_page(&c).await,
+        2,
+        "keys typed in the comment sent nothing"
+    );
     c.find(Locator::Css("body"))
         .await
         .unwrap()
@@ -574,5 +578,9 @@ async fn review_queue_takes_verdicts_from_the_keyboard_in_chromium() {
     c.goto(&format!("{base}/admin/feedback")).await.unwrap();
     let table = wait_for(&c, "#agreement").await.text().await.unwrap();
     assert!(table.contains("Not assessable 1"), "{table}");
-    std::fs::write(out.join("feedback-stats.png"), c.screenshot().await.unwrap()).unwrap();
+    std::fs::write(
+        out.join("feedback-stats.png"),
+        c.screenshot().await.unwrap(),
+    )
+    .unwrap();
 }

@@ -110,7 +110,9 @@ async fn store_feedback(
             heatmap_png: &png,
             source_png: Some(&png),
         };
-        store::insert_analysis(db, keys, &record, images).await.unwrap();
+        store::insert_analysis(db, keys, &record, images)
+            .await
+            .unwrap();
         let (verdict, class) = if i % 25 == 24 {
             (FeedbackVerdict::NotAssessable, "")
         } else if classes[*label] == p.class_id {
@@ -213,7 +215,10 @@ fn finetune_on_corrections_recovers_a_domain_shift_and_passes_the_gate() {
     let p = oncolens::modelfile::bundle::read_manifest(&parent).unwrap();
     assert_eq!(m.parent.as_ref().unwrap().version, p.version());
     let fb = m.feedback.as_ref().unwrap();
-    assert_eq!(fb.class_counts.iter().sum::<usize>() + fb.validation, trainable);
+    assert_eq!(
+        fb.class_counts.iter().sum::<usize>() + fb.validation,
+        trainable
+    );
     assert_eq!(fb.fingerprint, manifest.fingerprint(ItemUse::Train));
     assert!(m.trust.is_some(), "re-calibrated");
     assert_eq!(m.preprocessing, p.preprocessing, "same pre-processing");
@@ -235,6 +240,7 @@ fn finetune_on_corrections_recovers_a_domain_shift_and_passes_the_gate() {
             margin: 0.02,
             by: "admin".into(),
             fallback: fallback.clone(),
+            dry_run: false,
         };
         let accepted = registry::promote(&db, Some(&keys), &promote(&child_v.version), 3)
             .await

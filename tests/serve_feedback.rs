@@ -87,11 +87,23 @@ fn feedback_through_api_and_page_orders_the_queue_and_exports() {
         .collect();
     let (s, r) = post_feedback(&base, &ids[0], json!({"comment": "agree"}));
     assert_eq!((s, r["verdict"].as_str()), (201, Some("confirmed")), "{r}");
-    let other = if predicted[1] == "meningioma_tumor" { "glioma_tumor" } else { "meningioma_tumor" };
+    let other = if predicted[1] == "meningioma_tumor" {
+        "glioma_tumor"
+    } else {
+        "meningioma_tumor"
+    };
     let (s, r) = post_feedback(&base, &ids[1], json!({"class_id": other}));
     assert_eq!((s, r["verdict"].as_str()), (201, Some("corrected")), "{r}");
-    let (s, r) = post_feedback(&base, &ids[2], json!({"verdict": "not_assessable", "comment": "motion"}));
-    assert_eq!((s, r["verdict"].as_str()), (201, Some("not_assessable")), "{r}");
+    let (s, r) = post_feedback(
+        &base,
+        &ids[2],
+        json!({"verdict": "not_assessable", "comment": "motion"}),
+    );
+    assert_eq!(
+        (s, r["verdict"].as_str()),
+        (201, Some("not_assessable")),
+        "{r}"
+    );
     // Verdicts that do not fit: refused, nothing stored.
     for bad in [
         json!({"verdict": "not_assessable", "class_id": "no_tumor"}),
@@ -115,7 +127,12 @@ fn feedback_through_api_and_page_orders_the_queue_and_exports() {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
-    let page = client.get(format!("{base}/review")).send().unwrap().text().unwrap();
+    let page = client
+        .get(format!("{base}/review"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
     assert!(page.contains("2 analyses have no feedback yet"), "{page}");
     let csrf = common::csrf_of(&page).unwrap();
     let current = page
@@ -126,7 +143,12 @@ fn feedback_through_api_and_page_orders_the_queue_and_exports() {
         .to_string();
     let r = client
         .post(format!("{base}/analyses/{current}/feedback"))
-        .form(&[("csrf", csrf.as_str()), ("class_id", "pituitary_tumor"), ("next", "/review"), ("comment", "")])
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("class_id", "pituitary_tumor"),
+            ("next", "/review"),
+            ("comment", ""),
+        ])
         .send()
         .unwrap();
     assert_eq!(r.status(), 303);
@@ -140,7 +162,12 @@ fn feedback_through_api_and_page_orders_the_queue_and_exports() {
         agreement["confirmed"].as_u64().unwrap() + agreement["corrected"].as_u64().unwrap(),
         3
     );
-    let stats = client.get(format!("{base}/admin/feedback")).send().unwrap().text().unwrap();
+    let stats = client
+        .get(format!("{base}/admin/feedback"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
     assert!(stats.contains("id=\"agreement-rate\""), "{stats}");
 
     // The export: DIR/<class>/<id>.png at the scan's own size, a manifest, no identifiers.
@@ -153,14 +180,24 @@ fn feedback_through_api_and_page_orders_the_queue_and_exports() {
         .env_remove("ONCOLENS_MODEL")
         .output()
         .unwrap();
-    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
     let summary = String::from_utf8_lossy(&status.stdout);
-    assert!(summary.contains("1 \"not assessable\" listed only"), "{summary}");
+    assert!(
+        summary.contains("1 \"not assessable\" listed only"),
+        "{summary}"
+    );
     let manifest: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
     let items = manifest["items"].as_array().unwrap();
     assert_eq!(items.len(), 4);
-    let version = get(&base, "/api/v1/model")["version"].as_str().unwrap().to_string();
+    let version = get(&base, "/api/v1/model")["version"]
+        .as_str()
+        .unwrap()
+        .to_string();
     for item in items {
         assert_eq!(item["model_version"], version.as_str());
         assert_eq!(item["given_by"], "local");
@@ -170,24 +207,39 @@ fn feedback_through_api_and_page_orders_the_queue_and_exports() {
         }
         let file = out.join(item["file"].as_str().unwrap());
         assert_eq!(
-            file.parent().unwrap().file_name().unwrap().to_str().unwrap(),
+            file.parent()
+                .unwrap()
+                .file_name()
+                .unwrap()
+                .to_str()
+                .unwrap(),
             item["given_class"].as_str().unwrap()
         );
         assert!(["train", "holdout"].contains(&item["use"].as_str().unwrap()));
         assert_eq!(item["image"], "decoded");
         // The scan at its own resolution: the uploaded JPEG's size, 8 bits, grey.
         let img = image::open(&file).unwrap();
-        let n = ids.iter().position(|i| i == item["analysis_id"].as_str().unwrap()).unwrap();
+        let n = ids
+            .iter()
+            .position(|i| i == item["analysis_id"].as_str().unwrap())
+            .unwrap();
         let original = image::open(&slices[n]).unwrap();
-        assert_eq!((img.width(), img.height()), (original.width(), original.height()));
+        assert_eq!(
+            (img.width(), img.height()),
+            (original.width(), original.height())
+        );
         assert_eq!(img.color(), image::ColorType::L8);
     }
     let text = std::fs::read_to_string(out.join("manifest.csv")).unwrap()
         + &std::fs::read_to_string(out.join("manifest.json")).unwrap();
     assert!(!text.contains("Jane Doe"), "file names are not exported");
-    assert!(!text.contains("motion") && !text.contains("agree"), "comments are not exported");
+    assert!(
+        !text.contains("motion") && !text.contains("agree"),
+        "comments are not exported"
+    );
     let agreement_file: Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("agreement.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(out.join("agreement.json")).unwrap())
+            .unwrap();
     assert_eq!(agreement_file["items"], 4);
     // The layout `train` and `evaluate` read: one folder per class of the model.
     let folders: Vec<String> = std::fs::read_dir(&out)
@@ -236,7 +288,11 @@ fn a_promoted_version_is_switched_in_under_load_without_losing_a_request() {
         ..Default::default()
     });
     let base = format!("http://{addr}");
-    let version_of = |dir: &Path| oncolens::modelfile::bundle::read_manifest(dir).unwrap().version();
+    let version_of = |dir: &Path| {
+        oncolens::modelfile::bundle::read_manifest(dir)
+            .unwrap()
+            .version()
+    };
     let (v1, v2) = (version_of(&first), version_of(&second));
     assert_ne!(v1, v2);
     assert_eq!(get(&base, "/api/v1/model")["version"], v1.as_str());
@@ -275,17 +331,24 @@ fn a_promoted_version_is_switched_in_under_load_without_losing_a_request() {
         })
         .collect();
     std::thread::sleep(Duration::from_secs(2));
-    rt.block_on(oncolens::store::registry::promote(&pool, &v2, "admin", None, 2))
-        .unwrap();
+    rt.block_on(oncolens::store::registry::promote(
+        &pool, &v2, "admin", None, 2,
+    ))
+    .unwrap();
     let started = Instant::now();
     while get(&base, "/api/v1/model")["version"] != v2.as_str() {
-        assert!(started.elapsed() < Duration::from_secs(30), "the server did not switch");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the server did not switch"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_secs(2));
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let acknowledged: Vec<(String, String)> =
-        clients.into_iter().flat_map(|c| c.join().unwrap()).collect();
+    let acknowledged: Vec<(String, String)> = clients
+        .into_iter()
+        .flat_map(|c| c.join().unwrap())
+        .collect();
 
     // Every acknowledged analysis is stored, once, under the version that made it; both
     // versions answered.
@@ -296,17 +359,26 @@ fn a_promoted_version_is_switched_in_under_load_without_losing_a_request() {
         assert_eq!(stored["model"]["version"], version.as_str());
     }
     let by_version = |v: &str| acknowledged.iter().filter(|(_, x)| x == v).count();
-    assert!(by_version(&v1) > 0 && by_version(&v2) > 0, "v1 {} v2 {}", by_version(&v1), by_version(&v2));
+    assert!(
+        by_version(&v1) > 0 && by_version(&v2) > 0,
+        "v1 {} v2 {}",
+        by_version(&v1),
+        by_version(&v2)
+    );
     let stored: i64 = rt
         .block_on(sqlx::query_scalar("SELECT COUNT(*) FROM analyses").fetch_one(&pool))
         .unwrap();
     assert_eq!(stored as usize, acknowledged.len());
 
     // A rollback returns to the model the server started with.
-    rt.block_on(oncolens::store::registry::rollback(&pool, 3)).unwrap();
+    rt.block_on(oncolens::store::registry::rollback(&pool, 3))
+        .unwrap();
     let started = Instant::now();
     while get(&base, "/api/v1/model")["version"] != v1.as_str() {
-        assert!(started.elapsed() < Duration::from_secs(30), "the rollback was not served");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the rollback was not served"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }

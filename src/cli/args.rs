@@ -878,9 +878,9 @@ pub struct RegistryArgs {
 
 impl RegistryArgs {
     pub fn models_dir(&self) -> PathBuf {
-        self.models_dir.clone().unwrap_or_else(|| {
-            oncolens::workflows::registry::default_models_dir(&self.database)
-        })
+        self.models_dir
+            .clone()
+            .unwrap_or_else(|| oncolens::workflows::registry::default_models_dir(&self.database))
     }
 }
 
@@ -909,6 +909,9 @@ pub struct PromoteArgs {
     /// Who promotes, for the audit trail.
     #[arg(long, env = "USER", default_value = "cli")]
     pub by: String,
+    /// Only show the comparison; promote nothing.
+    #[arg(long)]
+    pub dry_run: bool,
     #[command(flatten)]
     pub registry: RegistryArgs,
 }

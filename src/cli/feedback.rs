@@ -50,7 +50,10 @@ pub fn export(a: FeedbackExportArgs) -> Result<()> {
         let db = open(&a.database).await?;
         let report = feedback::export(&db, &keys, &a.out, &classes, a.holdout, now()).await?;
         let event = oncolens::security::audit_log::Event::new(
-            format!("cli:{}", std::env::var("USER").unwrap_or_else(|_| "unknown".into())),
+            format!(
+                "cli:{}",
+                std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+            ),
             "feedback.export",
             a.out.display().to_string(),
         )
@@ -122,6 +125,12 @@ pub fn finetune(a: FinetuneArgs) -> Result<()> {
         original(r.after.original_accuracy),
         r.best_epoch
     );
+    if r.gate_refused_feedback > 0 {
+        println!(
+            "the input gate refuses {} of the {} feedback images: it is not fine-tuned here (see `oncolens gate train`)",
+            r.gate_refused_feedback, r.feedback_train
+        );
+    }
     let manifest = bundle::read_manifest(&r.model_dir)?;
     println!(
         "new version {} written to {} (register it with `oncolens model register {}`)",
@@ -218,10 +227,16 @@ pub fn promote(a: PromoteArgs) -> Result<()> {
         margin: a.margin_points / 100.0,
         by: format!("cli:{}", a.by),
         fallback: model_source(&a.baseline),
+        dry_run: a.dry_run,
     };
     runtime()?.block_on(async {
         let db = open(&a.registry.database).await?;
         match registry::promote(&db, Some(&keys), &opts, now()).await {
+            Ok(comparison) if a.dry_run => {
+                print!("{}", comparison.to_text());
+                println!("dry run: nothing promoted");
+                Ok(())
+            }
             Ok(comparison) => {
                 print!("{}", comparison.to_text());
                 println!(

@@ -90,7 +90,12 @@ pub const ROUTES: &[RouteRule] = &[
     ),
     rule(Method::GET, "/history", VIEWER, Some("analysis.list")),
     rule(Method::GET, "/review", CLINICIAN, Some("review.view")),
-    rule(Method::GET, "/api/v1/review", CLINICIAN, Some("review.view")),
+    rule(
+        Method::GET,
+        "/api/v1/review",
+        CLINICIAN,
+        Some("review.view"),
+    ),
     rule(
         Method::GET,
         "/admin/feedback",

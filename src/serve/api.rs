@@ -10,16 +10,16 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::engine::{MAX_UPLOAD_FILES, Outcome};
 use super::actor;
+use super::engine::{MAX_UPLOAD_FILES, Outcome};
 use super::store::{self, AnalysisRecord, BatchRecord, FeedbackVerdict, StoredImages};
-use crate::modelfile::Manifest;
 use super::{AppState, Busy, new_id, now_unix, valid_id};
 use crate::core::DISCLAIMER;
 use crate::deid::Deidentifier;
 use crate::imaging::dicom::DicomSource;
 use crate::inference::Verdict;
 use crate::inference::series::{SeriesSlice, summarise_series};
+use crate::modelfile::Manifest;
 
 /// The CSRF token a multipart upload must carry (checked as its fields are read).
 #[derive(Debug, Clone)]
@@ -403,8 +403,8 @@ pub async fn receive_upload(
             .map_err(|r| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, r.0))?;
         let record = record_of(&explainer.manifest, &slice.name, &outcome);
         store::insert_analysis(&state.db, &state.keys, &record, stored_images(&outcome))
-        .await
-        .map_err(store_error)?;
+            .await
+            .map_err(store_error)?;
         return Ok(Received::Single(record));
     }
     let manifest = &explainer.manifest;
@@ -701,7 +701,11 @@ pub async fn store_feedback(
 ) -> Result<(i64, &'static str), ApiError> {
     let unprocessable = |m: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, m);
     let ids = state.explainer().manifest.class_ids();
-    let class = body.class_id.as_deref().map(str::trim).filter(|c| !c.is_empty());
+    let class = body
+        .class_id
+        .as_deref()
+        .map(str::trim)
+        .filter(|c| !c.is_empty());
     if let Some(c) = class
         && !ids.iter().any(|id| id == c)
     {
@@ -715,7 +719,12 @@ pub async fn store_feedback(
             "The comment is longer than 2,000 characters.".into(),
         ));
     }
-    let asked = match body.verdict.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
+    let asked = match body
+        .verdict
+        .as_deref()
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+    {
         None => None,
         Some(v) => Some(FeedbackVerdict::parse(v).ok_or_else(|| {
             unprocessable(format!(

@@ -50,12 +50,12 @@ use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
 
 use crate::core::error::{Result, ServeError};
 use crate::inference::{Explainer, ModelSlot};
-use crate::workflows::registry;
 use crate::modelfile::ModelSource;
 use crate::security::accounts;
 use crate::security::audit_log::{self, Event};
 use crate::security::keys::{KeyRing, KeySource};
 use crate::security::sessions::SessionPolicy;
+use crate::workflows::registry;
 pub use api::{ApiError, parse_upload};
 pub use budget::ANALYSIS_PEAK_BYTES;
 use engine::Rejected;

@@ -233,9 +233,7 @@ pub async fn feedback_items(pool: &Pool) -> Result<Vec<FeedbackItem>> {
                 predicted_verdict: r.try_get("predicted_verdict").map_err(db_err)?,
                 confidence: r.try_get("confidence").map_err(db_err)?,
                 verdict: FeedbackVerdict::parse(&verdict).ok_or_else(|| {
-                    db_err(StoreError::Corrupt(format!(
-                        "feedback verdict {verdict:?}"
-                    )))
+                    db_err(StoreError::Corrupt(format!("feedback verdict {verdict:?}")))
                 })?,
                 given_class: r.try_get("given_class").map_err(db_err)?,
                 given_by: r.try_get("given_by").map_err(db_err)?,
@@ -431,12 +429,21 @@ mod tests {
         assert_eq!((a.confirmed, a.corrected, a.not_assessable), (2, 1, 1));
         assert!((a.rate.unwrap() - 2.0 / 3.0).abs() < 1e-12);
         let g = &a.per_class[0];
-        assert_eq!((g.predicted, g.predicted_confirmed, g.given, g.given_agreed), (2, 1, 1, 1));
+        assert_eq!(
+            (g.predicted, g.predicted_confirmed, g.given, g.given_agreed),
+            (2, 1, 1, 1)
+        );
         let m = &a.per_class[1];
-        assert_eq!((m.predicted, m.predicted_confirmed, m.given, m.given_agreed), (1, 1, 2, 1));
+        assert_eq!(
+            (m.predicted, m.predicted_confirmed, m.given, m.given_agreed),
+            (1, 1, 2, 1)
+        );
         assert_eq!(a.per_month.len(), 2);
         assert_eq!(a.per_month[1].month, "1970-02");
-        assert_eq!((a.per_month[1].agreed, a.per_month[1].not_assessable), (1, 1));
+        assert_eq!(
+            (a.per_month[1].agreed, a.per_month[1].not_assessable),
+            (1, 1)
+        );
         assert_eq!(Agreement::of(&[], &classes).rate, None);
     }
 

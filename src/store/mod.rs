@@ -356,9 +356,9 @@ pub async fn reseal(pool: &Pool, keys: &KeyRing, what: Reseal) -> Result<u64> {
     let mut changed = 0;
     for (table, owner, column) in SEALED {
         let condition = match what {
-            Reseal::Plaintext => format!(
-                "{column} IS NOT NULL AND substr({column}, 1, 6) IS NOT X'4F4C454E4331'"
-            ),
+            Reseal::Plaintext => {
+                format!("{column} IS NOT NULL AND substr({column}, 1, 6) IS NOT X'4F4C454E4331'")
+            }
             Reseal::OlderKeys => format!(
                 "{column} IS NOT NULL AND (substr({column}, 1, 6) IS NOT X'4F4C454E4331' OR substr({column}, 7, 8) IS NOT X'{primary}')"
             ),

@@ -328,7 +328,10 @@ mod tests {
         let ids: Vec<String> = (0..2000).map(|i| format!("{i:032x}")).collect();
         let held = ids.iter().filter(|id| is_held_out(id, 0.2)).count();
         assert!((300..500).contains(&held), "{held} of 2000 held out");
-        assert!(ids.iter().all(|id| is_held_out(id, 0.2) == is_held_out(id, 0.2)));
+        assert!(
+            ids.iter()
+                .all(|id| is_held_out(id, 0.2) == is_held_out(id, 0.2))
+        );
         assert!(!ids.iter().any(|id| is_held_out(id, 0.0)));
     }
 }

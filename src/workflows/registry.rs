@@ -22,8 +22,8 @@ use super::feedback::{FeedbackManifest, ItemUse, MANIFEST};
 use crate::core::error::{Error, RegistryError, Result};
 use crate::data::ImageFolder;
 use crate::inference::{Explainer, ModelSlot, Predictor};
-use crate::modelfile::bundle::{self, MANIFEST_FILE, ModelSource};
 use crate::modelfile::Manifest;
+use crate::modelfile::bundle::{self, MANIFEST_FILE, ModelSource};
 use crate::security::audit_log::{self, Event};
 use crate::security::keys::KeyRing;
 use crate::store::registry::{self as rows, ModelVersion, Promotion};
@@ -268,7 +268,8 @@ impl Comparison {
 
     /// The comparison as a table for the terminal.
     pub fn to_text(&self) -> String {
-        let pct = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{:.1} %", 100.0 * v));
+        let pct =
+            |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{:.1} %", 100.0 * v));
         let mut out = format!(
             "held-out comparison on {} images ({}); margin {:.1} points\n\n{:<22} {:>16} {:>16}\n",
             self.images,
@@ -315,11 +316,13 @@ pub struct PromoteOptions {
     pub by: String,
     /// The model served while none is promoted (the server's `--model`, else the bundled one).
     pub fallback: ModelSource,
+    /// Only compare: nothing is recorded, whatever the outcome.
+    pub dry_run: bool,
 }
 
 /// Compares the registered candidate with the served model on the held-out images and promotes
 /// it when the gate accepts; the comparison is returned either way ([`RegistryError::Refused`]
-/// carries the reasons).
+/// carries the reasons). With `dry_run` it only compares.
 pub async fn promote(
     db: &SqlitePool,
     keys: Option<&KeyRing>,
@@ -327,7 +330,10 @@ pub async fn promote(
     now: i64,
 ) -> Result<Comparison> {
     let candidate_dir = version_dir(db, &opts.version).await?;
-    if rows::served(db).await?.is_some_and(|p| p.version == opts.version) {
+    if rows::served(db)
+        .await?
+        .is_some_and(|p| p.version == opts.version)
+    {
         return Err(RegistryError::AlreadyServed(opts.version.clone()).into());
     }
     let served = served_source(db, &opts.fallback).await?;
@@ -350,8 +356,15 @@ pub async fn promote(
         Ok(Comparison::of(&set, s, c, margin))
     })
     .await
-    .map_err(|e| Error::Registry(RegistryError::Refused(format!("the evaluation failed: {e}"))))??;
+    .map_err(|e| {
+        Error::Registry(RegistryError::Refused(format!(
+            "the evaluation failed: {e}"
+        )))
+    })??;
     let json = serde_json::to_value(&comparison).ok();
+    if opts.dry_run {
+        return Ok(comparison);
+    }
     if !comparison.accepted() {
         audit(
             db,
@@ -550,11 +563,26 @@ mod tests {
             images: vec![(PathBuf::from("x"), 0)],
             sources: vec![],
         };
-        let ok = Comparison::of(&set, figures(0.8, [0.8, 0.8]), figures(0.79, [0.9, 0.79]), 0.02);
+        let ok = Comparison::of(
+            &set,
+            figures(0.8, [0.8, 0.8]),
+            figures(0.79, [0.9, 0.79]),
+            0.02,
+        );
         assert!(ok.accepted(), "{}", ok.to_text());
-        let worse = Comparison::of(&set, figures(0.8, [0.8, 0.8]), figures(0.7, [0.8, 0.8]), 0.02);
+        let worse = Comparison::of(
+            &set,
+            figures(0.8, [0.8, 0.8]),
+            figures(0.7, [0.8, 0.8]),
+            0.02,
+        );
         assert_eq!(worse.refusals.len(), 1);
-        let class = Comparison::of(&set, figures(0.8, [0.8, 0.8]), figures(0.85, [0.95, 0.7]), 0.02);
+        let class = Comparison::of(
+            &set,
+            figures(0.8, [0.8, 0.8]),
+            figures(0.85, [0.95, 0.7]),
+            0.02,
+        );
         assert_eq!(class.refusals.len(), 1, "{}", class.to_text());
         assert!(class.refusals[0].contains("recall of b"));
     }

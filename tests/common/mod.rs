@@ -192,8 +192,9 @@ pub fn csrf_of(page: &str) -> Option<String> {
 /// A real slice of the shared data (`Testing/<class>/image(<n>).jpg`); fails saying what to
 /// install when the data is missing.
 pub fn real_slice(class: &str, n: usize) -> PathBuf {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join(format!("../shared/data/brain-tumor-mri/Testing/{class}/image({n}).jpg"));
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!(
+        "../shared/data/brain-tumor-mri/Testing/{class}/image({n}).jpg"
+    ));
     assert!(
         path.is_file(),
         "{} is missing: this test needs the shared data (../shared/data, see its SOURCE.md)",

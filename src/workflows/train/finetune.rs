@@ -35,14 +35,14 @@ use crate::core::error::{DatasetProblem, Error, RegistryError, Result};
 use crate::core::files::write_json_atomic;
 use crate::core::numeric::argmax;
 use crate::data::folder::{ImageFolder, Sample};
-use crate::data::loader::prepare_samples;
+use crate::data::loader::{prepare_files, prepare_samples};
 use crate::data::split::{SplitFile, group_ids, stratified_group_split};
 use crate::imaging::GreyImage;
-use crate::modelfile::bundle;
+use crate::modelfile::bundle::{self, Mode, ModelSource};
 use crate::modelfile::{
     Balance, DataProvenance, FeedbackProvenance, Manifest, ParentModel, ValidationSummary,
 };
-use crate::runtime::probabilities;
+use crate::runtime::{LoadedModel, probabilities};
 use crate::workflows::feedback::{FeedbackManifest, ItemUse};
 
 /// Share of the trainable feedback items kept for validation.
@@ -93,6 +93,10 @@ pub struct FinetuneReport {
     pub best_epoch: usize,
     pub after: DomainFigures,
     pub history: Vec<EpochRecord>,
+    /// Feedback images trained on that the model's input gate refuses: the gate is a network
+    /// of its own, trained with non-MRI images, and is not fine-tuned here; many refusals say
+    /// the hospital's scans need the gate retrained (`oncolens gate train`) as well.
+    pub gate_refused_feedback: usize,
     pub interrupted: bool,
     #[serde(skip)]
     pub model_dir: PathBuf,
@@ -187,7 +191,10 @@ pub fn finetune(opts: &FinetuneOptions, stop: &AtomicBool) -> Result<FinetuneRep
         })?;
         folder.samples.push(Sample {
             // Byte-identical copies (the same scan uploaded twice) stay on one side.
-            sha256: item.sha256.clone().unwrap_or_else(|| item.analysis_id.clone()),
+            sha256: item
+                .sha256
+                .clone()
+                .unwrap_or_else(|| item.analysis_id.clone()),
             path: opts.feedback.join(file),
             label,
         });
@@ -221,7 +228,8 @@ pub fn finetune(opts: &FinetuneOptions, stop: &AtomicBool) -> Result<FinetuneRep
 
     // Replay: a seeded sample of the original training side.
     replay_pool.shuffle(&mut ChaCha8Rng::seed_from_u64(opts.seed ^ 0x8E91A7));
-    let replay_count = ((feedback_train.len() as f64) * opts.replay_ratio.max(0.0)).round() as usize;
+    let replay_count =
+        ((feedback_train.len() as f64) * opts.replay_ratio.max(0.0)).round() as usize;
     replay_pool.truncate(replay_count.min(replay_pool.len()));
     replay_pool.sort_unstable();
 
@@ -328,9 +336,9 @@ pub fn finetune(opts: &FinetuneOptions, stop: &AtomicBool) -> Result<FinetuneRep
         manifest.validation = Some(ValidationSummary {
             epoch,
             loss: f.loss,
-            accuracy: f.original_accuracy.map_or(f.feedback_accuracy, |o| {
-                0.5 * (o + f.feedback_accuracy)
-            }),
+            accuracy: f
+                .original_accuracy
+                .map_or(f.feedback_accuracy, |o| 0.5 * (o + f.feedback_accuracy)),
             macro_f1: f.macro_f1,
         });
         bundle::save(&opts.out, m, &mut manifest)
@@ -364,7 +372,9 @@ pub fn finetune(opts: &FinetuneOptions, stop: &AtomicBool) -> Result<FinetuneRep
             figures.loss,
             figures
                 .original_accuracy
-                .map_or(figures.feedback_accuracy, |o| 0.5 * (o + figures.feedback_accuracy)),
+                .map_or(figures.feedback_accuracy, |o| {
+                    0.5 * (o + figures.feedback_accuracy)
+                }),
             figures.macro_f1,
         );
         tracing::info!(
@@ -388,7 +398,13 @@ pub fn finetune(opts: &FinetuneOptions, stop: &AtomicBool) -> Result<FinetuneRep
     }
     // Calibration on the same split: input check on the training side, temperature and
     // threshold on the validation side of both domains.
-    calibrate_best_on(&opts.out, &folder, &train_indices, &validation_indices, opts.progress)?;
+    calibrate_best_on(
+        &opts.out,
+        &folder,
+        &train_indices,
+        &validation_indices,
+        opts.progress,
+    )?;
     if parent.int8.is_some() {
         let paths: Vec<&Path> = validation_indices
             .iter()
@@ -410,6 +426,13 @@ pub fn finetune(opts: &FinetuneOptions, stop: &AtomicBool) -> Result<FinetuneRep
         )
         .write(&opts.out.join(crate::data::split::SPLIT_FILE))?;
     }
+    let gate_refused_feedback = gate_refusals(&opts.out, &folder, &feedback_train)?;
+    if gate_refused_feedback > 0 {
+        tracing::warn!(
+            "the input gate refuses {gate_refused_feedback} of the {} feedback images trained on",
+            feedback_train.len()
+        );
+    }
     let report = FinetuneReport {
         parent: parent_ref,
         feedback_train: feedback_train.len(),
@@ -421,11 +444,32 @@ pub fn finetune(opts: &FinetuneOptions, stop: &AtomicBool) -> Result<FinetuneRep
         best_epoch,
         after,
         history: records,
+        gate_refused_feedback,
         interrupted,
         model_dir: opts.out.clone(),
     };
     write_json_atomic(&opts.out.join("finetune.json"), &report)?;
     Ok(report)
+}
+
+/// How many of `indices` the input gate of the model in `dir` refuses.
+fn gate_refusals(dir: &Path, folder: &ImageFolder, indices: &[usize]) -> Result<usize> {
+    let loaded = LoadedModel::open(&ModelSource::Directory(dir.to_path_buf()), Mode::Inference)?;
+    let pre = &loaded.manifest.preprocessing;
+    let paths: Vec<&Path> = indices
+        .iter()
+        .map(|&i| folder.samples[i].path.as_path())
+        .collect();
+    let views: Vec<GreyImage> = prepare_files(&paths, None, |scan| scan.prepared(pre).gate_view)
+        .into_iter()
+        .filter_map(std::result::Result::ok)
+        .collect();
+    let refs: Vec<&GreyImage> = views.iter().collect();
+    Ok(loaded
+        .gate_findings(&refs)
+        .iter()
+        .filter(|f| f.as_ref().is_some_and(|f| f.refused))
+        .count())
 }
 
 /// The original training folder with the parent's train and validation sides, or `None`

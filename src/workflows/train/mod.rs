@@ -509,8 +509,8 @@ fn manifest_template(
         trust: None,
         int8: None,
         gate: None,
-            parent: None,
-            feedback: None,
+        parent: None,
+        feedback: None,
         weights_sha256: String::new(),
     }
 }
