@@ -15,13 +15,17 @@
 # not comparable with the model card's, and it is not the bundled model.
 #
 # Usage: scripts/feedback-experiment.sh [DATA] [WORK]   (needs curl and python3)
+# Settings from the environment: EPOCHS (10), REPLAY_RATIO (2), LEARNING_RATE (2e-5),
+# FEEDBACK_SHARE (0.6 of hospital B's groups are corrected, the rest measured on).
 set -euo pipefail
 
 DATA=${1:-../shared/data/brain-tumor-mri}
 WORK=${2:-runs/feedback-experiment}
 BIN=${ONCOLENS_BIN:-target/release/oncolens}
 FEEDBACK_SHARE=${FEEDBACK_SHARE:-0.6}
-EPOCHS=${EPOCHS:-8}
+EPOCHS=${EPOCHS:-10}
+REPLAY_RATIO=${REPLAY_RATIO:-2}
+LEARNING_RATE=${LEARNING_RATE:-2e-5}
 [ -x "$BIN" ] || { echo "build first: cargo build --release" >&2; exit 1; }
 rm -rf "$WORK"
 mkdir -p "$WORK"
@@ -101,7 +105,8 @@ echo "== export, fine-tune, register"
 "$BIN" feedback export --database "$DB" --out "$WORK/export" --holdout 0
 START=$(date +%s)
 "$BIN" finetune --model models/default --feedback "$WORK/export" --data "$DATA/Training" \
-  --out "$WORK/finetuned" --epochs "$EPOCHS" --quiet 2>&1 | tee "$WORK/finetune.txt"
+  --out "$WORK/finetuned" --epochs "$EPOCHS" --replay-ratio "$REPLAY_RATIO" \
+  --learning-rate "$LEARNING_RATE" --quiet 2>&1 | tee "$WORK/finetune.txt"
 echo "finetune took $(( $(date +%s) - START )) s" | tee -a "$WORK/finetune.txt"
 "$BIN" model register "$WORK/finetuned" --database "$DB"
 VERSION=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["weights_sha256"][:12])' "$WORK/finetuned/model.json")

@@ -141,15 +141,15 @@ fn finetune_on_corrections_recovers_a_domain_shift_and_passes_the_gate() {
     let b_pool = tmp.path().join("B/feedback");
     let b_test = tmp.path().join("B/Testing");
     write_domain(&a_train, 60, 1, false);
-    write_domain(&a_test, 40, 2, false);
+    write_domain(&a_test, 60, 2, false);
     let b_slices = write_domain(&b_pool, 110, 3, true);
-    write_domain(&b_test, 40, 4, true);
+    write_domain(&b_test, 60, 4, true);
 
     let parent = tmp.path().join("parent");
     common::train_model(&a_train, &parent, config(12));
     let classes: Vec<String> = common::CLASSES.iter().map(|c| c.to_string()).collect();
-    let on_a = EvaluationSet::from_dirs(&[a_test.clone()], &classes).unwrap();
-    let on_b = EvaluationSet::from_dirs(&[b_test.clone()], &classes).unwrap();
+    let on_a = EvaluationSet::from_dirs(std::slice::from_ref(&a_test), &classes).unwrap();
+    let on_b = EvaluationSet::from_dirs(std::slice::from_ref(&b_test), &classes).unwrap();
     let (parent_a, parent_b) = (accuracy(&parent, &on_a), accuracy(&parent, &on_b));
     eprintln!("parent: hospital A {parent_a:.3}, hospital B {parent_b:.3}");
     assert!(

@@ -73,11 +73,7 @@ pub fn export(a: FeedbackExportArgs) -> Result<()> {
 fn manifest_classes(source: &ModelSource) -> Result<Vec<String>> {
     Ok(match source {
         ModelSource::Directory(d) => bundle::read_manifest(d)?.class_ids(),
-        ModelSource::Bundled => {
-            bundle::load_default(&burn::tensor::Device::flex(), bundle::Mode::Inference)?
-                .0
-                .class_ids()
-        }
+        ModelSource::Bundled => bundle::default_manifest()?.class_ids(),
     })
 }
 

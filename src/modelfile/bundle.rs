@@ -140,9 +140,9 @@ const DEFAULT_WEIGHTS: &[u8] = include_bytes!("../../models/default/weights.bpk"
 /// The model card of the bundled default model (Markdown).
 pub const DEFAULT_MODEL_CARD: &str = include_str!("../../docs/model-card.md");
 
-/// Whether `manifest` is the bundled default model's (its weights checksum matches).
-pub fn is_default_model(manifest: &Manifest) -> bool {
-    // Parsed once: the default manifest carries the input check's packed covariance.
+/// The weights checksum of the bundled default model, parsed once (the default manifest
+/// carries the input check's packed covariance).
+fn default_weights_sha() -> Option<&'static str> {
     static DEFAULT_SHA: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     DEFAULT_SHA
         .get_or_init(|| {
@@ -151,7 +151,37 @@ pub fn is_default_model(manifest: &Manifest) -> bool {
                 .and_then(|v| v["weights_sha256"].as_str().map(str::to_string))
         })
         .as_deref()
-        == Some(manifest.weights_sha256.as_str())
+}
+
+/// Whether `manifest` is the bundled default model's (its weights checksum matches).
+pub fn is_default_model(manifest: &Manifest) -> bool {
+    default_weights_sha() == Some(manifest.weights_sha256.as_str())
+}
+
+/// The version of the model at `source` (first 12 hex digits of its weights' SHA-256), from
+/// its manifest alone.
+pub fn version_of(source: &ModelSource) -> Result<String> {
+    match source {
+        ModelSource::Directory(d) => Ok(read_manifest(d)?.version()),
+        ModelSource::Bundled => default_weights_sha()
+            .map(|s| s.chars().take(12).collect())
+            .ok_or_else(|| {
+                Error::model(
+                    Path::new("<bundled default model>"),
+                    ModelFileProblem::Inconsistent("the bundled manifest has no weights checksum"),
+                )
+            }),
+    }
+}
+
+/// The bundled default model's manifest, without its weights.
+pub fn default_manifest() -> Result<Manifest> {
+    let origin = Path::new("<bundled default model>");
+    let mut manifest: Manifest = serde_json::from_str(DEFAULT_MANIFEST)
+        .map_err(|e| Error::model(origin, ModelFileProblem::Malformed(e)))?;
+    manifest.validate(origin)?;
+    manifest.unpack(origin)?;
+    Ok(manifest)
 }
 
 /// Loads the bundled default model onto `device`.

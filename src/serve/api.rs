@@ -574,14 +574,17 @@ impl Page {
     }
 }
 
+/// The checked `limit` and `offset` of a listing's query.
+fn paging(page: Result<Query<Page>, QueryRejection>) -> Result<(i64, i64), ApiError> {
+    page.map_err(|e| ApiError::new(e.status(), e.body_text()))
+        .and_then(|Query(p)| p.checked())
+}
+
 pub async fn list(
     State(state): State<AppState>,
     page: Result<Query<Page>, QueryRejection>,
 ) -> Response {
-    let (limit, offset) = match page
-        .map_err(|e| ApiError::new(e.status(), e.body_text()))
-        .and_then(|Query(p)| p.checked())
-    {
+    let (limit, offset) = match paging(page) {
         Ok(v) => v,
         Err(e) => return e.into_response(),
     };
@@ -599,10 +602,7 @@ pub async fn review(
     State(state): State<AppState>,
     page: Result<Query<Page>, QueryRejection>,
 ) -> Response {
-    let (limit, offset) = match page
-        .map_err(|e| ApiError::new(e.status(), e.body_text()))
-        .and_then(|Query(p)| p.checked())
-    {
+    let (limit, offset) = match paging(page) {
         Ok(v) => v,
         Err(e) => return e.into_response(),
     };

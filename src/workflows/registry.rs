@@ -436,10 +436,7 @@ async fn audit(db: &SqlitePool, keys: Option<&KeyRing>, event: Event, now: i64) 
 fn manifest_of(source: &ModelSource) -> Result<Manifest> {
     match source {
         ModelSource::Directory(d) => bundle::read_manifest(d),
-        ModelSource::Bundled => {
-            bundle::load_default(&burn::tensor::Device::flex(), bundle::Mode::Inference)
-                .map(|(m, _)| m)
-        }
+        ModelSource::Bundled => bundle::default_manifest(),
     }
 }
 
@@ -462,29 +459,37 @@ pub struct FollowOptions {
 /// serving.
 pub async fn follow(slot: Arc<ModelSlot>, db: SqlitePool, opts: FollowOptions) {
     let mut failed: Option<String> = None;
+    let fallback_version = match bundle::version_of(&opts.fallback) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::error!("model registry: not followed: {}", e.sentence());
+            return;
+        }
+    };
     loop {
         tokio::time::sleep(opts.interval).await;
-        if let Err(e) = follow_once(&slot, &db, &opts, &mut failed).await {
+        if let Err(e) = follow_once(&slot, &db, &opts, &fallback_version, &mut failed).await {
             tracing::warn!("model registry: {}", e.sentence());
         }
     }
 }
 
-/// One look at the registry; `Ok(true)` when the model was switched.
+/// One look at the registry (a single query while nothing changes); `Ok(true)` when the
+/// model was switched.
 pub async fn follow_once(
     slot: &ModelSlot,
     db: &SqlitePool,
     opts: &FollowOptions,
+    fallback_version: &str,
     failed: &mut Option<String>,
 ) -> Result<bool> {
-    let source = served_source(db, &opts.fallback).await?;
-    let wanted = match &source {
-        ModelSource::Directory(d) => bundle::read_manifest(d)?.version(),
-        ModelSource::Bundled => manifest_of(&source)?.version(),
-    };
+    let wanted = rows::served(db)
+        .await?
+        .map_or_else(|| fallback_version.to_string(), |p| p.version);
     if wanted == slot.version() || failed.as_deref() == Some(wanted.as_str()) {
         return Ok(false);
     }
+    let source = served_source(db, &opts.fallback).await?;
     let (tta, int8) = (opts.tta, opts.int8);
     let load = source.clone();
     let loaded = tokio::task::spawn_blocking(move || {

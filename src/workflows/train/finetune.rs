@@ -167,7 +167,12 @@ pub fn finetune(opts: &FinetuneOptions, stop: &AtomicBool) -> Result<FinetuneRep
         samples: Vec::new(),
     };
     let (mut replay_pool, mut original_validation) = (Vec::new(), Vec::new());
-    if let Some((orig, train, validation)) = &original {
+    if let Some(OriginalData {
+        folder: orig,
+        train,
+        validation,
+    }) = &original
+    {
         if orig.classes != classes {
             return Err(RegistryError::ClassesDiffer {
                 candidate: orig.classes.join(", "),
@@ -292,7 +297,7 @@ pub fn finetune(opts: &FinetuneOptions, stop: &AtomicBool) -> Result<FinetuneRep
         data: DataProvenance {
             root: original
                 .as_ref()
-                .map_or_else(String::new, |(f, _, _)| f.root.display().to_string()),
+                .map_or_else(String::new, |o| o.folder.root.display().to_string()),
             train_images: data.train.images.len(),
             validation_images: validation.images.len(),
             skipped: data.skipped.clone(),
@@ -413,7 +418,7 @@ pub fn finetune(opts: &FinetuneOptions, stop: &AtomicBool) -> Result<FinetuneRep
         crate::workflows::quantize::quantize_on(&opts.out, &paths)?;
     }
     // The split in the original folder, for `evaluate`'s leak check and later calibrations.
-    if let Some((orig, _, _)) = &original {
+    if let Some(OriginalData { folder: orig, .. }) = &original {
         let in_original = |v: &[usize]| -> Vec<usize> {
             v.iter().copied().filter(|&i| i < first_feedback).collect()
         };
@@ -478,7 +483,7 @@ fn original_data(
     opts: &FinetuneOptions,
     parent: &Manifest,
     parent_dir: &Path,
-) -> Result<Option<(ImageFolder, Vec<usize>, Vec<usize>)>> {
+) -> Result<Option<OriginalData>> {
     let root = match &opts.data {
         Some(d) => d.clone(),
         None => {
@@ -503,5 +508,16 @@ fn original_data(
             stratified_group_split(&labels, &groups, 0.15, opts.seed)
         }
     };
-    Ok(Some((folder, split.train, split.validation)))
+    Ok(Some(OriginalData {
+        folder,
+        train: split.train,
+        validation: split.validation,
+    }))
+}
+
+/// The parent's training folder and its two sides.
+struct OriginalData {
+    folder: ImageFolder,
+    train: Vec<usize>,
+    validation: Vec<usize>,
 }
