@@ -260,6 +260,20 @@ fn finetune_on_corrections_recovers_a_domain_shift_and_passes_the_gate() {
             child_v.version,
             "a refused promotion changes nothing"
         );
+        // `predict --registry` answers with the promoted version, as the server does.
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_oncolens"))
+            .args(["predict", "--format", "json", "--registry", &url])
+            .arg(&b_slices[0].0)
+            .env_remove("ONCOLENS_MODEL")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(answer["model_version"], child_v.version.as_str());
         // Both decisions are in the audit trail.
         let entries = oncolens::security::audit_log::list(
             &db,

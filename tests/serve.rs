@@ -12,10 +12,7 @@ use reqwest::blocking::{Client, multipart};
 
 fn png_bytes(size: u32, seed: u64) -> Vec<u8> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let img = common::slice(0, size, &mut rng);
-    let mut out = Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
-    out.into_inner()
+    common::png_of(&common::slice(0, size, &mut rng))
 }
 
 fn upload(

@@ -94,22 +94,12 @@ fn signed_in(base: &str, name: &str) -> (Client, String) {
 }
 
 fn png() -> Vec<u8> {
-    let img = image::GrayImage::from_fn(96, 96, |x, y| image::Luma([((x * y) % 200) as u8]));
-    let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
-    out.into_inner()
+    common::pattern_png()
 }
 
 /// A real slice, so that the bundled gate answers and a heat-map is stored.
 fn real_slice() -> Vec<u8> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/data/brain-tumor-mri/Testing/glioma_tumor/image(1).jpg");
-    std::fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "{} is missing ({e}): this test needs the shared data (../shared/data, see its SOURCE.md)",
-            path.display()
-        )
-    })
+    std::fs::read(common::real_slice("glioma_tumor", 1)).unwrap()
 }
 
 fn upload_with_token(base: &str, token: &str, bytes: Vec<u8>) -> serde_json::Value {

@@ -316,10 +316,8 @@ fn a_promoted_version_is_switched_in_under_load_without_losing_a_request() {
                 let mut acknowledged = Vec::new();
                 let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(c);
                 while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                    let img = common::slice(0, 48, &mut rng);
-                    let mut png = std::io::Cursor::new(Vec::new());
-                    img.write_to(&mut png, image::ImageFormat::Png).unwrap();
-                    let (status, a) = common::upload_api(&base, "s.png", png.into_inner());
+                    let png = common::png_of(&common::slice(0, 48, &mut rng));
+                    let (status, a) = common::upload_api(&base, "s.png", png);
                     assert_eq!(status, 201, "an upload failed during the switch: {a}");
                     acknowledged.push((
                         a["id"].as_str().unwrap().to_string(),

@@ -79,10 +79,11 @@ fn error_json(r: reqwest::blocking::Response) -> (StatusCode, String) {
 }
 
 fn png(width: u32, height: u32) -> Vec<u8> {
-    let img = image::GrayImage::from_pixel(width, height, image::Luma([40]));
-    let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
-    out.into_inner()
+    common::png_of(&image::GrayImage::from_pixel(
+        width,
+        height,
+        image::Luma([40]),
+    ))
 }
 
 #[test]

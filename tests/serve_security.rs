@@ -4,16 +4,11 @@
 
 mod common;
 
-use std::io::Cursor;
-
 use reqwest::StatusCode;
 use reqwest::blocking::{Client, multipart};
 
 fn png() -> Vec<u8> {
-    let img = image::GrayImage::from_fn(96, 96, |x, y| image::Luma([((x * y) % 200) as u8]));
-    let mut out = Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
-    out.into_inner()
+    common::pattern_png()
 }
 
 fn upload_form() -> multipart::Form {

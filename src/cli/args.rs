@@ -694,6 +694,10 @@ pub struct PredictArgs {
     /// Model directory (default: $ONCOLENS_MODEL, else the bundled model).
     #[arg(long, env = "ONCOLENS_MODEL")]
     pub model: Option<PathBuf>,
+    /// Answer with the version the model registry of this database serves (as `serve` and
+    /// `pacs watch` do); --model is then the fallback while none is promoted.
+    #[arg(long)]
+    pub registry: Option<String>,
     /// Image files or folders (searched recursively for PNG, JPEG and DICOM). A DICOM object
     /// gives one answer per frame; DICOM series also get a series summary.
     #[arg(required = true)]

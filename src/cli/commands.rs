@@ -135,7 +135,16 @@ pub fn evaluate_model(a: EvaluateArgs) -> Result<()> {
 }
 
 pub fn predict(a: PredictArgs) -> Result<()> {
-    let predictor = Predictor::open_source(&model_source(&a.model))?
+    let mut source = model_source(&a.model);
+    if let Some(database) = &a.registry {
+        source = tokio::runtime::Runtime::new()
+            .context("starting the async runtime")?
+            .block_on(async {
+                let db = oncolens::database::open(database).await?;
+                oncolens::workflows::registry::served_source(&db, &source).await
+            })?;
+    }
+    let predictor = Predictor::open_source(&source)?
         .with_tta(a.tta)
         .with_int8(a.int8)?;
     let files = collect_image_files(&a.inputs)?;

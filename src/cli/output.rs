@@ -90,6 +90,7 @@ fn json(manifest: &Manifest, results: &[Answer]) -> Result<()> {
         "{}",
         serde_json::to_string_pretty(&serde_json::json!({
             "model": manifest.name,
+            "model_version": manifest.version(),
             "note": DISCLAIMER,
             "results": items,
             "series": series(manifest, results),

@@ -215,3 +215,17 @@ pub fn upload_api(base: &str, name: &str, bytes: Vec<u8>) -> (u16, serde_json::V
     let status = response.status().as_u16();
     (status, response.json().unwrap_or(serde_json::Value::Null))
 }
+
+/// `img` as PNG bytes.
+pub fn png_of(img: &GrayImage) -> Vec<u8> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+/// A 96 x 96 grey pattern as PNG: a valid upload that no model mistakes for a brain slice.
+pub fn pattern_png() -> Vec<u8> {
+    png_of(&GrayImage::from_fn(96, 96, |x, y| {
+        Luma([((x * y) % 200) as u8])
+    }))
+}
