@@ -334,7 +334,7 @@ pub enum RegistryError {
     AlreadyRegistered(String),
     #[error("model version {0} is the one served already")]
     AlreadyServed(String),
-    #[error("no earlier promoted version to roll back to")]
+    #[error("no version is promoted: nothing to roll back")]
     NothingToRollBack,
     #[error("the candidate's classes ({candidate}) differ from the served model's ({served})")]
     ClassesDiffer { candidate: String, served: String },
