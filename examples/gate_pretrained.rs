@@ -12,8 +12,10 @@
 //!
 //! ```sh
 //! scripts/fetch-pretrained.sh
-//! cargo run --release --example gate_pretrained -- ../shared/data target/pretrained/efficientnet-lite0-57934424.pth
+//! cargo run --release --example gate_pretrained -- ../shared/data target/pretrained/efficientnet-lite0-57934424.pth [SIDE]
 //! ```
+//!
+//! `SIDE` (default 224) is the input size the frame is resized to.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -31,8 +33,6 @@ use oncolens::workflows::gate_train::{fit_threshold, source_of};
 use oncolens::workflows::import::load_efficientnet_lite0;
 use rayon::prelude::*;
 
-const SIDE: usize = 224;
-
 /// One image's pooled ImageNet features, with what it is.
 struct Item {
     features: Vec<f32>,
@@ -41,7 +41,7 @@ struct Item {
     source: String,
 }
 
-fn imagenet_input(paths: &[PathBuf], device: &Device) -> Result<Tensor<4>> {
+fn imagenet_input(paths: &[PathBuf], side: usize, device: &Device) -> Result<Tensor<4>> {
     let (mean, std) = ([0.485f32, 0.456, 0.406], [0.229f32, 0.224, 0.225]);
     let planes: Vec<Vec<f32>> = paths
         .par_iter()
@@ -49,14 +49,14 @@ fn imagenet_input(paths: &[PathBuf], device: &Device) -> Result<Tensor<4>> {
             let grey = load_grey(p).with_context(|| p.display().to_string())?;
             let small = image::imageops::resize(
                 &grey,
-                SIDE as u32,
-                SIDE as u32,
+                side as u32,
+                side as u32,
                 image::imageops::FilterType::Triangle,
             );
-            let mut data = vec![0f32; 3 * SIDE * SIDE];
+            let mut data = vec![0f32; 3 * side * side];
             for (i, px) in small.pixels().enumerate() {
                 for c in 0..3 {
-                    data[c * SIDE * SIDE + i] = (px.0[0] - mean[c]) / std[c];
+                    data[c * side * side + i] = (px.0[0] - mean[c]) / std[c];
                 }
             }
             Ok(data)
@@ -64,15 +64,20 @@ fn imagenet_input(paths: &[PathBuf], device: &Device) -> Result<Tensor<4>> {
         .collect::<Result<_>>()?;
     let n = planes.len();
     Ok(Tensor::from_data(
-        TensorData::new(planes.concat(), [n, 3, SIDE, SIDE]),
+        TensorData::new(planes.concat(), [n, 3, side, side]),
         device,
     ))
 }
 
-fn features(model: &Classifier, paths: &[PathBuf], device: &Device) -> Result<Vec<Vec<f32>>> {
+fn features(
+    model: &Classifier,
+    paths: &[PathBuf],
+    side: usize,
+    device: &Device,
+) -> Result<Vec<Vec<f32>>> {
     let mut out = Vec::with_capacity(paths.len());
     for chunk in paths.chunks(16) {
-        let (_, pooled) = model.forward_with_pooled(imagenet_input(chunk, device)?);
+        let (_, pooled) = model.forward_with_pooled(imagenet_input(chunk, side, device)?);
         let dims = pooled.dims();
         let flat: Vec<f32> = pooled
             .into_data()
@@ -199,6 +204,7 @@ fn main() -> Result<()> {
         "target/pretrained/efficientnet-lite0-57934424.pth",
         String::as_str,
     ));
+    let side: usize = args.get(3).map_or(Ok(224), |s| s.parse())?;
     let device = Device::flex();
     let (net, _, _) = load_efficientnet_lite0(&pth, &device)?;
     let model = Classifier::EfficientnetLite0(net).valid();
@@ -240,17 +246,24 @@ fn main() -> Result<()> {
         ));
         roles.push("non_mri");
     }
-    eprintln!("features of {} images", paths.len());
+    eprintln!("features of {} images at {side} px", paths.len());
     let files: Vec<PathBuf> = paths.iter().map(|(p, _, _)| p.clone()).collect();
     let started = std::time::Instant::now();
-    for (f, (_, kind, source)) in features(&model, &files, &device)?.into_iter().zip(paths) {
+    for (f, (_, kind, source)) in features(&model, &files, side, &device)?
+        .into_iter()
+        .zip(paths)
+    {
         items.push(Item {
             features: f,
             kind,
             source,
         });
     }
-    eprintln!("\n{:.0} s", started.elapsed().as_secs_f64());
+    let seconds = started.elapsed().as_secs_f64();
+    eprintln!(
+        "\n{seconds:.0} s ({:.1} ms an image in batches of 16)",
+        1000.0 * seconds / files.len() as f64
+    );
     let pick = |role: &str| -> Vec<&Item> {
         items
             .iter()
