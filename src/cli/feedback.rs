@@ -13,7 +13,6 @@ use super::args::{
     model_source,
 };
 use oncolens::core::error::{Error, RegistryError};
-use oncolens::modelfile::ModelSource;
 use oncolens::modelfile::bundle;
 use oncolens::security::keys::KeyRing;
 use oncolens::store::registry as rows;
@@ -44,7 +43,7 @@ pub fn export(a: FeedbackExportArgs) -> Result<()> {
     if !(0.0..1.0).contains(&a.holdout) {
         bail!("--holdout must be at least 0 and below 1");
     }
-    let classes = manifest_classes(&model_source(&a.model))?;
+    let classes = bundle::manifest_of(&model_source(&a.model))?.class_ids();
     let keys = KeyRing::load_or_create(&a.key.source(&a.database))?;
     let report = runtime()?.block_on(async {
         let db = open(&a.database).await?;
@@ -68,13 +67,6 @@ pub fn export(a: FeedbackExportArgs) -> Result<()> {
     })?;
     println!("{}", report.describe());
     Ok(())
-}
-
-fn manifest_classes(source: &ModelSource) -> Result<Vec<String>> {
-    Ok(match source {
-        ModelSource::Directory(d) => bundle::read_manifest(d)?.class_ids(),
-        ModelSource::Bundled => bundle::default_manifest()?.class_ids(),
-    })
 }
 
 pub fn finetune(a: FinetuneArgs) -> Result<()> {

@@ -135,6 +135,8 @@ pub fn load_trainable(path: &Path, device: &Device) -> Result<(Manifest, Classif
 /// The default model, committed under `models/default/` and compiled into the binary so that
 /// `predict` (and later `serve`) work on a fresh clone with no other setup.
 const DEFAULT_MANIFEST: &str = include_str!("../../models/default/model.json");
+/// How errors name the bundled model.
+const DEFAULT_ORIGIN: &str = "<bundled default model>";
 const DEFAULT_WEIGHTS: &[u8] = include_bytes!("../../models/default/weights.bpk");
 
 /// The model card of the bundled default model (Markdown).
@@ -167,16 +169,24 @@ pub fn version_of(source: &ModelSource) -> Result<String> {
             .map(|s| s.chars().take(12).collect())
             .ok_or_else(|| {
                 Error::model(
-                    Path::new("<bundled default model>"),
+                    Path::new(DEFAULT_ORIGIN),
                     ModelFileProblem::Inconsistent("the bundled manifest has no weights checksum"),
                 )
             }),
     }
 }
 
+/// The manifest of the model at `source`, without its weights.
+pub fn manifest_of(source: &ModelSource) -> Result<Manifest> {
+    match source {
+        ModelSource::Directory(d) => read_manifest(d),
+        ModelSource::Bundled => default_manifest(),
+    }
+}
+
 /// The bundled default model's manifest, without its weights.
 pub fn default_manifest() -> Result<Manifest> {
-    let origin = Path::new("<bundled default model>");
+    let origin = Path::new(DEFAULT_ORIGIN);
     let mut manifest: Manifest = serde_json::from_str(DEFAULT_MANIFEST)
         .map_err(|e| Error::model(origin, ModelFileProblem::Malformed(e)))?;
     manifest.validate(origin)?;
@@ -186,11 +196,8 @@ pub fn default_manifest() -> Result<Manifest> {
 
 /// Loads the bundled default model onto `device`.
 pub fn load_default(device: &Device, mode: Mode) -> Result<(Manifest, Classifier)> {
-    let origin = Path::new("<bundled default model>");
-    let mut manifest: Manifest = serde_json::from_str(DEFAULT_MANIFEST)
-        .map_err(|e| Error::model(origin, ModelFileProblem::Malformed(e)))?;
-    manifest.validate(origin)?;
-    manifest.unpack(origin)?;
+    let origin = Path::new(DEFAULT_ORIGIN);
+    let manifest = default_manifest()?;
     let model = load_embedded(
         Classifier::init(&manifest.spec, device),
         DEFAULT_WEIGHTS,

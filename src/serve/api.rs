@@ -824,7 +824,7 @@ pub async fn model(State(state): State<AppState>) -> Response {
     let m = &explainer.manifest;
     Json(json!({
         "name": m.name,
-        "version": m.weights_sha256.chars().take(12).collect::<String>(),
+        "version": m.version(),
         "architecture": m.spec.architecture.name(),
         "input_size": m.spec.input_size,
         "classes": m.classes,

@@ -410,15 +410,19 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
     if !state.accounts_exist().await {
         security::check_bind(config.bind)?;
     }
-    let explainer = state.explainer();
-    let manifest = &explainer.manifest;
+    // Only the name is kept: the model itself may be replaced while the server runs, and a
+    // handle held here would keep the old one in memory.
+    let (model_name, version) = {
+        let explainer = state.explainer();
+        (
+            explainer.manifest.name.clone(),
+            explainer.manifest.version(),
+        )
+    };
     state
         .audit(
-            Event::new("system", "model.load", manifest.name.clone()).detail(format!(
-                "serving model {} (weights {})",
-                manifest.name,
-                manifest.weights_sha256.chars().take(12).collect::<String>()
-            )),
+            Event::new("system", "model.load", model_name.clone())
+                .detail(format!("serving model {model_name} (weights {version})")),
         )
         .await;
     spawn_background(&state, &config);
@@ -431,7 +435,7 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
     tracing::info!(
         "oncolens serving on {}://{address} (model {})",
         if tls.is_some() { "https" } else { "http" },
-        state.explainer().manifest.name
+        model_name
     );
     if let Some(mut pacs) = config.pacs.clone() {
         pacs.audit_keys = Some(state.keys.clone());

@@ -62,7 +62,7 @@ pub fn render(state: &AppState, status: StatusCode, name: &str, ctx: minijinja::
         actor => actor_context(),
         disclaimer => DISCLAIMER,
         model_name => manifest.name,
-        model_version => manifest.weights_sha256.chars().take(12).collect::<String>(),
+        model_version => manifest.version(),
     };
     let merged = context! { ..ctx, ..base };
     match state

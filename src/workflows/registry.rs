@@ -22,7 +22,6 @@ use super::feedback::{FeedbackManifest, ItemUse, MANIFEST};
 use crate::core::error::{Error, RegistryError, Result};
 use crate::data::ImageFolder;
 use crate::inference::{Explainer, ModelSlot, Predictor};
-use crate::modelfile::Manifest;
 use crate::modelfile::bundle::{self, MANIFEST_FILE, ModelSource};
 use crate::security::audit_log::{self, Event};
 use crate::security::keys::KeyRing;
@@ -340,8 +339,8 @@ pub async fn promote(
     let candidate = ModelSource::Directory(candidate_dir);
     let (evaluation, margin) = (opts.evaluation.clone(), opts.margin);
     let comparison = tokio::task::spawn_blocking(move || -> Result<Comparison> {
-        let served_manifest = manifest_of(&served)?;
-        let candidate_manifest = manifest_of(&candidate)?;
+        let served_manifest = bundle::manifest_of(&served)?;
+        let candidate_manifest = bundle::manifest_of(&candidate)?;
         let classes = served_manifest.class_ids();
         if candidate_manifest.class_ids() != classes {
             return Err(RegistryError::ClassesDiffer {
@@ -430,13 +429,6 @@ async fn audit(db: &SqlitePool, keys: Option<&KeyRing>, event: Event, now: i64) 
             event.action,
             crate::core::error::sentence(&e)
         );
-    }
-}
-
-fn manifest_of(source: &ModelSource) -> Result<Manifest> {
-    match source {
-        ModelSource::Directory(d) => bundle::read_manifest(d),
-        ModelSource::Bundled => bundle::default_manifest(),
     }
 }
 

@@ -119,7 +119,7 @@ fn common(
     }
     let (date, time) = now();
     let version = env!("CARGO_PKG_VERSION");
-    let model_version: String = manifest.weights_sha256.chars().take(12).collect();
+    let model_version = manifest.version();
     obj.put(el(tags::SERIES_INSTANCE_UID, VR::UI, series_uid));
     obj.put(el(tags::SERIES_NUMBER, VR::IS, series_number.to_string()));
     obj.put(el(tags::SERIES_DESCRIPTION, VR::LO, description));
@@ -321,7 +321,7 @@ pub fn structured_report(
         vec![study],
     ));
 
-    let model_version: String = manifest.weights_sha256.chars().take(12).collect();
+    let model_version = manifest.version();
     let call = summary.most_probable.as_ref().map_or_else(
         || "no call: no slice was answered confidently".to_string(),
         |c| {
