@@ -1,6 +1,7 @@
-//! An experiment for the input gate (issue #14): does a linear gate over ImageNet features
-//! (EfficientNet-Lite0, frozen) refuse non-MRI sources it never saw better than the gate
-//! trained from scratch (docs/gate.md: head CT from an unseen collection 23.9 %)?
+//! The experiment behind the input gate (issue #14, docs/gate.md): which features of a frozen
+//! ImageNet EfficientNet-Lite0 let a linear gate refuse non-MRI sources it never saw? It taps
+//! the ends of stages 3 to 7 (per-channel mean and standard deviation) and the pooled head
+//! features, and fits a gate on each set.
 //!
 //! Same protocol as `oncolens gate cross-validate`: the non-MRI sources are dealt into 3 folds
 //! (`deal_sources`); for each fold a logistic regression (MRI against not MRI, each non-MRI
@@ -8,7 +9,7 @@
 //! the head CT slices listed inside Training, and the other folds' sources; its threshold
 //! refuses at most 1 % of the default model's validation slices; it is measured on the fold's
 //! images. A final fit on every source is measured on Testing (real slices wrongly refused,
-//! listed CT slices rightly refused).
+//! listed CT slices rightly refused). Features run in burn (f32), without augmentation.
 //!
 //! ```sh
 //! scripts/fetch-pretrained.sh
@@ -27,13 +28,14 @@ use oncolens::data::ImageFolder;
 use oncolens::data::not_mri::NotMriList;
 use oncolens::data::split::SplitFile;
 use oncolens::imaging::decode::load_grey;
-use oncolens::model::Classifier;
+use oncolens::model::efficientnet::EfficientNetLite0;
 use oncolens::workflows::gate_crossval::deal_sources;
 use oncolens::workflows::gate_train::{fit_threshold, source_of};
 use oncolens::workflows::import::load_efficientnet_lite0;
 use rayon::prelude::*;
 
 /// One image's pooled ImageNet features, with what it is.
+#[derive(Clone)]
 struct Item {
     features: Vec<f32>,
     /// `brain_mri`, or the non-MRI category.
@@ -69,21 +71,52 @@ fn imagenet_input(paths: &[PathBuf], side: usize, device: &Device) -> Result<Ten
     ))
 }
 
+/// Where the taps sit: the last block of stages 3 to 7 (1-based block counts) and the head.
+const TAPS: [(&str, usize); 5] = [("s3", 5), ("s4", 8), ("s5", 11), ("s6", 15), ("s7", 16)];
+
+/// Per-channel mean and standard deviation of an activation, per image.
+fn mean_std(x: Tensor<4>) -> Tensor<2> {
+    let [b, c, h, w] = x.dims();
+    let flat = x.reshape([b, c, h * w]);
+    let mean = flat.clone().mean_dim(2);
+    let var = (flat.clone() * flat).mean_dim(2) - mean.clone() * mean.clone();
+    let std = var.clamp_min(0.0).sqrt();
+    Tensor::cat(vec![mean, std], 1).reshape([b, 2 * c])
+}
+
+fn rows(t: Tensor<2>) -> Result<Vec<Vec<f32>>> {
+    let d = t.dims()[1];
+    let flat: Vec<f32> = t
+        .into_data()
+        .try_to_vec::<f32>()
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    Ok(flat.chunks(d).map(<[f32]>::to_vec).collect())
+}
+
+/// Each image's taps: `s3`..`s7` (mean and std per channel) and `head` (mean of the 1,280
+/// head features, the pooled features of the full network).
 fn features(
-    model: &Classifier,
+    net: &EfficientNetLite0,
     paths: &[PathBuf],
     side: usize,
     device: &Device,
-) -> Result<Vec<Vec<f32>>> {
-    let mut out = Vec::with_capacity(paths.len());
+) -> Result<Vec<BTreeMap<String, Vec<f32>>>> {
+    let mut out: Vec<BTreeMap<String, Vec<f32>>> = Vec::with_capacity(paths.len());
     for chunk in paths.chunks(16) {
-        let (_, pooled) = model.forward_with_pooled(imagenet_input(chunk, side, device)?);
-        let dims = pooled.dims();
-        let flat: Vec<f32> = pooled
-            .into_data()
-            .try_to_vec::<f32>()
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        out.extend(flat.chunks(dims[1]).map(<[f32]>::to_vec));
+        let outputs = net.stage_outputs(imagenet_input(chunk, side, device)?, net.block_count());
+        let mut maps = vec![BTreeMap::new(); chunk.len()];
+        for (name, block) in TAPS {
+            for (m, r) in maps.iter_mut().zip(rows(mean_std(outputs[block].clone()))?) {
+                m.insert(name.to_string(), r);
+            }
+        }
+        let head = net.head_activation(outputs[net.block_count()].clone());
+        let [b, c, _, _] = head.dims();
+        let pooled = head.mean_dim(3).mean_dim(2).reshape([b, c]);
+        for (m, r) in maps.iter_mut().zip(rows(pooled)?) {
+            m.insert("head".to_string(), r);
+        }
+        out.extend(maps);
         eprint!(".");
     }
     Ok(out)
@@ -207,13 +240,13 @@ fn main() -> Result<()> {
     let side: usize = args.get(3).map_or(Ok(224), |s| s.parse())?;
     let device = Device::flex();
     let (net, _, _) = load_efficientnet_lite0(&pth, &device)?;
-    let model = Classifier::EfficientnetLite0(net).valid();
+    let net = net.valid();
     let listed = NotMriList::read(Path::new("data/brain-tumor-mri-not-mri.csv"))?;
 
     // MRI: the default model's split of Training; listed CT slices are negatives.
     let training = ImageFolder::scan(&data.join("brain-tumor-mri/Training"))?;
     let split = SplitFile::read(Path::new("models/default"))?.resolve(&training)?;
-    let mut items: Vec<Item> = Vec::new();
+    let mut items: Vec<Item>;
     let mut roles: Vec<&str> = Vec::new();
     let mut paths = Vec::new();
     for (role, indices) in [("train", &split.train), ("validation", &split.validation)] {
@@ -249,25 +282,44 @@ fn main() -> Result<()> {
     eprintln!("features of {} images at {side} px", paths.len());
     let files: Vec<PathBuf> = paths.iter().map(|(p, _, _)| p.clone()).collect();
     let started = std::time::Instant::now();
-    for (f, (_, kind, source)) in features(&model, &files, side, &device)?
-        .into_iter()
-        .zip(paths)
-    {
-        items.push(Item {
-            features: f,
-            kind,
-            source,
-        });
-    }
+    let taps = features(&net, &files, side, &device)?;
     let seconds = started.elapsed().as_secs_f64();
     eprintln!(
         "\n{seconds:.0} s ({:.1} ms an image in batches of 16)",
         1000.0 * seconds / files.len() as f64
     );
+    let sets: [&[&str]; 9] = [
+        &["head"],
+        &["s7"],
+        &["s6"],
+        &["s5"],
+        &["s4"],
+        &["s3"],
+        &["s4", "s5"],
+        &["s3", "s4", "s5"],
+        &["s5", "s6", "s7"],
+    ];
+    for set in sets {
+        println!("\n== features {set:?} ==");
+        items = taps
+            .iter()
+            .zip(&paths)
+            .map(|(t, (_, kind, source))| Item {
+                features: set.iter().flat_map(|k| t[*k].iter().copied()).collect(),
+                kind: kind.clone(),
+                source: source.clone(),
+            })
+            .collect();
+        analyse(&items, &roles);
+    }
+    Ok(())
+}
+
+fn analyse(items: &[Item], roles: &[&str]) {
     let pick = |role: &str| -> Vec<&Item> {
         items
             .iter()
-            .zip(&roles)
+            .zip(roles)
             .filter(|(_, r)| **r == role)
             .map(|(i, _)| i)
             .collect()
@@ -338,5 +390,4 @@ fn main() -> Result<()> {
         below(&ct),
         ct.len()
     );
-    Ok(())
 }

@@ -325,8 +325,8 @@ fn gate_train_writes_a_gate_that_gate_evaluate_and_the_model_use() {
         non_mri.as_os_str(),
         &os("--out"),
         gate.as_os_str(),
-        &os("--epochs"),
-        &os("2"),
+        &os("--iterations"),
+        &os("50"),
         &os("--hold-out"),
         &os("tessdoc"),
         &os("--not-mri-list"),
@@ -357,6 +357,19 @@ fn gate_train_writes_a_gate_that_gate_evaluate_and_the_model_use() {
     );
     let t = manifest["threshold"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&t), "{t}");
+    // The trunk came from the bundled gate, with its taps and int8 ranges; the head has a row
+    // per kind over every tap's mean and spread.
+    assert_eq!(manifest["backbone"]["taps"], serde_json::json!([5, 8, 11]));
+    assert!(
+        manifest["backbone"]["int8"]["activations"]
+            .as_array()
+            .unwrap()
+            .len()
+            > 10
+    );
+    let rows = manifest["head"]["weights"].as_array().unwrap();
+    assert_eq!(rows.len(), 4);
+    assert_eq!(rows[0].as_array().unwrap().len(), 2 * (40 + 80 + 112));
     // Evaluating with that gate names it in the report.
     let text = run(&[
         &os("gate"),

@@ -13,7 +13,7 @@ use oncolens::workflows::audit::NearDuplicateCriteria;
 use oncolens::workflows::calibrate::FitOptions;
 use oncolens::workflows::evaluate::EvalOptions;
 use oncolens::workflows::gate_report::GateOptions;
-use oncolens::workflows::gate_train::GateTrainOptions;
+use oncolens::workflows::gate_train::{GateBackboneSource, GateTrainOptions};
 use oncolens::workflows::train::TrainOptions;
 
 #[derive(Parser)]
@@ -738,23 +738,25 @@ pub struct GateTrainingArgs {
     /// A folder of non-MRI categories (head_ct/, chest_xray/, ...), e.g. ../shared/data/non-mri
     #[arg(long)]
     pub non_mri: PathBuf,
-    #[arg(long, default_value_t = 30)]
-    pub epochs: usize,
-    #[arg(long, default_value_t = 32)]
-    pub batch_size: usize,
-    #[arg(long, default_value_t = 2e-3)]
-    pub learning_rate: f64,
+    /// The frozen trunk: EfficientNet-Lite0 ImageNet weights (a .pth from
+    /// scripts/fetch-pretrained.sh) or a gate directory whose trunk to reuse (default: the
+    /// bundled gate's).
+    #[arg(long)]
+    pub backbone: Option<PathBuf>,
     #[arg(long, default_value_t = 17)]
     pub seed: u64,
-    /// MRI slices per epoch (a fresh random subset of the train split each epoch).
-    #[arg(long, default_value_t = 1500)]
-    pub mri_per_epoch: usize,
-    /// Real non-MRI images per epoch, as a share of the MRI slices per epoch.
-    #[arg(long, default_value_t = 1.0)]
-    pub negative_share: f32,
-    /// Synthetic negatives per epoch, as a share of the MRI slices per epoch.
+    /// Augmented copies of every training image, beside the image itself.
+    #[arg(long, default_value_t = 1)]
+    pub augmented_copies: usize,
+    /// Synthetic negatives, as a share of the MRI slices.
     #[arg(long, default_value_t = 0.3)]
     pub synthetic_share: f32,
+    /// L2 penalty of the linear head.
+    #[arg(long, default_value_t = 1e-3)]
+    pub l2: f32,
+    /// Gradient steps of the head's fit.
+    #[arg(long, default_value_t = 400)]
+    pub iterations: usize,
     /// Largest share of validation MRI slices the threshold may refuse.
     #[arg(long, default_value_t = 0.01)]
     pub max_refused: f64,
@@ -801,13 +803,14 @@ impl GateTrainingArgs {
             self.non_mri.clone(),
             out,
         );
-        o.epochs = self.epochs;
-        o.batch_size = self.batch_size;
-        o.learning_rate = self.learning_rate;
+        if let Some(b) = &self.backbone {
+            o.backbone = GateBackboneSource::from_path(b);
+        }
         o.seed = self.seed;
-        o.mri_per_epoch = self.mri_per_epoch;
-        o.negative_share = self.negative_share;
+        o.augmented_copies = self.augmented_copies;
         o.synthetic_share = self.synthetic_share;
+        o.l2 = self.l2;
+        o.iterations = self.iterations;
         o.max_refused = self.max_refused;
         o.max_mri = self.max_mri;
         o.not_mri = self.not_mri_list.clone();

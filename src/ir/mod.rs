@@ -66,6 +66,8 @@ pub struct Network {
     pub output: String,
     /// The last conv activation, whose global average the input check measures.
     pub features: String,
+    /// Intermediate activations read besides the output (the input gate's taps), in order.
+    pub taps: Vec<String>,
 }
 
 /// Records layers under fresh names while an architecture walks its modules.
@@ -74,6 +76,7 @@ pub struct NetworkBuilder {
     next: usize,
     layers: Vec<(String, LayerOp)>,
     features: String,
+    taps: Vec<String>,
 }
 
 impl NetworkBuilder {
@@ -146,12 +149,18 @@ impl NetworkBuilder {
         self.features = x.to_string();
     }
 
+    /// Marks `x` as a tap: an activation the caller reads besides the output.
+    pub fn mark_tap(&mut self, x: &str) {
+        self.taps.push(x.to_string());
+    }
+
     /// The network whose logits are `output`.
     pub fn finish(self, output: String) -> Network {
         Network {
             layers: self.layers,
             output,
             features: self.features,
+            taps: self.taps,
         }
     }
 }

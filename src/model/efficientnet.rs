@@ -185,6 +185,29 @@ impl EfficientNetLite0 {
         x
     }
 
+    /// The activations after the stem and after each inverted-residual block, up to and
+    /// including block `blocks` (1-based; 0 is the stem alone): the taps a gate over
+    /// intermediate ImageNet features reads, without running the rest of the network.
+    pub fn stage_outputs(&self, x: Tensor<4>, blocks: usize) -> Vec<Tensor<4>> {
+        let mut x = relu6(self.stem_bn.forward(self.stem.forward(x)));
+        let mut out = vec![x.clone()];
+        for block in self.blocks.iter().take(blocks) {
+            x = block.forward(x);
+            out.push(x.clone());
+        }
+        out
+    }
+
+    /// The head convolution's activation computed from the last block's output.
+    pub fn head_activation(&self, last_block: Tensor<4>) -> Tensor<4> {
+        relu6(self.head_bn.forward(self.head_conv.forward(last_block)))
+    }
+
+    /// Number of inverted-residual blocks.
+    pub fn block_count(&self) -> usize {
+        self.blocks.len()
+    }
+
     pub fn head(&self, features: Tensor<4>, trace: &mut Trace) -> Tensor<2> {
         super::pooled_linear_head(features, &self.pool, &self.dropout, &self.output, trace)
     }
@@ -194,15 +217,7 @@ impl EfficientNetLite0 {
         let stem = describe::conv(g, input, &self.stem, Some(&self.stem_bn))?;
         let mut x = g.relu6(&stem);
         for b in &self.blocks {
-            let mut y = x.clone();
-            if let (Some(c), Some(n)) = (&b.expand, &b.expand_bn) {
-                let e = describe::conv(g, &y, c, Some(n))?;
-                y = g.relu6(&e);
-            }
-            let d = describe::conv(g, &y, &b.depthwise, Some(&b.depthwise_bn))?;
-            let d = g.relu6(&d);
-            let p = describe::conv(g, &d, &b.project, Some(&b.project_bn))?;
-            x = if b.residual { g.add(&p, &x) } else { p };
+            x = b.describe(g, &x)?;
         }
         let h = describe::conv(g, &x, &self.head_conv, Some(&self.head_bn))?;
         let h = g.relu6(&h);
@@ -215,5 +230,70 @@ impl EfficientNetLite0 {
     pub fn feature_alignment(&self) -> super::FeatureAlignment {
         let strided = 1 + self.blocks.iter().filter(|b| b.stride == 2).count();
         (0..strided).fold(super::FeatureAlignment::IDENTITY, |a, _| a.then(2.0, 0.0))
+    }
+}
+
+/// The first blocks of an ImageNet EfficientNet-Lite0, frozen: what the input gate reads its
+/// features from. Mid-level features (textures, edges, tone) tell a CT or a knee from a brain
+/// MRI better than the last ones, which are tuned to ImageNet's objects (docs/gate.md), and the
+/// network stops where the gate stops reading.
+#[derive(Module, Debug)]
+pub struct EfficientNetTrunk {
+    stem: Conv2d,
+    stem_bn: BatchNorm,
+    blocks: Vec<MbConv>,
+}
+
+impl EfficientNetTrunk {
+    /// An untrained trunk of `blocks` blocks (the shape a stored one is loaded into).
+    pub fn new(blocks: usize, device: &Device) -> Self {
+        EfficientNetLite0::new(3, 1, 0.0, device).trunk(blocks)
+    }
+
+    pub fn block_count(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// The trunk in the network description, with the outputs of blocks `taps` (1-based)
+    /// marked as taps. It reads the grey input repeated to three channels; its "logits" are
+    /// the last tap.
+    pub fn describe(&self, taps: &[usize]) -> Result<crate::ir::Network, NetworkError> {
+        let mut g = NetworkBuilder::default();
+        let input = g.repeat(crate::ir::INPUT, self.stem.weight.dims()[1]);
+        let stem = describe::conv(&mut g, &input, &self.stem, Some(&self.stem_bn))?;
+        let mut x = g.relu6(&stem);
+        for (i, b) in self.blocks.iter().enumerate() {
+            x = b.describe(&mut g, &x)?;
+            if taps.contains(&(i + 1)) {
+                g.mark_tap(&x);
+            }
+        }
+        g.mark_features(&x);
+        Ok(g.finish(x))
+    }
+}
+
+impl MbConv {
+    fn describe(&self, g: &mut NetworkBuilder, x: &str) -> Result<String, NetworkError> {
+        let mut y = x.to_string();
+        if let (Some(c), Some(n)) = (&self.expand, &self.expand_bn) {
+            let e = describe::conv(g, &y, c, Some(n))?;
+            y = g.relu6(&e);
+        }
+        let d = describe::conv(g, &y, &self.depthwise, Some(&self.depthwise_bn))?;
+        let d = g.relu6(&d);
+        let p = describe::conv(g, &d, &self.project, Some(&self.project_bn))?;
+        Ok(if self.residual { g.add(&p, x) } else { p })
+    }
+}
+
+impl EfficientNetLite0 {
+    /// Its stem and first `blocks` blocks.
+    pub fn trunk(self, blocks: usize) -> EfficientNetTrunk {
+        EfficientNetTrunk {
+            stem: self.stem,
+            stem_bn: self.stem_bn,
+            blocks: self.blocks.into_iter().take(blocks).collect(),
+        }
     }
 }

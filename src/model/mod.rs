@@ -7,7 +7,6 @@
 
 pub mod describe;
 pub mod efficientnet;
-pub mod gate;
 pub mod paper_cnn;
 pub mod resnet;
 pub mod trace;

@@ -94,7 +94,7 @@ pub fn cross_validate(
             validation_mri: trained.validation_scores.len(),
             seconds: trained.seconds,
         });
-        let gate = LoadedGate::from_parts(trained.manifest, trained.net, "fold".into());
+        let gate = LoadedGate::from_parts(trained.manifest, &trained.trunk, "fold".into())?;
         predictor = predictor.with_gate(Some(gate));
         for (c, category) in folder.classes.iter().enumerate() {
             for source in &held_out {

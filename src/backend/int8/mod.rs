@@ -109,9 +109,10 @@ enum Step {
         kernel: [usize; 2],
         stride: [usize; 2],
         pads: [usize; 4],
-        /// `[c][kh][kw]`.
+        /// `[kh][kw][c]`: the channels of one kernel tap are contiguous, like an NHWC pixel.
         weight: Vec<f32>,
         bias: Vec<f32>,
+        post: Post,
     },
     /// A fully connected layer over the flattened input (`[n][k]` weights).
     Linear(ConvLayer),
@@ -140,6 +141,8 @@ pub struct Int8Engine {
     steps: Vec<Step>,
     output: usize,
     features: usize,
+    /// The values read as taps ([`Network::taps`]).
+    taps: Vec<usize>,
     quantised_layers: usize,
     activations: Vec<QParams>,
 }
@@ -198,14 +201,21 @@ impl Int8Engine {
                             post: Post::None,
                         })
                     } else if *groups == n && c_per_group == 1 {
+                        let mut reordered = vec![0f32; n * kh * kw];
+                        for c in 0..n {
+                            for t in 0..kh * kw {
+                                reordered[t * n + c] = weight[c * kh * kw + t];
+                            }
+                        }
                         Step::Depthwise {
                             input,
                             c: n,
                             kernel: [kh, kw],
                             stride: *stride,
                             pads: *pads,
-                            weight: weight.clone(),
+                            weight: reordered,
                             bias: bias.clone(),
+                            post: Post::None,
                         }
                     } else {
                         return Err(Int8Error::Network(NetworkError::Unsupported(format!(
@@ -258,10 +268,18 @@ impl Int8Engine {
             find(&index, &network.output)?,
             find(&index, &network.features)?,
         );
-        fuse_activations(&mut steps, &[output, features]);
+        let taps = network
+            .taps
+            .iter()
+            .map(|t| find(&index, t))
+            .collect::<Result<Vec<_>>>()?;
+        let mut kept = vec![output, features];
+        kept.extend(&taps);
+        fuse_activations(&mut steps, &kept);
         Ok(Self {
             output,
             features,
+            taps,
             steps,
             quantised_layers: slots,
             activations: Vec::new(),
@@ -369,13 +387,54 @@ impl Int8Engine {
         self.run(input, size, Precision::F32, None)
     }
 
+    /// Per-channel mean and standard deviation of each tap, one after the other, for one
+    /// standardised `size x size` grey input (what the input gate reads).
+    pub fn tap_statistics(&self, input: &[f32], size: usize, int8: bool) -> Result<Vec<f32>> {
+        let precision = if int8 {
+            if self.activations.len() != self.quantised_layers {
+                return Err(Int8Error::NotCalibrated);
+            }
+            Precision::Int8
+        } else {
+            Precision::F32
+        };
+        let values = self.run_values(input, size, precision, None);
+        let mut out = Vec::new();
+        for &t in &self.taps {
+            if let Some(a) = &values[t] {
+                out.extend(channel_mean_std(a));
+            }
+        }
+        Ok(out)
+    }
+
     fn run(
         &self,
         input: &[f32],
         size: usize,
         precision: Precision,
-        mut observe: Option<&mut Vec<(f32, f32)>>,
+        observe: Option<&mut Vec<(f32, f32)>>,
     ) -> (Vec<f32>, Vec<f32>) {
+        let values = self.run_values(input, size, precision, observe);
+        let logits = values[self.output]
+            .as_ref()
+            .map(|a| a.data.clone())
+            .unwrap_or_default();
+        let pooled = values[self.features]
+            .as_ref()
+            .map(global_average)
+            .unwrap_or_default();
+        (logits, pooled)
+    }
+
+    /// Every value of the network for one input (the ones moved into a fused step are empty).
+    fn run_values(
+        &self,
+        input: &[f32],
+        size: usize,
+        precision: Precision,
+        mut observe: Option<&mut Vec<(f32, f32)>>,
+    ) -> Vec<Option<Act>> {
         let mut values: Vec<Option<Act>> = vec![None; self.steps.len() + 1];
         values[0] = Some(Act {
             h: size,
@@ -421,7 +480,17 @@ impl Int8Engine {
                     pads,
                     weight,
                     bias,
-                } => depthwise(get(*input), *c, *kernel, *stride, *pads, weight, bias),
+                    post,
+                } => depthwise(
+                    get(*input),
+                    *c,
+                    *kernel,
+                    *stride,
+                    *pads,
+                    weight,
+                    bias,
+                    *post,
+                ),
                 Step::Fused(_) => unreachable!("handled above"),
                 Step::Relu(j) => map(get(*j), |v| v.max(0.0)),
                 Step::Relu6(j) => map(get(*j), |v| v.clamp(0.0, 6.0)),
@@ -472,16 +541,27 @@ impl Int8Engine {
             };
             values[i + 1] = Some(out);
         }
-        let logits = values[self.output]
-            .as_ref()
-            .map(|a| a.data.clone())
-            .unwrap_or_default();
-        let pooled = values[self.features]
-            .as_ref()
-            .map(global_average)
-            .unwrap_or_default();
-        (logits, pooled)
+        values
     }
+}
+
+/// `[mean of each channel..., standard deviation of each channel...]` over the pixels.
+fn channel_mean_std(x: &Act) -> Vec<f32> {
+    let c = x.c.max(1);
+    let (mut sum, mut sq) = (vec![0f64; c], vec![0f64; c]);
+    for px in x.data.chunks(c) {
+        for ((s, q), &v) in sum.iter_mut().zip(sq.iter_mut()).zip(px) {
+            *s += f64::from(v);
+            *q += f64::from(v) * f64::from(v);
+        }
+    }
+    let n = (x.h * x.w).max(1) as f64;
+    let means: Vec<f32> = sum.iter().map(|s| (s / n) as f32).collect();
+    let stds = sum
+        .iter()
+        .zip(&sq)
+        .map(|(s, q)| ((q / n - (s / n) * (s / n)).max(0.0)).sqrt() as f32);
+    means.iter().copied().chain(stds).collect()
 }
 
 /// Parallel tasks per int8 layer (a few per core, for balance).
@@ -521,12 +601,12 @@ fn fuse_activations(steps: &mut [Step], kept: &[usize]) {
         if j == 0 || readers[j] != 1 || kept.contains(&j) {
             continue;
         }
-        if let Step::Conv(l) | Step::Linear(l) = &mut steps[j - 1]
-            && l.post == Post::None
-        {
-            l.post = post;
-            steps[i] = Step::Fused(j);
+        match &mut steps[j - 1] {
+            Step::Conv(l) | Step::Linear(l) if l.post == Post::None => l.post = post,
+            Step::Depthwise { post: p, .. } if *p == Post::None => *p = post,
+            _ => continue,
         }
+        steps[i] = Step::Fused(j);
     }
 }
 
@@ -715,6 +795,9 @@ fn epilogue(
     }
 }
 
+/// Depthwise convolution, NHWC, weights `[kh][kw][c]`: the inner loop runs over the channels
+/// of a pixel and a kernel tap, both contiguous, so it vectorises; one task per output row.
+#[allow(clippy::too_many_arguments)]
 fn depthwise(
     x: &Act,
     c: usize,
@@ -723,30 +806,40 @@ fn depthwise(
     pads: [usize; 4],
     weight: &[f32],
     bias: &[f32],
+    post: Post,
 ) -> Act {
     let oh = out_side(x.h, kh, stride[0], pads[0], pads[2]);
     let ow = out_side(x.w, kw, stride[1], pads[1], pads[3]);
     let mut data = vec![0f32; oh * ow * c];
-    data.par_chunks_mut(c).enumerate().for_each(|(p, out)| {
-        let (oy, ox) = (p / ow, p % ow);
-        out.copy_from_slice(bias);
-        for ky in 0..kh {
-            let iy = (oy * stride[0] + ky) as isize - pads[0] as isize;
-            if iy < 0 || iy >= x.h as isize {
-                continue;
-            }
-            for kx in 0..kw {
-                let ix = (ox * stride[1] + kx) as isize - pads[1] as isize;
-                if ix < 0 || ix >= x.w as isize {
-                    continue;
+    data.par_chunks_mut((ow * c).max(1))
+        .enumerate()
+        .for_each(|(oy, row)| {
+            for (ox, out) in row.chunks_mut(c).enumerate() {
+                out.copy_from_slice(bias);
+                for ky in 0..kh {
+                    let iy = (oy * stride[0] + ky) as isize - pads[0] as isize;
+                    if iy < 0 || iy >= x.h as isize {
+                        continue;
+                    }
+                    for kx in 0..kw {
+                        let ix = (ox * stride[1] + kx) as isize - pads[1] as isize;
+                        if ix < 0 || ix >= x.w as isize {
+                            continue;
+                        }
+                        let src = &x.data[(iy as usize * x.w + ix as usize) * c..][..c];
+                        let w = &weight[(ky * kw + kx) * c..][..c];
+                        for ((o, s), w) in out.iter_mut().zip(src).zip(w) {
+                            *o += s * w;
+                        }
+                    }
                 }
-                let src = &x.data[(iy as usize * x.w + ix as usize) * c..][..c];
-                for ch in 0..c {
-                    out[ch] += src[ch] * weight[(ch * kh + ky) * kw + kx];
+                match post {
+                    Post::None => {}
+                    Post::Relu => out.iter_mut().for_each(|v| *v = v.max(0.0)),
+                    Post::Relu6 => out.iter_mut().for_each(|v| *v = v.clamp(0.0, 6.0)),
                 }
             }
-        }
-    });
+        });
     Act {
         h: oh,
         w: ow,
