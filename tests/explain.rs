@@ -202,3 +202,41 @@ fn explain_draws_no_map_on_an_image_the_gate_refuses() {
     );
     assert!(!out.join("xray.heatmap.png").exists());
 }
+
+/// Grad-CAM from many threads at once on one shared model finishes, and each thread gets the
+/// map it would get alone. (burn's autodiff merged the graphs of concurrent requests through
+/// the shared head weights and could deadlock: a server hung under load.)
+#[test]
+fn concurrent_explanations_on_one_model_neither_hang_nor_mix() {
+    let explainer = std::sync::Arc::new(Explainer::open(None).unwrap());
+    let slices: Vec<GreyImage> = [("glioma_tumor", 1), ("no_tumor", 1), ("pituitary_tumor", 1)]
+        .iter()
+        .map(|(class, n)| oncolens::imaging::load_grey(&common::real_slice(class, *n)).unwrap())
+        .collect();
+    let alone: Vec<Vec<f32>> = slices
+        .iter()
+        .map(|s| explainer.explain(s, None).unwrap().map.into_raw())
+        .collect();
+    let (done, finished) = std::sync::mpsc::channel();
+    for t in 0..4 {
+        let (explainer, slices, alone, done) = (
+            explainer.clone(),
+            slices.clone(),
+            alone.clone(),
+            done.clone(),
+        );
+        std::thread::spawn(move || {
+            for i in 0..12 {
+                let n = (t + i) % slices.len();
+                let map = explainer.explain(&slices[n], None).unwrap().map.into_raw();
+                assert!(map == alone[n], "thread {t}: slice {n} got another map");
+            }
+            done.send(()).unwrap();
+        });
+    }
+    for _ in 0..4 {
+        finished
+            .recv_timeout(std::time::Duration::from_secs(300))
+            .expect("a thread failed or hung: concurrent Grad-CAM deadlocked");
+    }
+}

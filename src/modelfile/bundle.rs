@@ -98,7 +98,12 @@ pub enum Mode {
 fn finish(model: Classifier, mode: Mode) -> Classifier {
     match mode {
         Mode::Inference => model.valid(),
-        Mode::Gradients => model.map(&mut FreezeTrainingFlags),
+        // Grad-CAM differentiates with respect to an activation, never the weights: tracked
+        // weights would be parents of every request's graph, and burn's autodiff merges graphs
+        // that share a parent, so concurrent requests ended up in one graph, where one
+        // request's backward pass (graph lock, then the global lock) and another's next step
+        // (global lock, then graph lock) deadlocked the server.
+        Mode::Gradients => model.map(&mut FreezeTrainingFlags).no_grad(),
     }
 }
 
@@ -224,4 +229,36 @@ pub fn load_from(
 pub fn rewrite_manifest(dir: &Path, manifest: &Manifest) -> Result<()> {
     manifest.validate(dir)?;
     write_json_atomic(&dir.join(MANIFEST_FILE), manifest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Counts float parameters and those tracked by autodiff.
+    #[derive(Default)]
+    struct Tracked {
+        params: usize,
+        tracked: usize,
+    }
+
+    impl burn::module::ModuleVisitor for Tracked {
+        fn visit_float<const D: usize>(
+            &mut self,
+            param: &burn::module::Param<burn::tensor::Tensor<D>>,
+        ) {
+            self.params += 1;
+            self.tracked += usize::from(param.val().is_require_grad());
+        }
+    }
+
+    #[test]
+    fn a_model_loaded_for_gradients_tracks_no_weight() {
+        let device = Device::flex().autodiff();
+        let (_, model) = load_default(&device, Mode::Gradients).unwrap();
+        let mut count = Tracked::default();
+        model.visit(&mut count);
+        assert!(count.params > 10, "{} parameters", count.params);
+        assert_eq!(count.tracked, 0, "weights on the autodiff graph");
+    }
 }
