@@ -745,11 +745,14 @@ pub struct GateTrainingArgs {
     pub backbone: Option<PathBuf>,
     #[arg(long, default_value_t = 17)]
     pub seed: u64,
-    /// Augmented copies of every training image, beside the image itself.
-    #[arg(long, default_value_t = 1)]
+    /// Augmented copies of every training image, beside the image itself (none by default:
+    /// on sources held out, one copy on top of 0.3 synthetic negatives lowered the refused
+    /// share from 91.7 % to 79.5 %).
+    #[arg(long, default_value_t = 0)]
     pub augmented_copies: usize,
-    /// Synthetic negatives, as a share of the MRI slices.
-    #[arg(long, default_value_t = 0.3)]
+    /// Synthetic negatives, as a share of the MRI slices (none by default: 0.3 lowered the
+    /// held-out share from 96.9 % to 91.7 %).
+    #[arg(long, default_value_t = 0.0)]
     pub synthetic_share: f32,
     /// L2 penalty of the linear head.
     #[arg(long, default_value_t = 1e-3)]
