@@ -1,4 +1,4 @@
-//! What the input gate looks at: the whole frame, area-averaged to a square and normalised with
+//! What the input gate looks at: the whole frame, resized to a square and normalised with
 //! fixed (ImageNet) statistics. It is independent of any classifier's pre-processing (no crop to
 //! the brain, no training-set statistics), so one gate serves every model.
 
