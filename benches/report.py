@@ -11,8 +11,8 @@ import subprocess
 import sys
 
 NETS = ["paper-cnn", "resnet-fine"]
-STACKS = ["oncolens", "oncolens-int8", "torch", "torch-channels-last", "keras", "ort"]
-PEERS = ["torch", "torch-channels-last", "keras", "ort"]
+STACKS = ["oncolens", "oncolens-int8", "torch", "torch-channels-last", "keras", "ort", "ort-int8"]
+PEERS = ["torch", "torch-channels-last", "keras", "ort", "ort-int8"]
 
 
 def load(folder):
