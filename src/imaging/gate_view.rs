@@ -8,7 +8,7 @@ use super::decode::GreyImage;
 
 /// Side of the gate's square view, in pixels: the input size its ImageNet trunk was trained
 /// at. Smaller views cost less but lose what tells a CT from an MRI (at 160 px the unseen-CT
-/// refusals fell from 96 % to 78 %, docs/gate.md).
+/// refusals fell from 96 % to 77 %, docs/gate.md).
 pub const GATE_SIDE: u32 = 224;
 
 /// The frame squeezed to `GATE_SIDE` x `GATE_SIDE` with a triangle (bilinear) filter, whose

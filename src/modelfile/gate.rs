@@ -74,8 +74,8 @@ pub struct GateBackbone {
 /// Two logistic regressions over the standardised features. The brain-MRI score comes from
 /// `screen`, brain MRI against everything else (`softmax` of its two rows): one boundary
 /// shaped by every kind of negative generalises to a kind it has not seen (a new CT
-/// collection) far better than the MRI row of a per-kind model (held-out CT 96 % against 38 %
-/// refused, docs/gate.md). What a refused image looks like comes from `weights`/`bias`, one
+/// collection) far better than the MRI row of a per-kind model (held-out CT 55 % against 32 %
+/// refused, measured on the first gate's offset views: docs/gate.md). What a refused image looks like comes from `weights`/`bias`, one
 /// row per kind (multinomial).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GateHead {

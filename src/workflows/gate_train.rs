@@ -16,6 +16,7 @@
 //! the quantile of the validation split's slices that refuses at most the asked share of them
 //! (1 % by default).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -371,7 +372,7 @@ pub fn fit_gate(opts: &GateTrainOptions) -> Result<TrainedGate> {
                     };
                     let img = synthetic(kind, GATE_SIDE, Some(&positives[i]), &mut rng);
                     (
-                        augment(&augmentation, &img, &mut rng),
+                        Cow::Owned(augment(&augmentation, &img, &mut rng)),
                         label,
                         (label, SYNTHETIC.to_string()),
                     )
@@ -446,10 +447,7 @@ pub fn fit_gate(opts: &GateTrainOptions) -> Result<TrainedGate> {
             l2: opts.l2,
             iterations: opts.iterations,
             final_loss,
-            augmentation: "copies turned by a random multiple of 90 degrees and flipped, then \
-                           rotation +-15 degrees, scale 0.8-1.2, shift 8 %, brightness 0.1, \
-                           contrast 0.25, gamma 0.35"
-                .into(),
+            augmentation: augmentation_in_words(opts),
         },
         data: GateData {
             mri_root: opts.mri.display().to_string(),
@@ -476,11 +474,29 @@ pub fn fit_gate(opts: &GateTrainOptions) -> Result<TrainedGate> {
 }
 
 /// Copy `c` of a view: the view itself for 0, else an augmented one.
-fn copy(view: &GreyImage, c: usize, a: &Augmentation, rng: &mut impl Rng) -> GreyImage {
+fn copy<'a>(
+    view: &'a GreyImage,
+    c: usize,
+    a: &Augmentation,
+    rng: &mut impl Rng,
+) -> Cow<'a, GreyImage> {
     if c == 0 {
-        view.clone()
+        Cow::Borrowed(view)
     } else {
-        augment(a, view, rng)
+        Cow::Owned(augment(a, view, rng))
+    }
+}
+
+/// What was augmented, and how, for the manifest: the copies and the synthetic negatives are
+/// augmented, the originals never.
+fn augmentation_in_words(opts: &GateTrainOptions) -> String {
+    const HOW: &str = "turned by a random multiple of 90 degrees and flipped, then rotation \
+                       +-15 degrees, scale 0.8-1.2, shift 8 %, brightness 0.1, contrast 0.25, \
+                       gamma 0.35";
+    match (opts.augmented_copies > 0, opts.synthetic_share > 0.0) {
+        (true, _) => format!("copies {HOW}"),
+        (false, true) => format!("synthetic negatives only, {HOW}"),
+        (false, false) => "none: every image once, as it is".into(),
     }
 }
 
@@ -662,6 +678,16 @@ fn augment(a: &Augmentation, img: &GreyImage, rng: &mut impl Rng) -> GreyImage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_manifest_says_what_was_augmented() {
+        let mut o = GateTrainOptions::new("m".into(), "s".into(), "n".into(), "o".into());
+        assert!(augmentation_in_words(&o).starts_with("none"));
+        o.synthetic_share = 0.3;
+        assert!(augmentation_in_words(&o).starts_with("synthetic negatives only"));
+        o.augmented_copies = 1;
+        assert!(augmentation_in_words(&o).starts_with("copies turned"));
+    }
 
     #[test]
     fn sources_are_the_prefix_before_the_double_underscore() {
