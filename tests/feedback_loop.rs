@@ -75,7 +75,7 @@ fn accuracy(model: &Path, set: &EvaluationSet) -> f64 {
 /// Stores each hospital-B slice as an analysis by `model` with a clinician's verdict: the
 /// true class (a correction where the model was wrong), every 25th "not assessable".
 async fn store_feedback(
-    db: &sqlx::SqlitePool,
+    db: &oncolens::database::Pool,
     keys: &KeyRing,
     model: &Path,
     slices: &[(PathBuf, usize)],

@@ -761,7 +761,7 @@ fn the_server_purges_analyses_past_their_retention_at_start() {
     // One analysis made 40 days ago.
     runtime().block_on(async {
         let pool = oncolens::database::open(&url).await.unwrap();
-        sqlx::query("UPDATE analyses SET created_unix = created_unix - 40 * 86400 WHERE id = ?")
+        sqlx::query("UPDATE analyses SET created_unix = created_unix - 40 * 86400 WHERE id = $1")
             .bind(old["id"].as_str().unwrap())
             .execute(&pool)
             .await

@@ -5,7 +5,7 @@
 use std::io::BufRead;
 
 use anyhow::{Context, Result, bail};
-use sqlx::SqlitePool;
+use oncolens::database::Pool;
 
 use super::args::{AuditLogCommand, KeyCommand, PurgeArgs, StoreArgs, TokenCommand, UserCommand};
 use oncolens::security::audit_log::{self, Event, Filter};
@@ -14,7 +14,7 @@ use oncolens::security::{Role, accounts, tokens};
 use oncolens::store;
 
 struct Opened {
-    db: SqlitePool,
+    db: Pool,
     keys: KeyRing,
 }
 
@@ -255,7 +255,19 @@ pub fn audit_log(command: AuditLogCommand) -> Result<()> {
 }
 
 pub fn key(command: KeyCommand) -> Result<()> {
-    let KeyCommand::Rotate { store } = command;
+    let store = match command {
+        KeyCommand::New { out } => {
+            let keys = KeyRing::create_file(&out)
+                .with_context(|| format!("making the key file {}", out.display()))?;
+            println!(
+                "key {} written to {} (mode 0600)",
+                keys.primary_id(),
+                out.display()
+            );
+            return Ok(());
+        }
+        KeyCommand::Rotate { store } => store,
+    };
     block_on(async move {
         let mut o = open(&store).await?;
         let old = o.keys.primary_id();

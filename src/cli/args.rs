@@ -137,7 +137,7 @@ impl KeyArgs {
 /// The database and its key, as the administrative commands take them.
 #[derive(clap::Args, Clone)]
 pub struct StoreArgs {
-    /// sqlite://PATH of the server's database.
+    /// The server's database: sqlite://PATH or postgres://USER@HOST/DATABASE.
     #[arg(long, default_value = "sqlite://oncolens.db")]
     pub database: String,
     #[command(flatten)]
@@ -236,6 +236,13 @@ pub enum AuditLogCommand {
 
 #[derive(Subcommand)]
 pub enum KeyCommand {
+    /// Write a new data key file (mode 0600) for a deployment whose database is a server
+    /// (PostgreSQL): every replica is then given the same --key-file.
+    New {
+        /// The key file to create (an existing one is never replaced).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Make a new data key and re-encrypt everything stored with it; the old key is dropped.
     Rotate {
         #[command(flatten)]
@@ -291,7 +298,8 @@ pub struct PacsWatchArgs {
     pub once: bool,
     #[command(flatten)]
     pub connection: PacsConnectionArgs,
-    /// The database that remembers which series are done: sqlite://PATH or sqlite::memory:
+    /// The database that remembers which series are done: sqlite://PATH, sqlite::memory: or
+    /// postgres://USER@HOST/DATABASE
     #[arg(long, default_value = "sqlite://oncolens.db")]
     pub database: String,
     #[command(flatten)]
@@ -379,7 +387,8 @@ pub struct ServeArgs {
     pub model: Option<PathBuf>,
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub bind: std::net::SocketAddr,
-    /// sqlite://PATH (created on first start) or sqlite::memory:
+    /// sqlite://PATH (created on first start), sqlite::memory:, or postgres://USER@HOST/DATABASE
+    /// (shared by several replicas; give each the same --key-file).
     #[arg(long, default_value = "sqlite://oncolens.db")]
     pub database: String,
     /// Concurrent analyses (default: number of cores).
@@ -876,7 +885,7 @@ pub enum ModelCommand {
 /// The deployment whose registry a command uses.
 #[derive(clap::Args)]
 pub struct RegistryArgs {
-    /// sqlite://PATH
+    /// sqlite://PATH or postgres://USER@HOST/DATABASE
     #[arg(long, default_value = "sqlite://oncolens.db")]
     pub database: String,
     /// The registry's models folder (default: beside the database, `<file>.models`).

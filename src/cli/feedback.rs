@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
-use sqlx::SqlitePool;
+use oncolens::database::Pool;
 
 use super::args::{
     FeedbackExportArgs, FinetuneArgs, PromoteArgs, RegisterArgs, RegistryArgs, RollbackArgs,
@@ -29,7 +29,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Runtime::new().context("starting the async runtime")
 }
 
-async fn open(database: &str) -> Result<SqlitePool> {
+async fn open(database: &str) -> Result<Pool> {
     oncolens::database::open(database)
         .await
         .with_context(|| format!("opening {database}"))

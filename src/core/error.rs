@@ -323,6 +323,10 @@ pub enum StoreError {
     Json(#[from] serde_json::Error),
     #[error("database: a stored value is not valid: {0}")]
     Corrupt(String),
+    #[error(
+        "{0:?} is no database URL this server knows: give sqlite://PATH or postgres://USER@HOST/DATABASE"
+    )]
+    UnknownUrl(String),
 }
 
 /// The model registry and the feedback loop around it.
@@ -401,6 +405,10 @@ pub enum KeyError {
     Permissions(PathBuf, u32),
     #[error("ONCOLENS_KEY is not 32 bytes in base64")]
     BadEnvironmentKey,
+    #[error(
+        "a database server keeps no key file beside it: give every replica the same key with --key-file or ONCOLENS_KEY (`oncolens key new` makes one)"
+    )]
+    NotGiven,
     #[error("stored data is encrypted with a key this server does not have (key id {0})")]
     UnknownKey(String),
     #[error("stored data failed authentication: it was altered, or belongs elsewhere ({0})")]

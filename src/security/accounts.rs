@@ -3,7 +3,9 @@
 //! and the address).
 
 use serde::Serialize;
-use sqlx::{Row, SqlitePool};
+use sqlx::Row;
+
+use crate::database::Pool;
 
 use super::Role;
 use super::password;
@@ -29,7 +31,7 @@ fn store(e: sqlx::Error) -> AccessError {
     AccessError::Store(StoreError::Query(e))
 }
 
-fn user_of(row: &sqlx::sqlite::SqliteRow) -> Result<User, AccessError> {
+fn user_of(row: &crate::database::Row) -> Result<User, AccessError> {
     let role: String = row.get("role");
     Ok(User {
         id: row.get("id"),
@@ -66,8 +68,8 @@ async fn hash_checked(name: &str, password: &str) -> Result<String, AccessError>
 }
 
 /// Ends every session of an account (disabled, or its password changed).
-async fn end_sessions(pool: &SqlitePool, user_id: i64) -> Result<(), AccessError> {
-    sqlx::query("DELETE FROM sessions WHERE user_id = ?")
+async fn end_sessions(pool: &Pool, user_id: i64) -> Result<(), AccessError> {
+    sqlx::query("DELETE FROM sessions WHERE user_id = $1")
         .bind(user_id)
         .execute(pool)
         .await
@@ -76,8 +78,8 @@ async fn end_sessions(pool: &SqlitePool, user_id: i64) -> Result<(), AccessError
 }
 
 /// Whether any account exists (then every request must authenticate).
-pub async fn any(pool: &SqlitePool) -> Result<bool, AccessError> {
-    sqlx::query_scalar::<_, i64>("SELECT EXISTS (SELECT 1 FROM users)")
+pub async fn any(pool: &Pool) -> Result<bool, AccessError> {
+    sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM (SELECT 1 FROM users LIMIT 1) AS one")
         .fetch_one(pool)
         .await
         .map(|n| n != 0)
@@ -86,7 +88,7 @@ pub async fn any(pool: &SqlitePool) -> Result<bool, AccessError> {
 
 /// Adds an account.
 pub async fn add(
-    pool: &SqlitePool,
+    pool: &Pool,
     name: &str,
     role: Role,
     password: &str,
@@ -96,7 +98,7 @@ pub async fn add(
     let hash = hash_checked(name, password).await?;
     let result = sqlx::query(
         "INSERT INTO users (name, role, password_hash, created_unix, password_changed_unix) \
-         VALUES (?, ?, ?, ?, ?)",
+         VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(name)
     .bind(role.as_str())
@@ -115,8 +117,8 @@ pub async fn add(
 }
 
 /// The account `name`.
-pub async fn find(pool: &SqlitePool, name: &str) -> Result<User, AccessError> {
-    let row = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users WHERE name = ?"))
+pub async fn find(pool: &Pool, name: &str) -> Result<User, AccessError> {
+    let row = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users WHERE name = $1"))
         .bind(name)
         .fetch_optional(pool)
         .await
@@ -126,8 +128,8 @@ pub async fn find(pool: &SqlitePool, name: &str) -> Result<User, AccessError> {
 }
 
 /// The account with id `id`, if it exists.
-pub async fn by_id(pool: &SqlitePool, id: i64) -> Result<Option<User>, AccessError> {
-    let row = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?"))
+pub async fn by_id(pool: &Pool, id: i64) -> Result<Option<User>, AccessError> {
+    let row = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"))
         .bind(id)
         .fetch_optional(pool)
         .await
@@ -136,7 +138,7 @@ pub async fn by_id(pool: &SqlitePool, id: i64) -> Result<Option<User>, AccessErr
 }
 
 /// All accounts, by name.
-pub async fn list(pool: &SqlitePool) -> Result<Vec<User>, AccessError> {
+pub async fn list(pool: &Pool) -> Result<Vec<User>, AccessError> {
     let rows = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users ORDER BY name"))
         .fetch_all(pool)
         .await
@@ -146,14 +148,10 @@ pub async fn list(pool: &SqlitePool) -> Result<Vec<User>, AccessError> {
 
 /// Disables (or re-enables) an account; a disabled account's sessions end and its tokens stop
 /// working.
-pub async fn set_disabled(
-    pool: &SqlitePool,
-    name: &str,
-    disabled: bool,
-) -> Result<User, AccessError> {
+pub async fn set_disabled(pool: &Pool, name: &str, disabled: bool) -> Result<User, AccessError> {
     let user = find(pool, name).await?;
-    sqlx::query("UPDATE users SET disabled = ? WHERE id = ?")
-        .bind(disabled)
+    sqlx::query("UPDATE users SET disabled = $1 WHERE id = $2")
+        .bind(i64::from(disabled))
         .bind(user.id)
         .execute(pool)
         .await
@@ -166,7 +164,7 @@ pub async fn set_disabled(
 
 /// Sets a new password; ends the account's sessions and lifts a lockout.
 pub async fn reset_password(
-    pool: &SqlitePool,
+    pool: &Pool,
     name: &str,
     password: &str,
     now: i64,
@@ -174,8 +172,8 @@ pub async fn reset_password(
     let user = find(pool, name).await?;
     let hash = hash_checked(name, password).await?;
     sqlx::query(
-        "UPDATE users SET password_hash = ?, password_changed_unix = ?, failed_logins = 0, \
-         locked_until_unix = 0 WHERE id = ?",
+        "UPDATE users SET password_hash = $1, password_changed_unix = $2, failed_logins = 0, \
+         locked_until_unix = 0 WHERE id = $3",
     )
     .bind(hash)
     .bind(now)
@@ -203,13 +201,13 @@ pub enum SignIn {
 /// Checks a name and password; counts failures and locks the account after
 /// [`MAX_FAILED_LOGINS`] in a row.
 pub async fn sign_in(
-    pool: &SqlitePool,
+    pool: &Pool,
     name: &str,
     password: &str,
     now: i64,
 ) -> Result<SignIn, AccessError> {
     let row = sqlx::query(&format!(
-        "SELECT {USER_COLUMNS}, password_hash, failed_logins FROM users WHERE name = ?"
+        "SELECT {USER_COLUMNS}, password_hash, failed_logins FROM users WHERE name = $1"
     ))
     .bind(name)
     .fetch_optional(pool)
@@ -241,7 +239,7 @@ pub async fn sign_in(
         return Ok(SignIn::Disabled);
     }
     if ok {
-        sqlx::query("UPDATE users SET failed_logins = 0, locked_until_unix = 0 WHERE id = ?")
+        sqlx::query("UPDATE users SET failed_logins = 0, locked_until_unix = 0 WHERE id = $1")
             .bind(user.id)
             .execute(pool)
             .await
@@ -251,7 +249,7 @@ pub async fn sign_in(
     let failed: i64 = row.get::<i64, _>("failed_logins") + 1;
     if failed >= MAX_FAILED_LOGINS {
         let until = now + LOCKOUT_SECONDS;
-        sqlx::query("UPDATE users SET failed_logins = 0, locked_until_unix = ? WHERE id = ?")
+        sqlx::query("UPDATE users SET failed_logins = 0, locked_until_unix = $1 WHERE id = $2")
             .bind(until)
             .bind(user.id)
             .execute(pool)
@@ -259,7 +257,7 @@ pub async fn sign_in(
             .map_err(store)?;
         return Ok(SignIn::Locked { until_unix: until });
     }
-    sqlx::query("UPDATE users SET failed_logins = ? WHERE id = ?")
+    sqlx::query("UPDATE users SET failed_logins = $1 WHERE id = $2")
         .bind(failed)
         .bind(user.id)
         .execute(pool)

@@ -8,7 +8,9 @@
 //! cutting entries off the end is detected as well. [`verify`] walks the chain.
 
 use serde::Serialize;
-use sqlx::{Row, SqlitePool};
+use sqlx::Row;
+
+use crate::database::{self, Pool, WriteLock};
 
 use super::keys::KeyRing;
 use super::sha256_hex;
@@ -124,16 +126,18 @@ fn head_message(seq: i64, hash: &str) -> Vec<u8> {
     format!("oncolens audit head {seq} {hash}").into_bytes()
 }
 
-/// Appends `event` at time `now`; returns its sequence number. Writers are serialised by an
-/// immediate transaction, so two processes (the server and the command line) cannot fork the
-/// chain.
+/// Appends `event` at time `now`; returns its sequence number. Writers are serialised
+/// ([`database::begin_serialised`]), so two processes (the server and the command line, or two
+/// replicas) cannot fork the chain.
 pub async fn record(
-    pool: &SqlitePool,
+    pool: &Pool,
     keys: &KeyRing,
     event: &Event,
     now: i64,
 ) -> Result<i64, AuditError> {
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
+    let mut tx = database::begin_serialised(pool, WriteLock::AuditChain)
+        .await
+        .map_err(db)?;
     let last: Option<(i64, String)> =
         sqlx::query_as("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
             .fetch_optional(&mut *tx)
@@ -155,7 +159,7 @@ pub async fn record(
     entry.hash = entry.computed_hash();
     sqlx::query(
         "INSERT INTO audit_log (seq, at_unix, actor, action, object, address, outcome, detail, \
-         prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
     )
     .bind(entry.seq)
     .bind(entry.at_unix)
@@ -176,13 +180,13 @@ pub async fn record(
 }
 
 async fn write_head(
-    tx: &mut sqlx::SqliteConnection,
+    tx: &mut sqlx::AnyConnection,
     keys: &KeyRing,
     seq: i64,
     hash: &str,
 ) -> Result<(), AuditError> {
     sqlx::query(
-        "INSERT INTO audit_head (id, seq, hash, signature) VALUES (1, ?, ?, ?) \
+        "INSERT INTO audit_head (id, seq, hash, signature) VALUES (1, $1, $2, $3) \
          ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, \
          signature = excluded.signature",
     )
@@ -196,8 +200,10 @@ async fn write_head(
 }
 
 /// Signs the current head again with the sealing key (after `key rotate`).
-pub async fn resign_head(pool: &SqlitePool, keys: &KeyRing) -> Result<(), AuditError> {
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
+pub async fn resign_head(pool: &Pool, keys: &KeyRing) -> Result<(), AuditError> {
+    let mut tx = database::begin_serialised(pool, WriteLock::AuditChain)
+        .await
+        .map_err(db)?;
     let head: Option<(i64, String)> =
         sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1")
             .fetch_optional(&mut *tx)
@@ -216,7 +222,7 @@ pub struct Verified {
     pub head_hash: String,
 }
 
-fn entry_of(r: &sqlx::sqlite::SqliteRow) -> Entry {
+fn entry_of(r: &crate::database::Row) -> Entry {
     Entry {
         seq: r.get("seq"),
         at_unix: r.get("at_unix"),
@@ -233,7 +239,7 @@ fn entry_of(r: &sqlx::sqlite::SqliteRow) -> Entry {
 
 /// Walks the whole chain: sequence without gaps, each link and hash, and the signed head.
 /// The error names the first bad entry.
-pub async fn verify(pool: &SqlitePool, keys: &KeyRing) -> Result<Verified, AuditError> {
+pub async fn verify(pool: &Pool, keys: &KeyRing) -> Result<Verified, AuditError> {
     let rows = sqlx::query("SELECT * FROM audit_log ORDER BY seq")
         .fetch_all(pool)
         .await
@@ -303,12 +309,12 @@ pub struct Filter {
 }
 
 /// Entries matching `filter`, newest first.
-pub async fn list(pool: &SqlitePool, filter: &Filter) -> Result<Vec<Entry>, AuditError> {
+pub async fn list(pool: &Pool, filter: &Filter) -> Result<Vec<Entry>, AuditError> {
     let rows = sqlx::query(
-        "SELECT * FROM audit_log WHERE (?1 IS NULL OR actor = ?1) \
-         AND (?2 IS NULL OR substr(action, 1, length(?2)) = ?2) AND (?3 IS NULL OR object = ?3) \
-         AND (?4 IS NULL OR at_unix >= ?4) AND (?5 IS NULL OR at_unix <= ?5) \
-         ORDER BY seq DESC LIMIT ?6",
+        "SELECT * FROM audit_log WHERE ($1 IS NULL OR actor = $1) \
+         AND ($2 IS NULL OR substr(action, 1, length($2)) = $2) AND ($3 IS NULL OR object = $3) \
+         AND ($4 IS NULL OR at_unix >= $4) AND ($5 IS NULL OR at_unix <= $5) \
+         ORDER BY seq DESC LIMIT $6",
     )
     .bind(&filter.actor)
     .bind(&filter.action)
@@ -337,7 +343,7 @@ mod tests {
     use super::*;
     use crate::security::keys::KeySource;
 
-    async fn pool() -> SqlitePool {
+    async fn pool() -> Pool {
         crate::database::open("sqlite::memory:").await.unwrap()
     }
 

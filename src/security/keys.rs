@@ -36,11 +36,15 @@ pub enum KeySource {
     Inline(String),
     /// A fresh key held in memory only (an in-memory database's).
     Ephemeral,
+    /// None was given for a database server (PostgreSQL), which has no file to keep one beside:
+    /// every replica must be given the same key.
+    NotGiven,
 }
 
 impl KeySource {
     /// The key for a database: the given file, else the given key (base64, from
-    /// `$ONCOLENS_KEY`), else `<database file>.key`, else (in-memory database) an ephemeral key.
+    /// `$ONCOLENS_KEY`), else `<database file>.key`, else (in-memory database) an ephemeral key;
+    /// a database server's key must be given.
     pub fn for_database(url: &str, key_file: Option<&Path>, inline: Option<&str>) -> Self {
         if let Some(path) = key_file {
             return Self::File(path.to_path_buf());
@@ -54,7 +58,8 @@ impl KeySource {
                 name.push(".key");
                 Self::File(PathBuf::from(name))
             }
-            None => Self::Ephemeral,
+            None if url.starts_with("sqlite:") => Self::Ephemeral,
+            None => Self::NotGiven,
         }
     }
 }
@@ -137,6 +142,7 @@ impl KeyRing {
     pub fn load_or_create(source: &KeySource) -> Result<Self, KeyError> {
         let keys = match source {
             KeySource::Ephemeral => vec![Key::generate()],
+            KeySource::NotGiven => return Err(KeyError::NotGiven),
             KeySource::Inline(text) => {
                 vec![Key::new(
                     parse_key(text).ok_or(KeyError::BadEnvironmentKey)?,
@@ -159,6 +165,17 @@ impl KeyRing {
         Ok(Self {
             keys,
             source: source.clone(),
+        })
+    }
+
+    /// Makes a new key file at `path` (mode 0600); refuses to replace one that exists. For a
+    /// database server, whose replicas must all be given the same key.
+    pub fn create_file(path: &Path) -> Result<Self, KeyError> {
+        let key = Key::generate();
+        write_key_file(path, std::slice::from_ref(&key), true)?;
+        Ok(Self {
+            keys: vec![key],
+            source: KeySource::File(path.to_path_buf()),
         })
     }
 
@@ -200,6 +217,17 @@ impl KeyRing {
     }
 
     /// Whether `bytes` look sealed (they carry the header).
+    /// The first bytes of every value sealed with the sealing key: the format's magic, then
+    /// the key's id (what [`seal`](Self::seal) writes before the nonce).
+    pub fn sealing_prefix(&self) -> Vec<u8> {
+        [MAGIC, &self.keys[0].id[..]].concat()
+    }
+
+    /// The first bytes of every sealed value, whichever the key.
+    pub fn sealed_magic() -> &'static [u8] {
+        MAGIC
+    }
+
     pub fn is_sealed(bytes: &[u8]) -> bool {
         bytes.len() >= HEADER + 16 && bytes.starts_with(MAGIC)
     }
@@ -275,6 +303,7 @@ impl KeyRing {
                  use a key file (--key-file) to rotate in place"
                     .into(),
             )),
+            KeySource::NotGiven => Err(KeyError::NotGiven),
             KeySource::Ephemeral => Err(KeyError::Malformed(
                 PathBuf::from("(memory)"),
                 "an in-memory database's key lives only as long as the process".into(),
@@ -460,6 +489,22 @@ mod tests {
         );
         assert_eq!(
             KeySource::for_database("sqlite://x.db", None, Some("a2V5")),
+            KeySource::Inline("a2V5".into())
+        );
+        assert_eq!(
+            KeySource::for_database("postgres://o@db/o", None, None),
+            KeySource::NotGiven
+        );
+        assert_eq!(
+            KeySource::for_database("sqlite::memory:", None, None),
+            KeySource::Ephemeral
+        );
+        assert!(matches!(
+            KeyRing::load_or_create(&KeySource::NotGiven),
+            Err(KeyError::NotGiven)
+        ));
+        assert_eq!(
+            KeySource::for_database("postgres://o@db/o", None, Some("a2V5")),
             KeySource::Inline("a2V5".into())
         );
     }

@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use sqlx::{Row, SqlitePool};
+use sqlx::Row;
+
+use crate::database::Pool;
 
 use super::accounts::{self, User};
 use super::{random_secret, sha256_hex};
@@ -43,16 +45,12 @@ fn store(e: sqlx::Error) -> AccessError {
 }
 
 /// Starts a session for `user`; returns the cookie value and the CSRF token.
-pub async fn start(
-    pool: &SqlitePool,
-    user: &User,
-    now: i64,
-) -> Result<(String, String), AccessError> {
+pub async fn start(pool: &Pool, user: &User, now: i64) -> Result<(String, String), AccessError> {
     let id = random_secret();
     let csrf = random_secret();
     sqlx::query(
         "INSERT INTO sessions (id_sha256, user_id, csrf, created_unix, last_seen_unix) \
-         VALUES (?, ?, ?, ?, ?)",
+         VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(sha256_hex(&id))
     .bind(user.id)
@@ -68,14 +66,14 @@ pub async fn start(
 /// The live session behind a cookie value (its idle clock restarts), or `None` when there is
 /// none, it timed out (then it is deleted), or its account is disabled.
 pub async fn resume(
-    pool: &SqlitePool,
+    pool: &Pool,
     cookie: &str,
     now: i64,
     policy: SessionPolicy,
 ) -> Result<Option<Session>, AccessError> {
     let key = sha256_hex(cookie);
     let Some(row) = sqlx::query(
-        "SELECT user_id, csrf, created_unix, last_seen_unix FROM sessions WHERE id_sha256 = ?",
+        "SELECT user_id, csrf, created_unix, last_seen_unix FROM sessions WHERE id_sha256 = $1",
     )
     .bind(&key)
     .fetch_optional(pool)
@@ -95,7 +93,7 @@ pub async fn resume(
             // so that a page and its images do not each write.
             let step = (policy.idle.as_secs() as i64 / 10).clamp(1, 60);
             if now - seen >= step {
-                sqlx::query("UPDATE sessions SET last_seen_unix = ? WHERE id_sha256 = ?")
+                sqlx::query("UPDATE sessions SET last_seen_unix = $1 WHERE id_sha256 = $2")
                     .bind(now)
                     .bind(&key)
                     .execute(pool)
@@ -115,8 +113,8 @@ pub async fn resume(
 }
 
 /// Ends the session behind a cookie value (sign-out).
-pub async fn end(pool: &SqlitePool, cookie: &str) -> Result<(), AccessError> {
-    sqlx::query("DELETE FROM sessions WHERE id_sha256 = ?")
+pub async fn end(pool: &Pool, cookie: &str) -> Result<(), AccessError> {
+    sqlx::query("DELETE FROM sessions WHERE id_sha256 = $1")
         .bind(sha256_hex(cookie))
         .execute(pool)
         .await
@@ -125,8 +123,8 @@ pub async fn end(pool: &SqlitePool, cookie: &str) -> Result<(), AccessError> {
 }
 
 /// Deletes the sessions that have timed out.
-pub async fn sweep(pool: &SqlitePool, now: i64, policy: SessionPolicy) -> Result<u64, AccessError> {
-    sqlx::query("DELETE FROM sessions WHERE last_seen_unix < ? OR created_unix < ?")
+pub async fn sweep(pool: &Pool, now: i64, policy: SessionPolicy) -> Result<u64, AccessError> {
+    sqlx::query("DELETE FROM sessions WHERE last_seen_unix < $1 OR created_unix < $2")
         .bind(now - policy.idle.as_secs() as i64)
         .bind(now - policy.absolute.as_secs() as i64)
         .execute(pool)

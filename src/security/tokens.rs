@@ -4,7 +4,9 @@
 //! when its account is disabled.
 
 use serde::Serialize;
-use sqlx::{Row, SqlitePool};
+use sqlx::Row;
+
+use crate::database::Pool;
 
 use super::accounts::{self, User};
 use super::{random_secret, sha256_hex};
@@ -29,7 +31,7 @@ fn store(e: sqlx::Error) -> AccessError {
 /// Makes a token for `user_name`, valid for `days` (forever when `None`); returns it with the
 /// full token text, which is not kept.
 pub async fn create(
-    pool: &SqlitePool,
+    pool: &Pool,
     user_name: &str,
     days: Option<u32>,
     label: &str,
@@ -45,7 +47,7 @@ pub async fn create(
     let expires = days.map(|d| now + i64::from(d) * 86_400);
     sqlx::query(
         "INSERT INTO api_tokens (id, user_id, secret_sha256, label, created_unix, expires_unix) \
-         VALUES (?, ?, ?, ?, ?, ?)",
+         VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(&id)
     .bind(user.id)
@@ -77,11 +79,7 @@ pub fn id_of(token_or_id: &str) -> &str {
 }
 
 /// The account a bearer token acts for, if the token is valid now.
-pub async fn authenticate(
-    pool: &SqlitePool,
-    token: &str,
-    now: i64,
-) -> Result<Option<User>, AccessError> {
+pub async fn authenticate(pool: &Pool, token: &str, now: i64) -> Result<Option<User>, AccessError> {
     let Some((id, secret)) = token
         .strip_prefix("olt_")
         .and_then(|rest| rest.split_once('_'))
@@ -89,7 +87,7 @@ pub async fn authenticate(
         return Ok(None);
     };
     let Some(row) = sqlx::query(
-        "SELECT user_id, secret_sha256, expires_unix, revoked_unix FROM api_tokens WHERE id = ?",
+        "SELECT user_id, secret_sha256, expires_unix, revoked_unix FROM api_tokens WHERE id = $1",
     )
     .bind(id)
     .fetch_optional(pool)
@@ -112,7 +110,7 @@ pub async fn authenticate(
     let Some(user) = user.filter(|u| !u.disabled) else {
         return Ok(None);
     };
-    sqlx::query("UPDATE api_tokens SET last_used_unix = ? WHERE id = ?")
+    sqlx::query("UPDATE api_tokens SET last_used_unix = $1 WHERE id = $2")
         .bind(now)
         .bind(id)
         .execute(pool)
@@ -122,15 +120,16 @@ pub async fn authenticate(
 }
 
 /// Revokes a token (by id or whole token); revoking twice is not an error.
-pub async fn revoke(pool: &SqlitePool, token_or_id: &str, now: i64) -> Result<String, AccessError> {
+pub async fn revoke(pool: &Pool, token_or_id: &str, now: i64) -> Result<String, AccessError> {
     let id = id_of(token_or_id);
-    let done =
-        sqlx::query("UPDATE api_tokens SET revoked_unix = COALESCE(revoked_unix, ?) WHERE id = ?")
-            .bind(now)
-            .bind(id)
-            .execute(pool)
-            .await
-            .map_err(store)?;
+    let done = sqlx::query(
+        "UPDATE api_tokens SET revoked_unix = COALESCE(revoked_unix, $1) WHERE id = $2",
+    )
+    .bind(now)
+    .bind(id)
+    .execute(pool)
+    .await
+    .map_err(store)?;
     if done.rows_affected() == 0 {
         return Err(AccessError::NoSuchToken(id.to_string()));
     }
@@ -138,7 +137,7 @@ pub async fn revoke(pool: &SqlitePool, token_or_id: &str, now: i64) -> Result<St
 }
 
 /// Every token, newest first.
-pub async fn list(pool: &SqlitePool) -> Result<Vec<TokenInfo>, AccessError> {
+pub async fn list(pool: &Pool) -> Result<Vec<TokenInfo>, AccessError> {
     let rows = sqlx::query(
         "SELECT t.id, u.name, t.label, t.created_unix, t.expires_unix, t.revoked_unix, \
          t.last_used_unix FROM api_tokens t JOIN users u ON u.id = t.user_id \

@@ -37,6 +37,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use crate::database::Pool;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
@@ -44,7 +45,6 @@ use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
-use sqlx::SqlitePool;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
 
@@ -138,7 +138,7 @@ impl Default for ServeConfig {
 pub struct AppState {
     /// The model analyses use; replaced when the registry promotes another version.
     model: Arc<ModelSlot>,
-    db: SqlitePool,
+    db: Pool,
     workers: Arc<Semaphore>,
     admitted: Arc<Semaphore>,
     metrics: Arc<Metrics>,

@@ -7,7 +7,9 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
-use sqlx::{Row, SqlitePool as Pool};
+use sqlx::Row;
+
+use crate::database::Pool;
 
 use super::{AnalysisRecord, COLUMNS, db_err, entropy_bits, open_text, seal_text, to_record};
 use crate::core::error::{Result, StoreError};
@@ -77,9 +79,9 @@ pub async fn insert_feedback(
     feedback: &NewFeedback<'_>,
     now: i64,
 ) -> Result<i64> {
-    let result = sqlx::query(
+    sqlx::query_scalar(
         "INSERT INTO feedback (analysis_id, created_unix, verdict, class_id, comment, given_by) \
-         VALUES (?, ?, ?, ?, ?, ?)",
+         VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
     )
     .bind(feedback.analysis_id)
     .bind(now)
@@ -91,10 +93,9 @@ pub async fn insert_feedback(
         feedback.comment,
     ))
     .bind(feedback.given_by)
-    .execute(pool)
+    .fetch_one(pool)
     .await
-    .map_err(db_err)?;
-    Ok(result.last_insert_rowid())
+    .map_err(db_err)
 }
 
 pub async fn list_feedback(
@@ -104,7 +105,7 @@ pub async fn list_feedback(
 ) -> Result<Vec<FeedbackRecord>> {
     let rows = sqlx::query(
         "SELECT id, analysis_id, created_unix, verdict, class_id, comment, given_by FROM feedback \
-         WHERE analysis_id = ? ORDER BY id",
+         WHERE analysis_id = $1 ORDER BY id",
     )
     .bind(analysis_id)
     .fetch_all(pool)
@@ -140,7 +141,7 @@ pub async fn backfill_entropy(pool: &Pool) -> Result<u64> {
         let id: String = row.try_get("id").map_err(db_err)?;
         let probabilities: String = row.try_get("probabilities").map_err(db_err)?;
         let p: Vec<f32> = serde_json::from_str(&probabilities).map_err(db_err)?;
-        sqlx::query("UPDATE analyses SET entropy = ? WHERE id = ?")
+        sqlx::query("UPDATE analyses SET entropy = $1 WHERE id = $2")
             .bind(entropy_bits(&p))
             .bind(&id)
             .execute(&mut *tx)
@@ -162,7 +163,7 @@ pub async fn review_queue(
     let rows = sqlx::query(&format!(
         "SELECT {COLUMNS}, entropy FROM analyses \
          WHERE NOT EXISTS (SELECT 1 FROM feedback WHERE feedback.analysis_id = analyses.id) \
-         ORDER BY entropy DESC, created_unix DESC, id LIMIT ? OFFSET ?"
+         ORDER BY entropy DESC, created_unix DESC, id LIMIT $1 OFFSET $2"
     ))
     .bind(limit)
     .bind(offset)
@@ -250,7 +251,7 @@ pub async fn training_image(
     keys: &KeyRing,
     id: &str,
 ) -> Result<Option<(Vec<u8>, bool)>> {
-    let Some(row) = sqlx::query("SELECT source_png, image_png FROM analyses WHERE id = ?")
+    let Some(row) = sqlx::query("SELECT source_png, image_png FROM analyses WHERE id = $1")
         .bind(id)
         .fetch_optional(pool)
         .await

@@ -14,7 +14,9 @@ pub mod feedback;
 pub mod registry;
 
 use serde::Serialize;
-use sqlx::{Row, SqlitePool as Pool};
+use sqlx::Row;
+
+use crate::database::{Dialect, Pool};
 
 pub use feedback::{
     Agreement, ClassAgreement, FeedbackItem, FeedbackRecord, FeedbackVerdict, MonthAgreement,
@@ -106,7 +108,7 @@ pub async fn insert_analysis(
 
 /// One analysis inside `tx`, as slice `slice` of a batch when given.
 async fn insert_analysis_in(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     keys: &KeyRing,
     a: &AnalysisRecord,
     images: StoredImages<'_>,
@@ -122,7 +124,7 @@ async fn insert_analysis_in(
         "INSERT INTO analyses (id, created_unix, filename, model_name, model_version, class_id, class_name, \
          confidence, uncertain, verdict, input_reasons, gate, probabilities, width, height, image_png, heatmap_png, \
          batch_id, slice_index, source_png, entropy) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)",
     )
     .bind(&a.id)
     .bind(a.created_unix)
@@ -132,7 +134,7 @@ async fn insert_analysis_in(
     .bind(&a.class_id)
     .bind(&a.class_name)
     .bind(a.confidence)
-    .bind(a.uncertain)
+    .bind(i64::from(a.uncertain))
     .bind(&a.verdict)
     .bind(input_reasons)
     .bind(gate)
@@ -173,7 +175,7 @@ pub async fn insert_batch(
     slices: &[(&AnalysisRecord, StoredImages<'_>)],
 ) -> Result<()> {
     let mut tx = pool.begin().await.map_err(db_err)?;
-    sqlx::query("INSERT INTO batches (id, created_unix, series, errors) VALUES (?, ?, ?, ?)")
+    sqlx::query("INSERT INTO batches (id, created_unix, series, errors) VALUES ($1, $2, $3, $4)")
         .bind(&batch.id)
         .bind(batch.created_unix)
         .bind(seal_text(
@@ -202,7 +204,7 @@ pub async fn get_batch(
     id: &str,
 ) -> Result<Option<(BatchRecord, Vec<AnalysisRecord>)>> {
     let Some(row) =
-        sqlx::query("SELECT id, created_unix, series, errors FROM batches WHERE id = ?")
+        sqlx::query("SELECT id, created_unix, series, errors FROM batches WHERE id = $1")
             .bind(id)
             .fetch_optional(pool)
             .await
@@ -227,7 +229,7 @@ pub async fn get_batch(
         errors: serde_json::from_str(&errors).map_err(db_err)?,
     };
     let rows = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM analyses WHERE batch_id = ? ORDER BY slice_index"
+        "SELECT {COLUMNS} FROM analyses WHERE batch_id = $1 ORDER BY slice_index"
     ))
     .bind(id)
     .fetch_all(pool)
@@ -243,7 +245,7 @@ pub async fn get_batch(
 const COLUMNS: &str = "id, created_unix, filename, model_name, model_version, class_id, class_name, confidence, \
                        uncertain, verdict, input_reasons, gate, probabilities, width, height";
 
-fn to_record(keys: &KeyRing, row: &sqlx::sqlite::SqliteRow) -> Result<AnalysisRecord> {
+fn to_record(keys: &KeyRing, row: &crate::database::Row) -> Result<AnalysisRecord> {
     let id: String = row.try_get("id").map_err(db_err)?;
     let filename = open_text(
         keys,
@@ -262,7 +264,7 @@ fn to_record(keys: &KeyRing, row: &sqlx::sqlite::SqliteRow) -> Result<AnalysisRe
         class_id: row.try_get("class_id").map_err(db_err)?,
         class_name: row.try_get("class_name").map_err(db_err)?,
         confidence: row.try_get("confidence").map_err(db_err)?,
-        uncertain: row.try_get("uncertain").map_err(db_err)?,
+        uncertain: row.try_get::<i64, _>("uncertain").map_err(db_err)? != 0,
         verdict: row.try_get("verdict").map_err(db_err)?,
         input_reasons: serde_json::from_str(&input_reasons).map_err(db_err)?,
         gate: match gate {
@@ -276,7 +278,7 @@ fn to_record(keys: &KeyRing, row: &sqlx::sqlite::SqliteRow) -> Result<AnalysisRe
 }
 
 pub async fn get_analysis(pool: &Pool, keys: &KeyRing, id: &str) -> Result<Option<AnalysisRecord>> {
-    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM analyses WHERE id = ?"))
+    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM analyses WHERE id = $1"))
         .bind(id)
         .fetch_optional(pool)
         .await
@@ -291,7 +293,7 @@ pub async fn list_analyses(
     offset: i64,
 ) -> Result<Vec<AnalysisRecord>> {
     let rows = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM analyses ORDER BY created_unix DESC, id LIMIT ? OFFSET ?"
+        "SELECT {COLUMNS} FROM analyses ORDER BY created_unix DESC, id LIMIT $1 OFFSET $2"
     ))
     .bind(limit)
     .bind(offset)
@@ -310,7 +312,7 @@ pub async fn get_png(
 ) -> Result<Option<Vec<u8>>> {
     let column = if heatmap { "heatmap_png" } else { "image_png" };
     let row = sqlx::query(&format!(
-        "SELECT {column} AS png FROM analyses WHERE id = ?"
+        "SELECT {column} AS png FROM analyses WHERE id = $1"
     ))
     .bind(id)
     .fetch_optional(pool)
@@ -327,16 +329,45 @@ pub async fn get_png(
     }
 }
 
-/// The sealed columns: table, the column naming the row in the sealing context, the column.
-const SEALED: &[(&str, &str, &str)] = &[
-    ("analyses", "id", "filename"),
-    ("analyses", "id", "image_png"),
-    ("analyses", "id", "heatmap_png"),
-    ("analyses", "id", "source_png"),
-    ("batches", "id", "series"),
-    ("batches", "id", "errors"),
-    ("feedback", "analysis_id", "comment"),
+/// A sealed column: its table, the table's key column, the column naming the row in the
+/// sealing context, and the column itself.
+struct SealedColumn {
+    table: &'static str,
+    key: RowKey,
+    owner: &'static str,
+    column: &'static str,
+}
+
+/// How a table's rows are named for an update.
+#[derive(Clone, Copy)]
+enum RowKey {
+    Text(&'static str),
+    Integer(&'static str),
+}
+
+const SEALED: &[SealedColumn] = &[
+    sealed("analyses", RowKey::Text("id"), "id", "filename"),
+    sealed("analyses", RowKey::Text("id"), "id", "image_png"),
+    sealed("analyses", RowKey::Text("id"), "id", "heatmap_png"),
+    sealed("analyses", RowKey::Text("id"), "id", "source_png"),
+    sealed("batches", RowKey::Text("id"), "id", "series"),
+    sealed("batches", RowKey::Text("id"), "id", "errors"),
+    sealed("feedback", RowKey::Integer("id"), "analysis_id", "comment"),
 ];
+
+const fn sealed(
+    table: &'static str,
+    key: RowKey,
+    owner: &'static str,
+    column: &'static str,
+) -> SealedColumn {
+    SealedColumn {
+        table,
+        key,
+        owner,
+        column,
+    }
+}
 
 /// What [`reseal`] does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -351,26 +382,41 @@ pub enum Reseal {
 /// returns how many values changed. Afterwards nothing selected is left in the clear or under
 /// an old key.
 pub async fn reseal(pool: &Pool, keys: &KeyRing, what: Reseal) -> Result<u64> {
-    let primary = keys.primary_id();
+    let dialect = Dialect::of(pool);
+    // A value is selected when it does not start with this: the format's magic (plaintext),
+    // or the magic and the sealing key's id (plaintext or an older key).
+    let prefix = match what {
+        Reseal::Plaintext => KeyRing::sealed_magic().to_vec(),
+        Reseal::OlderKeys => keys.sealing_prefix(),
+    };
     let mut tx = pool.begin().await.map_err(db_err)?;
     let mut changed = 0;
-    for (table, owner, column) in SEALED {
-        let condition = match what {
-            Reseal::Plaintext => {
-                format!("{column} IS NOT NULL AND substr({column}, 1, 6) IS NOT X'4F4C454E4331'")
-            }
-            Reseal::OlderKeys => format!(
-                "{column} IS NOT NULL AND (substr({column}, 1, 6) IS NOT X'4F4C454E4331' OR substr({column}, 7, 8) IS NOT X'{primary}')"
-            ),
+    for sealed in SEALED {
+        let SealedColumn {
+            table,
+            key,
+            owner,
+            column,
+        } = *sealed;
+        // SQLite keeps file names and summaries from before encryption as TEXT; PostgreSQL
+        // holds only BYTEA there.
+        let value = match dialect {
+            Dialect::Sqlite => format!("CAST({column} AS BLOB)"),
+            Dialect::Postgres => column.to_string(),
+        };
+        let key_column = match key {
+            RowKey::Text(c) | RowKey::Integer(c) => c,
         };
         let rows = sqlx::query(&format!(
-            "SELECT rowid, {owner} AS owner, CAST({column} AS BLOB) AS value FROM {table} WHERE {condition}"
+            "SELECT {key_column} AS row_key, {owner} AS owner, {value} AS value FROM {table} \
+             WHERE {column} IS NOT NULL AND substr({value}, 1, {len}) IS DISTINCT FROM $1",
+            len = prefix.len()
         ))
+        .bind(prefix.clone())
         .fetch_all(&mut *tx)
         .await
         .map_err(db_err)?;
         for row in rows {
-            let rowid: i64 = row.try_get("rowid").map_err(db_err)?;
             let owner: String = row.try_get("owner").map_err(db_err)?;
             let value: Vec<u8> = row.try_get("value").map_err(db_err)?;
             let context = format!("{table}/{owner}/{column}");
@@ -379,31 +425,45 @@ pub async fn reseal(pool: &Pool, keys: &KeyRing, what: Reseal) -> Result<u64> {
             } else {
                 value
             };
-            sqlx::query(&format!("UPDATE {table} SET {column} = ? WHERE rowid = ?"))
-                .bind(keys.seal(&context, &plain))
-                .bind(rowid)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err)?;
+            let update = format!("UPDATE {table} SET {column} = $1 WHERE {key_column} = $2");
+            let update = sqlx::query(&update).bind(keys.seal(&context, &plain));
+            let update = match key {
+                RowKey::Text(_) => {
+                    update.bind(row.try_get::<String, _>("row_key").map_err(db_err)?)
+                }
+                RowKey::Integer(_) => {
+                    update.bind(row.try_get::<i64, _>("row_key").map_err(db_err)?)
+                }
+            };
+            update.execute(&mut *tx).await.map_err(db_err)?;
             changed += 1;
         }
     }
     tx.commit().await.map_err(db_err)?;
     if changed > 0 {
-        // The old values' pages are zeroed by secure_delete; VACUUM also drops the free pages
-        // and the write-ahead log's copies.
-        sqlx::query("VACUUM").execute(pool).await.map_err(db_err)?;
-        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-            .execute(pool)
-            .await
-            .map_err(db_err)?;
+        erase_old_versions(pool, dialect).await?;
     }
     Ok(changed)
 }
 
+/// Drops the old versions of rewritten rows from the files.
+async fn erase_old_versions(pool: &Pool, dialect: Dialect) -> Result<()> {
+    let statements: &[&str] = match dialect {
+        // The old values' pages are zeroed by secure_delete; VACUUM also drops the free pages
+        // and the write-ahead log's copies.
+        Dialect::Sqlite => &["VACUUM", "PRAGMA wal_checkpoint(TRUNCATE)"],
+        // Plain VACUUM only marks dead row versions reusable; FULL rewrites the tables.
+        Dialect::Postgres => &["VACUUM FULL analyses, batches, feedback"],
+    };
+    for statement in statements {
+        sqlx::query(statement).execute(pool).await.map_err(db_err)?;
+    }
+    Ok(())
+}
+
 /// Deletes an analysis, its feedback and its images; `false` if there was none.
 pub async fn delete_analysis(pool: &Pool, id: &str) -> Result<bool> {
-    let done = sqlx::query("DELETE FROM analyses WHERE id = ?")
+    let done = sqlx::query("DELETE FROM analyses WHERE id = $1")
         .bind(id)
         .execute(pool)
         .await
@@ -413,7 +473,7 @@ pub async fn delete_analysis(pool: &Pool, id: &str) -> Result<bool> {
 
 /// Deletes a batch with all its slices' analyses; `false` if there was none.
 pub async fn delete_batch(pool: &Pool, id: &str) -> Result<bool> {
-    let done = sqlx::query("DELETE FROM batches WHERE id = ?")
+    let done = sqlx::query("DELETE FROM batches WHERE id = $1")
         .bind(id)
         .execute(pool)
         .await
@@ -424,14 +484,14 @@ pub async fn delete_batch(pool: &Pool, id: &str) -> Result<bool> {
 /// Deletes the analyses (and batches) made before `cutoff_unix`; returns how many analyses.
 pub async fn purge_older_than(pool: &Pool, cutoff_unix: i64) -> Result<u64> {
     let mut tx = pool.begin().await.map_err(db_err)?;
-    let analyses = sqlx::query("DELETE FROM analyses WHERE created_unix < ?")
+    let analyses = sqlx::query("DELETE FROM analyses WHERE created_unix < $1")
         .bind(cutoff_unix)
         .execute(&mut *tx)
         .await
         .map_err(db_err)?
         .rows_affected();
     sqlx::query(
-        "DELETE FROM batches WHERE created_unix < ? \
+        "DELETE FROM batches WHERE created_unix < $1 \
          AND NOT EXISTS (SELECT 1 FROM analyses WHERE analyses.batch_id = batches.id)",
     )
     .bind(cutoff_unix)

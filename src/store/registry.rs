@@ -3,7 +3,9 @@
 //! back; with none, the server serves the model it was started with.
 
 use serde::Serialize;
-use sqlx::{Row, SqlitePool as Pool};
+use sqlx::Row;
+
+use crate::database::Pool;
 
 use super::db_err;
 use crate::core::error::{RegistryError, Result};
@@ -42,7 +44,7 @@ pub async fn register(pool: &Pool, v: &ModelVersion) -> Result<()> {
     }
     sqlx::query(
         "INSERT INTO model_versions (version, name, parent, directory, data_fingerprint, \
-         feedback_fingerprint, metrics, registered_unix) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+         feedback_fingerprint, metrics, registered_unix) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(&v.version)
     .bind(&v.name)
@@ -58,7 +60,7 @@ pub async fn register(pool: &Pool, v: &ModelVersion) -> Result<()> {
     Ok(())
 }
 
-fn to_version(r: &sqlx::sqlite::SqliteRow) -> Result<ModelVersion> {
+fn to_version(r: &crate::database::Row) -> Result<ModelVersion> {
     let metrics: String = r.try_get("metrics").map_err(db_err)?;
     Ok(ModelVersion {
         version: r.try_get("version").map_err(db_err)?,
@@ -73,7 +75,7 @@ fn to_version(r: &sqlx::sqlite::SqliteRow) -> Result<ModelVersion> {
 }
 
 pub async fn get(pool: &Pool, version: &str) -> Result<Option<ModelVersion>> {
-    let row = sqlx::query("SELECT * FROM model_versions WHERE version = ?")
+    let row = sqlx::query("SELECT * FROM model_versions WHERE version = $1")
         .bind(version)
         .fetch_optional(pool)
         .await
@@ -90,7 +92,7 @@ pub async fn list(pool: &Pool) -> Result<Vec<ModelVersion>> {
     rows.iter().map(to_version).collect()
 }
 
-fn to_promotion(r: &sqlx::sqlite::SqliteRow) -> Result<Promotion> {
+fn to_promotion(r: &crate::database::Row) -> Result<Promotion> {
     let comparison: Option<String> = r.try_get("comparison").map_err(db_err)?;
     Ok(Promotion {
         id: r.try_get("id").map_err(db_err)?,
@@ -136,18 +138,17 @@ pub async fn promote(
     if get(pool, version).await?.is_none() {
         return Err(RegistryError::UnknownVersion(version.to_string()).into());
     }
-    let done = sqlx::query(
+    sqlx::query_scalar(
         "INSERT INTO model_promotions (version, promoted_unix, promoted_by, comparison) \
-         VALUES (?, ?, ?, ?)",
+         VALUES ($1, $2, $3, $4) RETURNING id",
     )
     .bind(version)
     .bind(now)
     .bind(by)
     .bind(comparison.map(|c| c.to_string()))
-    .execute(pool)
+    .fetch_one(pool)
     .await
-    .map_err(db_err)?;
-    Ok(done.last_insert_rowid())
+    .map_err(db_err)
 }
 
 /// Rolls the promotion in force back; returns the promotion in force afterwards (`None`: the
@@ -163,7 +164,7 @@ pub async fn rollback(pool: &Pool, now: i64) -> Result<Option<Promotion>> {
     let Some(current) = current else {
         return Err(RegistryError::NothingToRollBack.into());
     };
-    sqlx::query("UPDATE model_promotions SET rolled_back_unix = ? WHERE id = ?")
+    sqlx::query("UPDATE model_promotions SET rolled_back_unix = $1 WHERE id = $2")
         .bind(now)
         .bind(current)
         .execute(&mut *tx)

@@ -14,9 +14,9 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::database::Pool;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use sqlx::SqlitePool;
 
 use crate::core::error::{Error, RegistryError, Result};
 use crate::core::files::write_json_atomic;
@@ -172,7 +172,7 @@ impl ExportReport {
 /// The folder is written beside `out` and moved into place at the end; an earlier export at
 /// `out` is replaced, any other non-empty folder refused.
 pub async fn export(
-    db: &SqlitePool,
+    db: &Pool,
     keys: &KeyRing,
     out: &Path,
     classes: &[String],

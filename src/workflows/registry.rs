@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::database::Pool;
 use serde::Serialize;
-use sqlx::SqlitePool;
 
 use super::feedback::{FeedbackManifest, ItemUse, MANIFEST};
 use crate::core::error::{Error, RegistryError, Result};
@@ -55,7 +55,7 @@ const COMPANION_FILES: [&str; 6] = [
 
 /// Registers the model in `model_dir`: copies it into `models_dir/<version>/` and records it.
 pub async fn register(
-    db: &SqlitePool,
+    db: &Pool,
     models_dir: &Path,
     model_dir: &Path,
     now: i64,
@@ -97,14 +97,14 @@ pub async fn register(
 }
 
 /// The model the registry serves, or `fallback` (the server's own model) when none is promoted.
-pub async fn served_source(db: &SqlitePool, fallback: &ModelSource) -> Result<ModelSource> {
+pub async fn served_source(db: &Pool, fallback: &ModelSource) -> Result<ModelSource> {
     match rows::served(db).await? {
         Some(p) => Ok(ModelSource::Directory(version_dir(db, &p.version).await?)),
         None => Ok(fallback.clone()),
     }
 }
 
-async fn version_dir(db: &SqlitePool, version: &str) -> Result<PathBuf> {
+async fn version_dir(db: &Pool, version: &str) -> Result<PathBuf> {
     rows::get(db, version)
         .await?
         .map(|v| PathBuf::from(v.directory))
@@ -323,7 +323,7 @@ pub struct PromoteOptions {
 /// it when the gate accepts; the comparison is returned either way ([`RegistryError::Refused`]
 /// carries the reasons). With `dry_run` it only compares.
 pub async fn promote(
-    db: &SqlitePool,
+    db: &Pool,
     keys: Option<&KeyRing>,
     opts: &PromoteOptions,
     now: i64,
@@ -394,7 +394,7 @@ pub async fn promote(
 
 /// Rolls back to the version promoted before; returns it (`None`: the server's own model).
 pub async fn rollback(
-    db: &SqlitePool,
+    db: &Pool,
     keys: Option<&KeyRing>,
     by: &str,
     now: i64,
@@ -421,7 +421,7 @@ pub async fn rollback(
     Ok(after)
 }
 
-async fn audit(db: &SqlitePool, keys: Option<&KeyRing>, event: Event, now: i64) {
+async fn audit(db: &Pool, keys: Option<&KeyRing>, event: Event, now: i64) {
     let Some(keys) = keys else { return };
     if let Err(e) = audit_log::record(db, keys, &event, now).await {
         tracing::error!(
@@ -449,7 +449,7 @@ pub struct FollowOptions {
 /// the served version changed, loads it off the async runtime and swaps it in between requests.
 /// A version that fails to load is logged and retried at the next change; the old one keeps
 /// serving.
-pub async fn follow(slot: Arc<ModelSlot>, db: SqlitePool, opts: FollowOptions) {
+pub async fn follow(slot: Arc<ModelSlot>, db: Pool, opts: FollowOptions) {
     let mut failed: Option<String> = None;
     let fallback_version = match bundle::version_of(&opts.fallback) {
         Ok(v) => v,
@@ -470,7 +470,7 @@ pub async fn follow(slot: Arc<ModelSlot>, db: SqlitePool, opts: FollowOptions) {
 /// model was switched.
 pub async fn follow_once(
     slot: &ModelSlot,
-    db: &SqlitePool,
+    db: &Pool,
     opts: &FollowOptions,
     fallback_version: &str,
     failed: &mut Option<String>,

@@ -104,6 +104,7 @@ pub fn start_server_with(config: oncolens::serve::ServeConfig) -> std::net::Sock
 
 pub mod dicom;
 pub mod non_mri;
+pub mod postgres;
 
 /// A loopback port free at the time of asking.
 pub fn free_port() -> u16 {

@@ -17,8 +17,8 @@ pub mod state;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::database::Pool;
 use bytes::Bytes;
-use sqlx::SqlitePool;
 
 use crate::core::error::PacsError;
 use crate::imaging::Scan;
@@ -107,7 +107,7 @@ fn now_unix() -> i64 {
 /// current in `models` when it starts.
 pub async fn watch(
     models: Arc<ModelSlot>,
-    db: SqlitePool,
+    db: Pool,
     opts: WatchOptions,
 ) -> Result<PollReport, PacsError> {
     let client = DicomWeb::with_ca(
@@ -140,7 +140,7 @@ pub async fn watch(
 pub async fn poll_once(
     explainer: &Arc<Explainer>,
     client: &DicomWeb,
-    db: &SqlitePool,
+    db: &Pool,
     opts: &WatchOptions,
 ) -> Result<PollReport, PacsError> {
     let mut wait = opts.connect_backoff;

@@ -2,7 +2,9 @@
 //! which failed and when to try again, which are parked. Keys are hashes, never UIDs.
 
 use sha2::{Digest, Sha256};
-use sqlx::{Row, SqlitePool};
+use sqlx::Row;
+
+use crate::database::Pool;
 
 use crate::core::error::PacsError;
 
@@ -36,8 +38,8 @@ pub enum Due {
     No,
 }
 
-pub async fn due(pool: &SqlitePool, key: &str, now: i64) -> Result<Due, PacsError> {
-    let row = sqlx::query("SELECT state, next_attempt_unix FROM pacs_series WHERE key = ?")
+pub async fn due(pool: &Pool, key: &str, now: i64) -> Result<Due, PacsError> {
+    let row = sqlx::query("SELECT state, next_attempt_unix FROM pacs_series WHERE key = $1")
         .bind(key)
         .fetch_optional(pool)
         .await
@@ -57,7 +59,7 @@ pub async fn due(pool: &SqlitePool, key: &str, now: i64) -> Result<Due, PacsErro
 }
 
 pub async fn mark_done(
-    pool: &SqlitePool,
+    pool: &Pool,
     key: &str,
     slices: usize,
     finding: &str,
@@ -65,7 +67,7 @@ pub async fn mark_done(
 ) -> Result<(), PacsError> {
     sqlx::query(
         "INSERT INTO pacs_series (key, state, attempts, next_attempt_unix, last_error, slices, finding, updated_unix) \
-         VALUES (?, 'done', COALESCE((SELECT attempts FROM pacs_series WHERE key = ?), 0) + 1, 0, '', ?, ?, ?) \
+         VALUES ($1, 'done', COALESCE((SELECT attempts FROM pacs_series WHERE key = $2), 0) + 1, 0, '', $3, $4, $5) \
          ON CONFLICT (key) DO UPDATE SET state = 'done', attempts = excluded.attempts, last_error = '', \
          slices = excluded.slices, finding = excluded.finding, updated_unix = excluded.updated_unix",
     )
@@ -82,13 +84,8 @@ pub async fn mark_done(
 
 /// Records a failure: retried later with back-off, parked after [`MAX_ATTEMPTS`]. Returns
 /// whether the series is now parked.
-pub async fn mark_failed(
-    pool: &SqlitePool,
-    key: &str,
-    error: &str,
-    now: i64,
-) -> Result<bool, PacsError> {
-    let attempts: i64 = sqlx::query("SELECT attempts FROM pacs_series WHERE key = ?")
+pub async fn mark_failed(pool: &Pool, key: &str, error: &str, now: i64) -> Result<bool, PacsError> {
+    let attempts: i64 = sqlx::query("SELECT attempts FROM pacs_series WHERE key = $1")
         .bind(key)
         .fetch_optional(pool)
         .await
@@ -102,7 +99,7 @@ pub async fn mark_failed(
     let delay = (FIRST_RETRY_S << (attempts - 1).min(7)).min(3600);
     sqlx::query(
         "INSERT INTO pacs_series (key, state, attempts, next_attempt_unix, last_error, updated_unix) \
-         VALUES (?, ?, ?, ?, ?, ?) \
+         VALUES ($1, $2, $3, $4, $5, $6) \
          ON CONFLICT (key) DO UPDATE SET state = excluded.state, attempts = excluded.attempts, \
          next_attempt_unix = excluded.next_attempt_unix, last_error = excluded.last_error, \
          updated_unix = excluded.updated_unix",
@@ -121,10 +118,10 @@ pub async fn mark_failed(
 
 /// Releases a parked or failed series for the next poll (its attempts start again). Returns
 /// whether a series had that key.
-pub async fn release(pool: &SqlitePool, key: &str, now: i64) -> Result<bool, PacsError> {
+pub async fn release(pool: &Pool, key: &str, now: i64) -> Result<bool, PacsError> {
     let r = sqlx::query(
-        "UPDATE pacs_series SET state = 'failed', attempts = 0, next_attempt_unix = ?, updated_unix = ? \
-         WHERE key = ? AND state != 'done'",
+        "UPDATE pacs_series SET state = 'failed', attempts = 0, next_attempt_unix = $1, updated_unix = $2 \
+         WHERE key = $3 AND state != 'done'",
     )
     .bind(now)
     .bind(now)
@@ -147,7 +144,7 @@ pub struct FailedSeries {
 }
 
 /// Failed and parked series, newest first.
-pub async fn failures(pool: &SqlitePool) -> Result<Vec<FailedSeries>, PacsError> {
+pub async fn failures(pool: &Pool) -> Result<Vec<FailedSeries>, PacsError> {
     let rows = sqlx::query(
         "SELECT key, state, attempts, next_attempt_unix, last_error, updated_unix FROM pacs_series \
          WHERE state != 'done' ORDER BY updated_unix DESC LIMIT 200",
@@ -170,7 +167,7 @@ pub async fn failures(pool: &SqlitePool) -> Result<Vec<FailedSeries>, PacsError>
 }
 
 /// Series done so far.
-pub async fn done_count(pool: &SqlitePool) -> Result<i64, PacsError> {
+pub async fn done_count(pool: &Pool) -> Result<i64, PacsError> {
     sqlx::query("SELECT COUNT(*) AS n FROM pacs_series WHERE state = 'done'")
         .fetch_one(pool)
         .await

@@ -1,0 +1,2 @@
+-- PostgreSQL twin of migrations/sqlite/0003_gate.sql.
+ALTER TABLE analyses ADD COLUMN gate TEXT;
