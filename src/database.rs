@@ -11,6 +11,7 @@
 //! the same versions, the same tables and the same columns; a test compares the two schemas.
 //! Migrations run at every open.
 
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -53,6 +54,16 @@ impl Dialect {
             _ => Self::Postgres,
         }
     }
+}
+
+/// The file behind a `sqlite://PATH[?options]` URL (none for in-memory databases).
+pub fn sqlite_file(url: &str) -> Option<PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or("");
+    (!path.is_empty() && path != ":memory:" && !url.contains("mode=memory"))
+        .then(|| PathBuf::from(path))
 }
 
 /// Lock names of [`begin_serialised`]: one writer at a time per name, across every process

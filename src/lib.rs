@@ -15,7 +15,7 @@
 //! | 0 | [`core`] | typed errors, numeric helpers, union-find, atomic files |
 //! | 1 | [`imaging`], [`metrics`], [`plot`] | one image (PNG, JPEG and DICOM decoding, statistics, pre-processing, augmentation); figures from labels and probabilities; PNG charts |
 //! | 2 | [`data`], [`ir`], [`deid`], [`database`] | data sets (folders, splits, batching); the network description; DICOM de-identification; the SQL database, opened and migrated |
-//! | 3 | [`model`], [`security`] | the architectures, each describing itself in the `ir`; accounts, sessions, tokens, the audit trail, the data key |
+//! | 3 | [`model`], [`objects`], [`security`] | the architectures, each describing itself in the `ir`; the object store (a folder or S3) of scans and heat-maps; accounts, sessions, tokens, the audit trail, the data key |
 //! | 4 | [`modelfile`] | the model file's plain data types, and reading/writing it |
 //! | 5 | [`backend`], [`store`] | back ends over the `ir`: ONNX writer, int8 engine; the stored analyses, feedback and model registry |
 //! | 6 | [`runtime`] | the one model loader; f32/int8 forward passes, TTA |
@@ -39,6 +39,7 @@ pub mod deid;
 pub mod ir;
 
 pub mod model;
+pub mod objects;
 pub mod security;
 
 pub mod modelfile;

@@ -76,6 +76,7 @@ fn accuracy(model: &Path, set: &EvaluationSet) -> f64 {
 /// true class (a correction where the model was wrong), every 25th "not assessable".
 async fn store_feedback(
     db: &oncolens::database::Pool,
+    objects: &oncolens::objects::Objects,
     keys: &KeyRing,
     model: &Path,
     slices: &[(PathBuf, usize)],
@@ -110,7 +111,7 @@ async fn store_feedback(
             heatmap_png: &png,
             source_png: Some(&png),
         };
-        store::insert_analysis(db, keys, &record, images)
+        store::insert_analysis(db, objects, keys, &record, images)
             .await
             .unwrap();
         let (verdict, class) = if i % 25 == 24 {
@@ -168,8 +169,13 @@ fn finetune_on_corrections_recovers_a_domain_shift_and_passes_the_gate() {
             &url, None, None,
         ))
         .unwrap();
-        store_feedback(&db, &keys, &parent, &b_slices).await;
-        let report = feedback::export(&db, &keys, &export, &classes, 0.2, 1_790_200_000)
+        let objects = oncolens::objects::Objects::open(
+            &oncolens::objects::ObjectsLocation::for_database(&url, None).unwrap(),
+        )
+        .await
+        .unwrap();
+        store_feedback(&db, &objects, &keys, &parent, &b_slices).await;
+        let report = feedback::export(&db, &objects, &keys, &export, &classes, 0.2, 1_790_200_000)
             .await
             .unwrap();
         eprintln!("{}", report.describe());

@@ -18,6 +18,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("database", 2),
     ("ir", 2),
     ("model", 3),
+    ("objects", 3),
     ("security", 3),
     ("modelfile", 4),
     ("backend", 5),

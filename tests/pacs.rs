@@ -530,3 +530,85 @@ fn the_server_runs_the_watcher_and_shows_failed_series() {
     .unwrap();
     assert!(orthanc.series_of(&study).iter().any(|(m, _)| m == "SR"));
 }
+
+#[test]
+fn two_watchers_on_one_database_answer_each_series_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let orthanc = Orthanc::start(dir.path());
+    let shared = shared_dicom();
+    let mut files: Vec<PathBuf> = (8..=11)
+        .map(|i| shared.join(format!("brain_mr_series/brain_{i:03}.dcm")))
+        .collect();
+    files.extend(phi_fixture(&dir.path().join("phi"), None));
+    for f in &files {
+        orthanc.upload(f);
+    }
+    let studies: std::collections::BTreeSet<String> = files
+        .iter()
+        .map(|f| {
+            uid(
+                &parse(&std::fs::read(f).unwrap()).unwrap(),
+                tags::STUDY_INSTANCE_UID,
+            )
+        })
+        .collect();
+    assert_eq!(studies.len(), 2);
+    // The database exists before the watchers start, as it does under replicas.
+    let db = dir.path().join("shared.sqlite");
+    let database = format!("sqlite://{}", db.display());
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(oncolens::database::open(&database))
+        .unwrap();
+
+    // Two watchers at once, as on two replicas: each series is claimed by one of them.
+    let url = orthanc.url("/dicom-web");
+    let watchers: Vec<_> = (0..2)
+        .map(|_| {
+            Command::new(env!("CARGO_BIN_EXE_oncolens"))
+                .args([
+                    "pacs",
+                    "watch",
+                    "--once",
+                    "--url",
+                    &url,
+                    "--pacs-user",
+                    USER,
+                ])
+                .args(["--database", &database])
+                .env("ONCOLENS_PACS_PASSWORD", PASSWORD)
+                .env_remove("ONCOLENS_MODEL")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut analysed = 0;
+    for w in watchers {
+        let out = w.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let n: usize = stdout
+            .split("found: ")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no poll report in {stdout}"));
+        analysed += n;
+    }
+    assert_eq!(analysed, 2, "the two series were analysed once in all");
+    for study in &studies {
+        let reports: Vec<_> = orthanc
+            .series_of(study)
+            .into_iter()
+            .filter(|(modality, _)| modality == "SR")
+            .collect();
+        assert_eq!(reports.len(), 1, "one report in study {study}: {reports:?}");
+        assert_eq!(orthanc.retrieve(study, &reports[0].1).len(), 1);
+    }
+}

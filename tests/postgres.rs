@@ -6,13 +6,17 @@
 //! - The two migration folders make the same tables and columns.
 //! - Concurrent writers on two pools (two replicas) keep the audit chain whole.
 //! - The web app on PostgreSQL: an upload through one server is read back through another.
+//! - The scans go to the object store: a folder beside SQLite, an S3 bucket (a real Garage)
+//!   beside PostgreSQL, sealed in both.
 
 mod common;
 
 use std::collections::BTreeMap;
 
+use common::garage::Garage;
 use common::postgres::Postgres;
 use oncolens::database::{self, Dialect, Pool};
+use oncolens::objects::{Objects, ObjectsLocation};
 use oncolens::security::audit_log::{self, Event, Filter};
 use oncolens::security::keys::{KeyRing, KeySource};
 use oncolens::security::sessions::SessionPolicy;
@@ -63,9 +67,11 @@ impl Story {
 }
 
 /// The scenario: every store and security operation, with its result written down.
-async fn scenario(url: &str, key_file: &std::path::Path) -> Story {
+async fn scenario(url: &str, key_file: &std::path::Path, store_at: &ObjectsLocation) -> Story {
     let mut story = Story(Vec::new());
     let db = database::open(url).await.unwrap();
+    let objects = Objects::open(store_at).await.unwrap();
+    let objects = &objects;
     let mut keys = KeyRing::load_or_create(&KeySource::File(key_file.to_path_buf())).unwrap();
 
     // Analyses: one alone, one with its decoded source image.
@@ -75,6 +81,7 @@ async fn scenario(url: &str, key_file: &std::path::Path) -> Story {
     for (r, source) in [(&a, None), (&b, Some(&a_src[..]))] {
         store::insert_analysis(
             &db,
+            objects,
             &keys,
             r,
             StoredImages {
@@ -88,6 +95,7 @@ async fn scenario(url: &str, key_file: &std::path::Path) -> Story {
     }
     let dup = store::insert_analysis(
         &db,
+        objects,
         &keys,
         &a,
         StoredImages {
@@ -98,6 +106,22 @@ async fn scenario(url: &str, key_file: &std::path::Path) -> Story {
     )
     .await;
     story.say("the same id twice is refused", dup.is_err());
+    // Display and heat-map, and the source where there is one; the refused copy left nothing.
+    let objects_of =
+        |id: &'static str| async move { objects.list(&format!("analyses/{id}")).await.unwrap() };
+    story.say("objects of a1", objects_of("a1").await.len());
+    story.say("objects of a2", objects_of("a2").await.len());
+    let mut sealed = true;
+    for key in objects.list("analyses").await.unwrap() {
+        let bytes = objects.get_named(&key).await.unwrap();
+        sealed &= bytes.starts_with(KeyRing::sealed_magic())
+            && ![&a_png, &a_heat, &a_src].iter().any(|p| {
+                bytes
+                    .windows(p.len().min(16))
+                    .any(|w| w == &p[..p.len().min(16)])
+            });
+    }
+    story.say("every object is sealed", sealed);
     let got = store::get_analysis(&db, &keys, "a2")
         .await
         .unwrap()
@@ -119,11 +143,17 @@ async fn scenario(url: &str, key_file: &std::path::Path) -> Story {
     story.say("newest first", listed);
     story.say(
         "image",
-        store::get_png(&db, &keys, "a1", false).await.unwrap() == Some(a_png.clone()),
+        store::get_png(&db, objects, &keys, "a1", false)
+            .await
+            .unwrap()
+            == Some(a_png.clone()),
     );
     story.say(
         "heat-map",
-        store::get_png(&db, &keys, "a1", true).await.unwrap() == Some(a_heat.clone()),
+        store::get_png(&db, objects, &keys, "a1", true)
+            .await
+            .unwrap()
+            == Some(a_heat.clone()),
     );
 
     // A batch of two slices.
@@ -142,7 +172,7 @@ async fn scenario(url: &str, key_file: &std::path::Path) -> Story {
         heatmap_png: &a_heat,
         source_png: None,
     };
-    store::insert_batch(&db, &keys, &batch, &[(&s1, imgs), (&s2, imgs)])
+    store::insert_batch(&db, objects, &keys, &batch, &[(&s1, imgs), (&s2, imgs)])
         .await
         .unwrap();
     let (got_batch, slices) = store::get_batch(&db, &keys, "b1").await.unwrap().unwrap();
@@ -190,7 +220,7 @@ async fn scenario(url: &str, key_file: &std::path::Path) -> Story {
     );
     story.say(
         "training image is the decoded source",
-        store::feedback::training_image(&db, &keys, "a2")
+        store::feedback::training_image(&db, objects, &keys, "a2")
             .await
             .unwrap()
             == Some((a_src.clone(), true)),
@@ -199,14 +229,14 @@ async fn scenario(url: &str, key_file: &std::path::Path) -> Story {
     // Key rotation re-seals every sealed value; nothing is plaintext before it.
     story.say(
         "plaintext values",
-        store::reseal(&db, &keys, store::Reseal::Plaintext)
+        store::reseal(&db, objects, &keys, store::Reseal::Plaintext)
             .await
             .unwrap(),
     );
     keys.begin_rotation().unwrap();
     story.say(
         "re-sealed under the new key",
-        store::reseal(&db, &keys, store::Reseal::OlderKeys)
+        store::reseal(&db, objects, &keys, store::Reseal::OlderKeys)
             .await
             .unwrap(),
     );
@@ -221,7 +251,7 @@ async fn scenario(url: &str, key_file: &std::path::Path) -> Story {
     );
     story.say(
         "nothing left under the old key",
-        store::reseal(&db, &keys, store::Reseal::OlderKeys)
+        store::reseal(&db, objects, &keys, store::Reseal::OlderKeys)
             .await
             .unwrap(),
     );
@@ -229,7 +259,7 @@ async fn scenario(url: &str, key_file: &std::path::Path) -> Story {
     // Deletion cascades; the retention purge takes what is older.
     story.say(
         "delete a2",
-        store::delete_analysis(&db, "a2").await.unwrap(),
+        store::delete_analysis(&db, objects, "a2").await.unwrap(),
     );
     story.say(
         "its feedback went with it",
@@ -240,9 +270,14 @@ async fn scenario(url: &str, key_file: &std::path::Path) -> Story {
     );
     story.say(
         "delete a2 again",
-        store::delete_analysis(&db, "a2").await.unwrap(),
+        store::delete_analysis(&db, objects, "a2").await.unwrap(),
     );
-    story.say("delete b1", store::delete_batch(&db, "b1").await.unwrap());
+    story.say("objects of a2 once deleted", objects_of("a2").await.len());
+    story.say(
+        "delete b1",
+        store::delete_batch(&db, objects, "b1").await.unwrap(),
+    );
+    story.say("objects of its slices", objects_of("s1").await.len());
     story.say(
         "its slices went with it",
         store::get_analysis(&db, &keys, "s1")
@@ -252,10 +287,11 @@ async fn scenario(url: &str, key_file: &std::path::Path) -> Story {
     );
     story.say(
         "purge before 150",
-        store::purge_older_than(&db, 150).await.unwrap(),
+        store::purge_older_than(&db, objects, 150).await.unwrap(),
     );
 
     // Accounts, sessions, tokens.
+    story.say("objects left", objects.list("analyses").await.unwrap());
     story.say("any account", accounts::any(&db).await.unwrap());
     let alice = accounts::add(&db, "alice", Role::Clinician, "correct horse battery 9", 10)
         .await
@@ -440,14 +476,22 @@ async fn scenario(url: &str, key_file: &std::path::Path) -> Story {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_store_tells_the_same_story_on_postgresql_as_on_sqlite() {
     let pg = Postgres::start();
+    let garage = Garage::start();
     let tmp = tempfile::tempdir().unwrap();
     let sqlite = format!("sqlite://{}", tmp.path().join("story.db").display());
     let postgres = pg.database("story");
-    let on_sqlite = scenario(&sqlite, &tmp.path().join("sqlite.key")).await;
-    let on_postgres = scenario(&postgres, &tmp.path().join("postgres.key")).await;
+    // The embedded set-up (SQLite, a folder) against the scaled one (PostgreSQL, S3).
+    let folder = ObjectsLocation::for_database(&sqlite, None).unwrap();
+    let on_sqlite = scenario(&sqlite, &tmp.path().join("sqlite.key"), &folder).await;
+    let on_postgres = scenario(
+        &postgres,
+        &tmp.path().join("postgres.key"),
+        &garage.location("story"),
+    )
+    .await;
     assert_eq!(
         on_sqlite.0.len(),
-        57,
+        64,
         "the scenario ran to its end:\n{}",
         on_sqlite.0.join("\n")
     );
@@ -466,6 +510,12 @@ async fn the_store_tells_the_same_story_on_postgresql_as_on_sqlite() {
         "audit verified: Ok(3)",
         "revoked token: true",
         "nothing left under the old key: 0",
+        "objects of a1: 2",
+        "objects of a2: 3",
+        "every object is sealed: true",
+        "objects of a2 once deleted: 0",
+        "objects of its slices: 0",
+        "objects left: []",
     ] {
         assert!(story.contains(line), "missing {line:?} in:\n{story}");
     }
@@ -632,10 +682,12 @@ fn the_web_app_runs_on_postgresql_and_a_second_server_reads_what_the_first_store
     let tmp = tempfile::tempdir().unwrap();
     let key_file = tmp.path().join("shared.key");
     KeyRing::create_file(&key_file).unwrap();
+    let shared = oncolens::objects::ObjectsLocation::Folder(tmp.path().join("objects"));
     let config = || oncolens::serve::ServeConfig {
         bind: "127.0.0.1:0".parse().unwrap(),
         database: url.clone(),
         key_file: Some(key_file.clone()),
+        objects: Some(shared.clone()),
         model: oncolens::modelfile::ModelSource::Bundled,
         workers: 1,
         queue: 4,
@@ -683,7 +735,7 @@ fn the_web_app_runs_on_postgresql_and_a_second_server_reads_what_the_first_store
 }
 
 #[test]
-fn a_postgresql_server_without_a_key_is_refused_with_what_to_give() {
+fn a_postgresql_server_without_a_key_or_object_store_is_refused_with_what_to_give() {
     let pg = Postgres::start();
     let url = pg.database("nokey");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_oncolens"))
@@ -695,6 +747,23 @@ fn a_postgresql_server_without_a_key_is_refused_with_what_to_give() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("--key-file") && err.contains("ONCOLENS_KEY"),
+        "{err}"
+    );
+    // With a key but no object store: a folder of its own would hide scans from the others.
+    let tmp = tempfile::tempdir().unwrap();
+    let key = tmp.path().join("k");
+    KeyRing::create_file(&key).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_oncolens"))
+        .args(["serve", "--bind", "127.0.0.1:0", "--database", &url])
+        .arg("--key-file")
+        .arg(&key)
+        .env_remove("ONCOLENS_OBJECTS")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--objects") && err.contains("ONCOLENS_OBJECTS"),
         "{err}"
     );
 }

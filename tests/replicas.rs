@@ -1,7 +1,9 @@
-//! Three `oncolens serve` replicas on one PostgreSQL behind Debian's nginx: concurrent uploads
+//! Three `oncolens serve` replicas on one PostgreSQL and one S3 bucket (a real Garage) behind
+//! Debian's nginx: concurrent uploads
 //! through nginx for 60 s while one replica is killed (SIGKILL, as a crash) and restarted.
 //! Every acknowledged analysis must be stored exactly once and readable from every replica;
-//! a session made through one replica and a token work on all of them.
+//! a session made through one replica and a token work on all of them; the bucket holds each
+//! stored analysis's images once.
 
 mod common;
 
@@ -11,7 +13,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::postgres::Postgres;
+use common::garage::Garage;
+use common::postgres::{Postgres, is_root};
 use oncolens::security::keys::KeyRing;
 use oncolens::security::{Role, accounts, tokens};
 use reqwest::StatusCode;
@@ -25,7 +28,7 @@ struct Replica {
     child: Option<Child>,
 }
 
-fn spawn_replica(port: u16, url: &str, key: &Path) -> Child {
+fn spawn_replica(port: u16, url: &str, key: &Path, garage: &Garage) -> Child {
     let child = Command::new(env!("CARGO_BIN_EXE_oncolens"))
         .args([
             "serve",
@@ -37,6 +40,8 @@ fn spawn_replica(port: u16, url: &str, key: &Path) -> Child {
         .arg("--key-file")
         .arg(key)
         .args(["--workers", "1", "--queue", "8"])
+        .args(["--objects", &garage.url("replicas")])
+        .envs(garage.env())
         .env_remove("ONCOLENS_MODEL")
         .env_remove("ONCOLENS_KEY")
         .stdout(Stdio::null())
@@ -106,14 +111,6 @@ fn start_nginx(dir: &Path, upstreams: &[u16]) -> (Child, u16) {
     (child, port)
 }
 
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
-
 fn png(seed: u64) -> Vec<u8> {
     let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(seed);
     common::png_of(&common::slice((seed % 3) as usize, 96, &mut rng))
@@ -122,6 +119,7 @@ fn png(seed: u64) -> Vec<u8> {
 #[test]
 fn three_replicas_behind_nginx_lose_and_repeat_nothing_when_one_dies() {
     let pg = Postgres::start();
+    let garage = Garage::start();
     let url = pg.database("replicas");
     let tmp = tempfile::tempdir().unwrap();
     let key = tmp.path().join("data.key");
@@ -142,7 +140,7 @@ fn three_replicas_behind_nginx_lose_and_repeat_nothing_when_one_dies() {
             let port = common::free_port();
             Replica {
                 port,
-                child: Some(spawn_replica(port, &url, &key)),
+                child: Some(spawn_replica(port, &url, &key, &garage)),
             }
         })
         .collect();
@@ -204,7 +202,7 @@ fn three_replicas_behind_nginx_lose_and_repeat_nothing_when_one_dies() {
     victim.wait().unwrap();
     std::thread::sleep(LOAD / 3);
     let during_outage = acknowledged.lock().unwrap().len() - killed_at;
-    replicas[1].child = Some(spawn_replica(replicas[1].port, &url, &key));
+    replicas[1].child = Some(spawn_replica(replicas[1].port, &url, &key, &garage));
     std::thread::sleep(LOAD.saturating_sub(started.elapsed()));
     stop.store(true, Ordering::Relaxed);
     for c in clients {
@@ -237,12 +235,17 @@ fn three_replicas_behind_nginx_lose_and_repeat_nothing_when_one_dies() {
         acknowledged.len(),
         "an id was acknowledged twice"
     );
-    let counts: Vec<(String, i64)> = tokio::runtime::Runtime::new().unwrap().block_on(async {
+    let (counts, objects) = tokio::runtime::Runtime::new().unwrap().block_on(async {
         let pool = oncolens::database::open(&url).await.unwrap();
-        sqlx::query_as("SELECT id, COUNT(*) FROM analyses GROUP BY id")
-            .fetch_all(&pool)
+        let counts: Vec<(String, i64)> =
+            sqlx::query_as("SELECT id, COUNT(*) FROM analyses GROUP BY id")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        let bucket = oncolens::objects::Objects::open(&garage.location("replicas"))
             .await
-            .unwrap()
+            .unwrap();
+        (counts, bucket.list("analyses").await.unwrap())
     });
     for id in &acknowledged {
         let n = counts.iter().find(|(i, _)| i == id).map(|(_, n)| *n);
@@ -253,6 +256,16 @@ fn three_replicas_behind_nginx_lose_and_repeat_nothing_when_one_dies() {
     assert!(
         extra <= refused.len(),
         "{extra} stored analyses were never answered, but only {} requests failed",
+        refused.len()
+    );
+
+    // Display, heat-map and source image of each stored analysis; a request cut off between
+    // its images and its row may leave its own, no more.
+    assert!(
+        objects.len() >= 3 * counts.len() && objects.len() <= 3 * (counts.len() + refused.len()),
+        "{} objects for {} stored analyses and {} failed requests",
+        objects.len(),
+        counts.len(),
         refused.len()
     );
 
@@ -283,6 +296,17 @@ fn three_replicas_behind_nginx_lose_and_repeat_nothing_when_one_dies() {
                 .send()
                 .unwrap();
             assert_eq!(r.status(), StatusCode::OK, "{id} on replica {port}");
+            let heatmap = client
+                .get(format!("{base}/api/v1/analyses/{id}/heatmap"))
+                .bearer_auth(&token)
+                .send()
+                .unwrap();
+            assert_eq!(
+                heatmap.status(),
+                StatusCode::OK,
+                "{id}'s heat-map on {port}"
+            );
+            assert!(heatmap.bytes().unwrap().starts_with(b"\x89PNG"));
         }
         let page = client
             .get(format!("{base}/analyses/{}", acknowledged[0]))

@@ -6,6 +6,7 @@ use std::io::BufRead;
 
 use anyhow::{Context, Result, bail};
 use oncolens::database::Pool;
+use oncolens::objects::Objects;
 
 use super::args::{AuditLogCommand, KeyCommand, PurgeArgs, StoreArgs, TokenCommand, UserCommand};
 use oncolens::security::audit_log::{self, Event, Filter};
@@ -16,6 +17,7 @@ use oncolens::store;
 struct Opened {
     db: Pool,
     keys: KeyRing,
+    objects: Objects,
 }
 
 fn now() -> i64 {
@@ -37,7 +39,11 @@ async fn open(store: &StoreArgs) -> Result<Opened> {
         .await
         .with_context(|| format!("opening {}", store.database))?;
     let keys = KeyRing::load_or_create(&store.key.source(&store.database))?;
-    Ok(Opened { db, keys })
+    let location = store.objects.location(&store.database)?;
+    let objects = Objects::open(&location)
+        .await
+        .with_context(|| format!("opening the object store ({location})"))?;
+    Ok(Opened { db, keys, objects })
 }
 
 impl Opened {
@@ -275,7 +281,7 @@ pub fn key(command: KeyCommand) -> Result<()> {
         // audit head is signed again, and only then is the old key dropped: a crash at any
         // point leaves every value readable.
         o.keys.begin_rotation()?;
-        let changed = store::reseal(&o.db, &o.keys, store::Reseal::OlderKeys).await?;
+        let changed = store::reseal(&o.db, &o.objects, &o.keys, store::Reseal::OlderKeys).await?;
         audit_log::resign_head(&o.db, &o.keys).await?;
         o.keys.finish_rotation()?;
         let new = o.keys.primary_id();
@@ -299,7 +305,7 @@ pub fn purge(a: PurgeArgs) -> Result<()> {
         } else {
             cutoff
         };
-        let n = store::purge_older_than(&o.db, cutoff).await?;
+        let n = store::purge_older_than(&o.db, &o.objects, cutoff).await?;
         o.audit(Event::new(actor(), "retention.purge", "").detail(format!(
             "{n} analyses older than {} days deleted",
             a.older_than_days

@@ -134,7 +134,55 @@ impl KeyArgs {
     }
 }
 
-/// The database and its key, as the administrative commands take them.
+/// Where the scans and heat-maps are kept.
+#[derive(clap::Args, Clone)]
+pub struct ObjectsArgs {
+    /// The object store of scans and heat-maps: a folder (PATH), or
+    /// s3://BUCKET[/PREFIX]?endpoint=URL&region=NAME with $AWS_ACCESS_KEY_ID and
+    /// $AWS_SECRET_ACCESS_KEY (default: the database's file with `.objects`; a database server
+    /// needs one that every replica shares).
+    #[arg(long = "objects", env = "ONCOLENS_OBJECTS")]
+    pub objects: Option<String>,
+    /// The S3 access key (from the environment only).
+    #[arg(long, env = "AWS_ACCESS_KEY_ID", hide = true, hide_env_values = true)]
+    pub s3_access_key_id: Option<String>,
+    #[arg(
+        long,
+        env = "AWS_SECRET_ACCESS_KEY",
+        hide = true,
+        hide_env_values = true
+    )]
+    pub s3_secret_access_key: Option<String>,
+}
+
+impl ObjectsArgs {
+    /// The store given, with the access key of the environment; `None` when none is given.
+    pub fn given(&self) -> oncolens::Result<Option<oncolens::objects::ObjectsLocation>> {
+        let Some(text) = self.objects.as_deref().filter(|t| !t.trim().is_empty()) else {
+            return Ok(None);
+        };
+        let credentials = match (&self.s3_access_key_id, &self.s3_secret_access_key) {
+            (Some(id), Some(secret)) => Some(oncolens::objects::S3Credentials {
+                access_key_id: id.clone(),
+                secret_access_key: secret.clone(),
+            }),
+            _ => None,
+        };
+        Ok(Some(
+            oncolens::objects::ObjectsLocation::parse(text.trim())?.with_credentials(credentials),
+        ))
+    }
+
+    /// The store of the database at `url`: the one given, else its default.
+    pub fn location(&self, url: &str) -> oncolens::Result<oncolens::objects::ObjectsLocation> {
+        match self.given()? {
+            Some(location) => Ok(location),
+            None => oncolens::objects::ObjectsLocation::default_for(url),
+        }
+    }
+}
+
+/// The database, its key and its object store, as the administrative commands take them.
 #[derive(clap::Args, Clone)]
 pub struct StoreArgs {
     /// The server's database: sqlite://PATH or postgres://USER@HOST/DATABASE.
@@ -142,6 +190,8 @@ pub struct StoreArgs {
     pub database: String,
     #[command(flatten)]
     pub key: KeyArgs,
+    #[command(flatten)]
+    pub objects: ObjectsArgs,
 }
 
 #[derive(Subcommand)]
@@ -447,6 +497,8 @@ pub struct ServeArgs {
     pub pacs_ca_cert: Option<PathBuf>,
     #[command(flatten)]
     pub key: KeyArgs,
+    #[command(flatten)]
+    pub objects: ObjectsArgs,
     /// Minutes without a request after which a session ends.
     #[arg(long, default_value_t = 30)]
     pub session_idle_minutes: u64,
@@ -720,6 +772,26 @@ pub struct PredictArgs {
     /// Run the int8 engine (the model needs `oncolens quantize` first).
     #[arg(long)]
     pub int8: bool,
+    /// Share the work with other workers through the job queue of this database
+    /// (postgres://... for several machines, or sqlite://PATH on one): every worker runs the
+    /// same command, each file is answered once, and each worker prints the whole archive's
+    /// answers when none is left.
+    #[arg(long)]
+    pub jobs: Option<String>,
+    /// The queue's name (default: one per model version and list of files, so that the same
+    /// command on every machine meets in one queue, and a rerun resumes it).
+    #[arg(long, requires = "jobs")]
+    pub queue: Option<String>,
+    /// This worker's name in the queue (default: host name and process id).
+    #[arg(long, requires = "jobs")]
+    pub worker: Option<String>,
+    /// Seconds a claimed job stays this worker's without a renewal; a worker that dies holds
+    /// its job this long before another takes it over.
+    #[arg(long, default_value_t = 30, requires = "jobs")]
+    pub lease_s: u64,
+    /// Files per job.
+    #[arg(long, default_value_t = oncolens::workflows::batch_jobs::DEFAULT_FILES_PER_JOB, requires = "jobs")]
+    pub job_files: usize,
 }
 
 #[derive(Subcommand)]
@@ -957,6 +1029,8 @@ pub struct FeedbackExportArgs {
     pub database: String,
     #[command(flatten)]
     pub key: KeyArgs,
+    #[command(flatten)]
+    pub objects: ObjectsArgs,
     #[arg(long)]
     pub out: PathBuf,
     /// Share of items held out of fine-tuning for the promotion check (stable per analysis).
@@ -1120,6 +1194,8 @@ impl From<&ServeArgs> for ServeConfig {
             pacs: None,
             key_file: a.key.key_file.clone(),
             key: a.key.key.clone(),
+            // Parsed, with the access key, by `ServeArgs::config`.
+            objects: None,
             sessions: oncolens::security::sessions::SessionPolicy {
                 idle: Duration::from_secs(a.session_idle_minutes.max(1) * 60),
                 absolute: Duration::from_secs(a.session_max_hours.max(1) * 3600),
@@ -1144,6 +1220,7 @@ impl ServeArgs {
     /// The server's settings, with the PACS watcher's when `--pacs-url` is given.
     pub fn config(&self) -> anyhow::Result<ServeConfig> {
         let mut config = ServeConfig::from(self);
+        config.objects = self.objects.given()?;
         if let Some(url) = &self.pacs_url {
             let connection = PacsConnectionArgs {
                 pacs_user: self.pacs_user.clone(),

@@ -22,6 +22,7 @@ use oncolens::workflows::evaluate::{self, EvalOptions};
 use oncolens::workflows::train::{TrainOptions, train};
 use oncolens::workflows::{deidentify, export, gate_crossval, gate_train, import, quantize};
 use oncolens::{backend, core::files::write_json_atomic};
+use sha2::Digest as _;
 
 use super::args::*;
 use super::output;
@@ -144,17 +145,88 @@ pub fn predict(a: PredictArgs) -> Result<()> {
                 oncolens::workflows::registry::served_source(&db, &source).await
             })?;
     }
-    let predictor = Predictor::open_source(&source)?
-        .with_tta(a.tta)
-        .with_int8(a.int8)?;
+    let predictor = Arc::new(
+        Predictor::open_source(&source)?
+            .with_tta(a.tta)
+            .with_int8(a.int8)?,
+    );
     let files = collect_image_files(&a.inputs)?;
-    let predictions = predictor.predict_file_slices(&files);
-    let results: Vec<output::Answer> = files.into_iter().zip(predictions).collect();
+    let results: Vec<output::Answer> = match &a.jobs {
+        Some(database) => predict_shared(&a, database, predictor.clone(), &files)?,
+        None => {
+            let predictions = predictor.predict_file_slices(&files);
+            let predictions = predictions.into_iter().map(|p| p.map_err(|e| e.sentence()));
+            files.into_iter().zip(predictions).collect()
+        }
+    };
     output::print(a.format, &predictor.manifest, &results)?;
     if results.iter().all(|(_, r)| r.is_err()) && !results.is_empty() {
         bail!("no input could be read");
     }
     Ok(())
+}
+
+/// `predict --jobs`: this worker's share of the archive, then every worker's answers.
+fn predict_shared(
+    a: &PredictArgs,
+    database: &str,
+    predictor: Arc<Predictor>,
+    files: &[std::path::PathBuf],
+) -> Result<Vec<output::Answer>> {
+    use oncolens::store::jobs::JobQueue;
+    use oncolens::workflows::batch_jobs::{self, WorkerOptions};
+    // Absolute paths: the same archive mounted at the same place names the same jobs
+    // wherever the command runs from.
+    let files: Vec<std::path::PathBuf> = files
+        .iter()
+        .map(|f| std::path::absolute(f).unwrap_or_else(|_| f.clone()))
+        .collect();
+    let queue_name = a.queue.clone().unwrap_or_else(|| {
+        let jobs = batch_jobs::jobs_of(&files, a.job_files);
+        let mut digest = sha2::Sha256::new();
+        digest.update(predictor.manifest.version().as_bytes());
+        for (key, _) in &jobs {
+            digest.update(key.as_bytes());
+        }
+        format!("predict-{}", &hex::encode(digest.finalize())[..16])
+    });
+    let worker = a
+        .worker
+        .clone()
+        .unwrap_or_else(oncolens::store::jobs::worker_name);
+    let options = WorkerOptions {
+        files_per_job: a.job_files.max(1),
+        lease: std::time::Duration::from_secs(a.lease_s.max(1)),
+        ..WorkerOptions::default()
+    };
+    let started = Instant::now();
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let db = oncolens::database::open(database)
+            .await
+            .with_context(|| format!("opening the job queue's database {database}"))?;
+        let queue = JobQueue::new(db, &queue_name, &worker, options.lease);
+        let report = batch_jobs::work(&queue, predictor, &files, &options).await?;
+        let (answers, failed) = batch_jobs::results(&queue).await?;
+        let progress = queue.progress().await?;
+        eprintln!(
+            "worker {worker} on queue {queue_name}: {} jobs ({} files) in {:.1} s, {} taken \
+             over from a worker that stopped, {} lost to another; the queue: {} of {} jobs done, \
+             {} failed",
+            report.jobs,
+            report.files,
+            started.elapsed().as_secs_f64(),
+            report.taken_over,
+            report.lost,
+            progress.done,
+            progress.total(),
+            progress.failed
+        );
+        for (key, error) in &failed {
+            eprintln!("job {key} failed: {error}");
+        }
+        Ok(answers)
+    })
 }
 
 pub fn export_model(a: ExportArgs) -> Result<()> {

@@ -47,7 +47,9 @@ pub fn export(a: FeedbackExportArgs) -> Result<()> {
     let keys = KeyRing::load_or_create(&a.key.source(&a.database))?;
     let report = runtime()?.block_on(async {
         let db = open(&a.database).await?;
-        let report = feedback::export(&db, &keys, &a.out, &classes, a.holdout, now()).await?;
+        let objects = oncolens::objects::Objects::open(&a.objects.location(&a.database)?).await?;
+        let report =
+            feedback::export(&db, &objects, &keys, &a.out, &classes, a.holdout, now()).await?;
         let event = oncolens::security::audit_log::Event::new(
             format!(
                 "cli:{}",

@@ -1,7 +1,5 @@
 //! `predict`'s answers as a table, JSON or CSV.
 
-use std::path::PathBuf;
-
 use anyhow::Result;
 use oncolens::core::DISCLAIMER;
 use oncolens::inference::series::SeriesSlice;
@@ -11,7 +9,7 @@ use oncolens::modelfile::Manifest;
 use super::args::Format;
 
 /// One input file and its answers, one per slice (or why it has none).
-pub type Answer = (PathBuf, oncolens::Result<Vec<SliceAnswer>>);
+pub type Answer = oncolens::workflows::batch_jobs::FileAnswers;
 
 /// Every slice with the file it came from: what the table and CSV print a row for.
 fn slices(results: &[Answer]) -> impl Iterator<Item = (String, Result<&SliceAnswer, String>)> {
@@ -22,7 +20,7 @@ fn slices(results: &[Answer]) -> impl Iterator<Item = (String, Result<&SliceAnsw
                 .iter()
                 .map(|a| (slice_name(&file, a), Ok(a)))
                 .collect(),
-            Err(e) => vec![(file, Err(e.sentence()))],
+            Err(e) => vec![(file, Err(e.clone()))],
         };
         rows
     })
@@ -83,7 +81,7 @@ fn json(manifest: &Manifest, results: &[Answer]) -> Result<()> {
                 Some(d) => serde_json::json!({"file": f, "frame": d.frame, "dicom": d, "prediction": a.prediction}),
                 None => serde_json::json!({"file": f, "prediction": a.prediction}),
             })),
-            Err(e) => items.push(serde_json::json!({"file": f, "error": e.sentence()})),
+            Err(e) => items.push(serde_json::json!({"file": f, "error": e})),
         }
     }
     println!(

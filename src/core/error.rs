@@ -329,6 +329,37 @@ pub enum StoreError {
     UnknownUrl(String),
 }
 
+/// The object store (scans, heat-maps): a folder or an S3 bucket.
+#[derive(Debug, thiserror::Error)]
+pub enum ObjectsError {
+    #[error(
+        "{0:?} is no object store this server knows: give a folder (PATH or file:///PATH), \
+         s3://BUCKET[?endpoint=URL&region=NAME] or memory:"
+    )]
+    UnknownUrl(String),
+    #[error(
+        "a database server needs --objects (or $ONCOLENS_OBJECTS): an S3 bucket, or a folder \
+         every replica shares; a folder of this machine's own would hide scans from the others"
+    )]
+    NotGiven,
+    #[error("object store {store}: cannot {operation} {key}")]
+    Operation {
+        store: String,
+        operation: &'static str,
+        key: String,
+        #[source]
+        source: object_store::Error,
+    },
+    #[error("object store {store}: cannot open it")]
+    Open {
+        store: String,
+        #[source]
+        source: Cause,
+    },
+    #[error("object store {store}: {key} is missing (the database names it)")]
+    Missing { store: String, key: String },
+}
+
 /// The model registry and the feedback loop around it.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -374,6 +405,8 @@ pub enum AccessError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
+    Objects(#[from] ObjectsError),
+    #[error(transparent)]
     Registry(#[from] RegistryError),
 }
 
@@ -386,6 +419,8 @@ pub enum AuditError {
     Head(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Objects(#[from] ObjectsError),
     #[error(transparent)]
     Registry(#[from] RegistryError),
     #[error(transparent)]
@@ -485,6 +520,8 @@ pub enum Error {
     Font(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Objects(#[from] ObjectsError),
     #[error(transparent)]
     Registry(#[from] RegistryError),
     #[error("PACS")]

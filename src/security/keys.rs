@@ -64,15 +64,7 @@ impl KeySource {
     }
 }
 
-/// The file behind a `sqlite://PATH[?options]` URL (none for in-memory databases).
-pub fn database_file(url: &str) -> Option<PathBuf> {
-    let rest = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))?;
-    let path = rest.split('?').next().unwrap_or("");
-    (!path.is_empty() && path != ":memory:" && !url.contains("mode=memory"))
-        .then(|| PathBuf::from(path))
-}
+pub use crate::database::sqlite_file as database_file;
 
 struct Key {
     id: [u8; 8],

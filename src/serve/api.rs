@@ -402,9 +402,15 @@ pub async fn receive_upload(
             .result
             .map_err(|r| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, r.0))?;
         let record = record_of(&explainer.manifest, &slice.name, &outcome);
-        store::insert_analysis(&state.db, &state.keys, &record, stored_images(&outcome))
-            .await
-            .map_err(store_error)?;
+        store::insert_analysis(
+            &state.db,
+            &state.objects,
+            &state.keys,
+            &record,
+            stored_images(&outcome),
+        )
+        .await
+        .map_err(store_error)?;
         return Ok(Received::Single(record));
     }
     let manifest = &explainer.manifest;
@@ -460,7 +466,7 @@ pub async fn receive_upload(
         .zip(&analysed)
         .map(|(r, (_, _, o))| (r, stored_images(o)))
         .collect();
-    store::insert_batch(&state.db, &state.keys, &batch, &stored)
+    store::insert_batch(&state.db, &state.objects, &state.keys, &batch, &stored)
         .await
         .map_err(store_error)?;
     Ok(Received::Batch(batch, records))
@@ -657,7 +663,7 @@ async fn png(state: &AppState, id: &str, heatmap: bool) -> Response {
     if !valid_id(id) {
         return error(StatusCode::NOT_FOUND, "No such analysis.");
     }
-    match store::get_png(&state.db, &state.keys, id, heatmap).await {
+    match store::get_png(&state.db, &state.objects, &state.keys, id, heatmap).await {
         Ok(Some(bytes)) => (
             [
                 (header::CONTENT_TYPE, "image/png"),
@@ -943,7 +949,7 @@ pub async fn remove_analysis(state: &AppState, id: &str) -> Result<(), ApiError>
     if !valid_id(id) {
         return Err(missing());
     }
-    match store::delete_analysis(&state.db, id).await {
+    match store::delete_analysis(&state.db, &state.objects, id).await {
         Ok(true) => Ok(()),
         Ok(false) => Err(missing()),
         Err(e) => Err(store_error(e)),
@@ -956,7 +962,7 @@ pub async fn remove_batch(state: &AppState, id: &str) -> Result<(), ApiError> {
     if !valid_id(id) {
         return Err(missing());
     }
-    match store::delete_batch(&state.db, id).await {
+    match store::delete_batch(&state.db, &state.objects, id).await {
         Ok(true) => Ok(()),
         Ok(false) => Err(missing()),
         Err(e) => Err(store_error(e)),

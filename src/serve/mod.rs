@@ -51,6 +51,7 @@ use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
 use crate::core::error::{Result, ServeError};
 use crate::inference::{Explainer, ModelSlot};
 use crate::modelfile::ModelSource;
+use crate::objects::{Objects, ObjectsLocation};
 use crate::security::accounts;
 use crate::security::audit_log::{self, Event};
 use crate::security::keys::{KeyRing, KeySource};
@@ -93,6 +94,8 @@ pub struct ServeConfig {
     pub key_file: Option<std::path::PathBuf>,
     /// The data key itself, base64 (instead of a file).
     pub key: Option<String>,
+    /// The object store of scans and heat-maps (`--objects`; default: beside the database).
+    pub objects: Option<ObjectsLocation>,
     /// Session timeouts.
     pub sessions: SessionPolicy,
     /// Analyses older than this are deleted (checked at start and hourly); `None` keeps them.
@@ -124,6 +127,7 @@ impl Default for ServeConfig {
             pacs: None,
             key_file: None,
             key: None,
+            objects: None,
             sessions: SessionPolicy::default(),
             retention: None,
             behind_tls: false,
@@ -150,6 +154,8 @@ pub struct AppState {
     pacs_url: Option<String>,
     /// Seals what is stored; signs the audit trail's head.
     keys: Arc<KeyRing>,
+    /// Where the scans and heat-maps are (sealed).
+    objects: Objects,
     sessions: SessionPolicy,
     /// Cookies marked `Secure`.
     tls: bool,
@@ -187,7 +193,13 @@ impl AppState {
             config.key_file.as_deref(),
             config.key.as_deref(),
         ))?;
-        let sealed = store::reseal(&db, &keys, store::Reseal::Plaintext).await?;
+        let location = match &config.objects {
+            Some(given) => given.clone(),
+            None => ObjectsLocation::default_for(&config.database)?,
+        };
+        let objects = Objects::open(&location).await?;
+        tracing::info!("scans and heat-maps are kept in the {location}");
+        let sealed = store::reseal(&db, &objects, &keys, store::Reseal::Plaintext).await?;
         if sealed > 0 {
             tracing::info!("encrypted {sealed} values stored before encryption at rest");
         }
@@ -206,6 +218,7 @@ impl AppState {
             hosts: security::AllowedHosts::new(config.bind, &config.allowed_hosts),
             pacs_url: config.pacs.as_ref().map(|p| p.url.clone()),
             keys: Arc::new(keys),
+            objects,
             sessions: config.sessions,
             tls: config.behind_tls || config.tls.is_some(),
             open_csrf: crate::security::random_secret(),
@@ -499,7 +512,7 @@ async fn housekeeping(state: AppState, keep: Option<std::time::Duration>) {
         }
         let Some(keep) = keep else { continue };
         let cutoff = now_unix() - keep.as_secs() as i64;
-        match store::purge_older_than(&state.db, cutoff).await {
+        match store::purge_older_than(&state.db, &state.objects, cutoff).await {
             Ok(0) => {}
             Ok(n) => {
                 tracing::info!(

@@ -10,6 +10,7 @@ use serde::Serialize;
 use sqlx::Row;
 
 use crate::database::Pool;
+use crate::objects::Objects;
 
 use super::{AnalysisRecord, COLUMNS, db_err, entropy_bits, open_text, seal_text, to_record};
 use crate::core::error::{Result, StoreError};
@@ -248,31 +249,16 @@ pub async fn feedback_items(pool: &Pool) -> Result<Vec<FeedbackItem>> {
 /// (`true`), or for analyses stored before it was kept, the display image (`false`).
 pub async fn training_image(
     pool: &Pool,
+    objects: &Objects,
     keys: &KeyRing,
     id: &str,
 ) -> Result<Option<(Vec<u8>, bool)>> {
-    let Some(row) = sqlx::query("SELECT source_png, image_png FROM analyses WHERE id = $1")
-        .bind(id)
-        .fetch_optional(pool)
-        .await
-        .map_err(db_err)?
-    else {
-        return Ok(None);
-    };
-    let source: Option<Vec<u8>> = row.try_get("source_png").map_err(db_err)?;
-    Ok(Some(match source {
-        Some(sealed) => (
-            keys.open(&format!("analyses/{id}/source_png"), &sealed)?,
-            true,
-        ),
-        None => {
-            let sealed: Vec<u8> = row.try_get("image_png").map_err(db_err)?;
-            (
-                keys.open(&format!("analyses/{id}/image_png"), &sealed)?,
-                false,
-            )
-        }
-    }))
+    if let Some(source) = super::image(pool, objects, keys, id, "source_png").await? {
+        return Ok(Some((source, true)));
+    }
+    Ok(super::image(pool, objects, keys, id, "image_png")
+        .await?
+        .map(|display| (display, false)))
 }
 
 /// How often the clinicians agreed with the model, counted on the latest feedback of each

@@ -9,14 +9,22 @@
 //! column, so a sealed value copied elsewhere does not open. The class, confidence and verdict
 //! stay in the clear so that lists and metrics need no key; without the image they say nothing
 //! about whom.
+//!
+//! The images of an analysis live in the deployment's object store ([`Objects`]: a folder or an
+//! S3 bucket), sealed the same way, under `analyses/<id>/<nonce>/`, which the row names
+//! (`object_prefix`); analyses stored before the object store keep theirs in their columns.
+//! Objects are written before the row and deleted after it, so a row never names an object
+//! that is not there; a failure in between leaves at most sealed objects no row names.
 
 pub mod feedback;
+pub mod jobs;
 pub mod registry;
 
 use serde::Serialize;
 use sqlx::Row;
 
 use crate::database::{Dialect, Pool};
+use crate::objects::Objects;
 
 pub use feedback::{
     Agreement, ClassAgreement, FeedbackItem, FeedbackRecord, FeedbackVerdict, MonthAgreement,
@@ -95,23 +103,84 @@ pub async fn ping(pool: &Pool) -> bool {
     sqlx::query("SELECT 1").execute(pool).await.is_ok()
 }
 
+/// The columns an analysis's images were kept in before the object store, which are also the
+/// names of its objects and part of their sealing context.
+const IMAGE_COLUMNS: [&str; 3] = ["image_png", "heatmap_png", "source_png"];
+
+/// Seals and writes the images of analysis `id`; returns the prefix they are under. A fresh
+/// nonce in the prefix means a second write with the same id cannot replace the first's.
+async fn put_images(
+    objects: &Objects,
+    keys: &KeyRing,
+    id: &str,
+    images: StoredImages<'_>,
+) -> Result<String> {
+    let prefix = format!("analyses/{id}/{:016x}", rand::random::<u64>());
+    let values = [
+        Some(images.display_png),
+        Some(images.heatmap_png),
+        images.source_png,
+    ];
+    for (column, png) in IMAGE_COLUMNS.into_iter().zip(values) {
+        let Some(png) = png else { continue };
+        let sealed = keys.seal(&format!("analyses/{id}/{column}"), png);
+        if let Err(e) = objects.put(&format!("{prefix}/{column}"), sealed).await {
+            delete_images(objects, &prefix).await;
+            return Err(e);
+        }
+    }
+    Ok(prefix)
+}
+
+/// Deletes the objects under `prefix`, whose row is gone or was never written. A failure is
+/// logged, not returned: the analysis is gone already, and what is left is sealed.
+async fn delete_images(objects: &Objects, prefix: &str) {
+    if let Err(e) = objects.delete_prefix(prefix).await {
+        tracing::warn!(
+            "objects under {prefix} are left behind: {}",
+            crate::core::error::sentence(&e)
+        );
+    }
+}
+
+/// Runs `write` (which stores rows naming the objects under `prefixes`), deleting the objects
+/// when it fails.
+async fn or_delete_images<T>(
+    objects: &Objects,
+    prefixes: &[String],
+    write: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    let written = write.await;
+    if written.is_err() {
+        for prefix in prefixes {
+            delete_images(objects, prefix).await;
+        }
+    }
+    written
+}
+
 pub async fn insert_analysis(
     pool: &Pool,
+    objects: &Objects,
     keys: &KeyRing,
     a: &AnalysisRecord,
     images: StoredImages<'_>,
 ) -> Result<()> {
-    let mut tx = pool.begin().await.map_err(db_err)?;
-    insert_analysis_in(&mut tx, keys, a, images, None).await?;
-    tx.commit().await.map_err(db_err)
+    let prefix = put_images(objects, keys, &a.id, images).await?;
+    or_delete_images(objects, std::slice::from_ref(&prefix), async {
+        let mut tx = pool.begin().await.map_err(db_err)?;
+        insert_analysis_in(&mut tx, a, &prefix, keys, None).await?;
+        tx.commit().await.map_err(db_err)
+    })
+    .await
 }
 
-/// One analysis inside `tx`, as slice `slice` of a batch when given.
+/// One analysis inside `tx`, its images under `prefix`, as slice `slice` of a batch when given.
 async fn insert_analysis_in(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    keys: &KeyRing,
     a: &AnalysisRecord,
-    images: StoredImages<'_>,
+    prefix: &str,
+    keys: &KeyRing,
     slice: Option<(&str, i64)>,
 ) -> Result<()> {
     let probabilities = serde_json::to_string(&a.probabilities).map_err(db_err)?;
@@ -123,7 +192,7 @@ async fn insert_analysis_in(
     sqlx::query(
         "INSERT INTO analyses (id, created_unix, filename, model_name, model_version, class_id, class_name, \
          confidence, uncertain, verdict, input_reasons, gate, probabilities, width, height, image_png, heatmap_png, \
-         batch_id, slice_index, source_png, entropy) \
+         batch_id, slice_index, entropy, object_prefix) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)",
     )
     .bind(&a.id)
@@ -141,16 +210,13 @@ async fn insert_analysis_in(
     .bind(probabilities)
     .bind(a.width as i64)
     .bind(a.height as i64)
-    .bind(keys.seal(&format!("analyses/{}/image_png", a.id), images.display_png))
-    .bind(keys.seal(&format!("analyses/{}/heatmap_png", a.id), images.heatmap_png))
+    // The images are in the object store; the columns (NOT NULL since version 1) stay empty.
+    .bind(Vec::<u8>::new())
+    .bind(Vec::<u8>::new())
     .bind(slice.map(|(b, _)| b))
     .bind(slice.map(|(_, i)| i))
-    .bind(
-        images
-            .source_png
-            .map(|png| keys.seal(&format!("analyses/{}/source_png", a.id), png)),
-    )
     .bind(entropy_bits(&a.probabilities))
+    .bind(prefix)
     .execute(&mut **tx)
     .await
     .map_err(db_err)?;
@@ -170,9 +236,37 @@ pub struct BatchRecord {
 
 pub async fn insert_batch(
     pool: &Pool,
+    objects: &Objects,
     keys: &KeyRing,
     batch: &BatchRecord,
     slices: &[(&AnalysisRecord, StoredImages<'_>)],
+) -> Result<()> {
+    let mut prefixes = Vec::with_capacity(slices.len());
+    for (a, images) in slices {
+        match put_images(objects, keys, &a.id, *images).await {
+            Ok(prefix) => prefixes.push(prefix),
+            Err(e) => {
+                for prefix in &prefixes {
+                    delete_images(objects, prefix).await;
+                }
+                return Err(e);
+            }
+        }
+    }
+    or_delete_images(
+        objects,
+        &prefixes,
+        insert_batch_rows(pool, keys, batch, slices, &prefixes),
+    )
+    .await
+}
+
+async fn insert_batch_rows(
+    pool: &Pool,
+    keys: &KeyRing,
+    batch: &BatchRecord,
+    slices: &[(&AnalysisRecord, StoredImages<'_>)],
+    prefixes: &[String],
 ) -> Result<()> {
     let mut tx = pool.begin().await.map_err(db_err)?;
     sqlx::query("INSERT INTO batches (id, created_unix, series, errors) VALUES ($1, $2, $3, $4)")
@@ -191,8 +285,8 @@ pub async fn insert_batch(
         .execute(&mut *tx)
         .await
         .map_err(db_err)?;
-    for (i, (a, images)) in slices.iter().enumerate() {
-        insert_analysis_in(&mut tx, keys, a, *images, Some((&batch.id, i as i64))).await?;
+    for (i, ((a, _), prefix)) in slices.iter().zip(prefixes).enumerate() {
+        insert_analysis_in(&mut tx, a, prefix, keys, Some((&batch.id, i as i64))).await?;
     }
     tx.commit().await.map_err(db_err)
 }
@@ -303,39 +397,63 @@ pub async fn list_analyses(
     rows.iter().map(|r| to_record(keys, r)).collect()
 }
 
-/// `which` is `image_png` or `heatmap_png`.
+/// The display image (or with `heatmap`, the Grad-CAM heat-map) of analysis `id`.
 pub async fn get_png(
     pool: &Pool,
+    objects: &Objects,
     keys: &KeyRing,
     id: &str,
     heatmap: bool,
 ) -> Result<Option<Vec<u8>>> {
     let column = if heatmap { "heatmap_png" } else { "image_png" };
+    image(pool, objects, keys, id, column).await
+}
+
+/// Image `column` of analysis `id`, from the object store or, for an analysis stored before
+/// it, from the column; `None` when there is no such analysis or it has no such image.
+pub(crate) async fn image(
+    pool: &Pool,
+    objects: &Objects,
+    keys: &KeyRing,
+    id: &str,
+    column: &str,
+) -> Result<Option<Vec<u8>>> {
+    debug_assert!(IMAGE_COLUMNS.contains(&column));
     let row = sqlx::query(&format!(
-        "SELECT {column} AS png FROM analyses WHERE id = $1"
+        "SELECT object_prefix, {column} AS png FROM analyses WHERE id = $1"
     ))
     .bind(id)
     .fetch_optional(pool)
     .await
     .map_err(db_err)?;
-    match row {
-        None => Ok(None),
-        Some(r) => {
-            let sealed: Vec<u8> = r.try_get("png").map_err(db_err)?;
-            Ok(Some(
-                keys.open(&format!("analyses/{id}/{column}"), &sealed)?,
-            ))
+    let Some(row) = row else { return Ok(None) };
+    let context = format!("analyses/{id}/{column}");
+    let sealed = match row
+        .try_get::<Option<String>, _>("object_prefix")
+        .map_err(db_err)?
+    {
+        Some(prefix) => {
+            let key = format!("{prefix}/{column}");
+            // The source image is optional; the other two are written with every row.
+            if column == "source_png" {
+                objects.get(&key).await?
+            } else {
+                Some(objects.get_named(&key).await?)
+            }
         }
-    }
+        None => row.try_get::<Option<Vec<u8>>, _>("png").map_err(db_err)?,
+    };
+    Ok(sealed.map(|s| keys.open(&context, &s)).transpose()?)
 }
 
 /// A sealed column: its table, the table's key column, the column naming the row in the
-/// sealing context, and the column itself.
+/// sealing context, the column itself, and which rows hold a value there.
 struct SealedColumn {
     table: &'static str,
     key: RowKey,
     owner: &'static str,
     column: &'static str,
+    rows: &'static str,
 }
 
 /// How a table's rows are named for an update.
@@ -345,14 +463,41 @@ enum RowKey {
     Integer(&'static str),
 }
 
+/// Rows whose images are in their columns (the others' are in the object store).
+const IMAGES_IN_ROW: &str = "object_prefix IS NULL";
+
 const SEALED: &[SealedColumn] = &[
-    sealed("analyses", RowKey::Text("id"), "id", "filename"),
-    sealed("analyses", RowKey::Text("id"), "id", "image_png"),
-    sealed("analyses", RowKey::Text("id"), "id", "heatmap_png"),
-    sealed("analyses", RowKey::Text("id"), "id", "source_png"),
-    sealed("batches", RowKey::Text("id"), "id", "series"),
-    sealed("batches", RowKey::Text("id"), "id", "errors"),
-    sealed("feedback", RowKey::Integer("id"), "analysis_id", "comment"),
+    sealed("analyses", RowKey::Text("id"), "id", "filename", "1 = 1"),
+    sealed(
+        "analyses",
+        RowKey::Text("id"),
+        "id",
+        "image_png",
+        IMAGES_IN_ROW,
+    ),
+    sealed(
+        "analyses",
+        RowKey::Text("id"),
+        "id",
+        "heatmap_png",
+        IMAGES_IN_ROW,
+    ),
+    sealed(
+        "analyses",
+        RowKey::Text("id"),
+        "id",
+        "source_png",
+        IMAGES_IN_ROW,
+    ),
+    sealed("batches", RowKey::Text("id"), "id", "series", "1 = 1"),
+    sealed("batches", RowKey::Text("id"), "id", "errors", "1 = 1"),
+    sealed(
+        "feedback",
+        RowKey::Integer("id"),
+        "analysis_id",
+        "comment",
+        "1 = 1",
+    ),
 ];
 
 const fn sealed(
@@ -360,12 +505,14 @@ const fn sealed(
     key: RowKey,
     owner: &'static str,
     column: &'static str,
+    rows: &'static str,
 ) -> SealedColumn {
     SealedColumn {
         table,
         key,
         owner,
         column,
+        rows,
     }
 }
 
@@ -378,10 +525,11 @@ pub enum Reseal {
     OlderKeys,
 }
 
-/// Seals, in one transaction, every stored value that `what` selects with the sealing key;
-/// returns how many values changed. Afterwards nothing selected is left in the clear or under
-/// an old key.
-pub async fn reseal(pool: &Pool, keys: &KeyRing, what: Reseal) -> Result<u64> {
+/// Seals every stored value that `what` selects with the sealing key, the database's in one
+/// transaction, then the object store's (one object at a time, each replaced whole); returns
+/// how many values changed. Afterwards nothing selected is left in the clear or under an old
+/// key. Objects are written sealed only, so [`Reseal::Plaintext`] has none to seal.
+pub async fn reseal(pool: &Pool, objects: &Objects, keys: &KeyRing, what: Reseal) -> Result<u64> {
     let dialect = Dialect::of(pool);
     // A value is selected when it does not start with this: the format's magic (plaintext),
     // or the magic and the sealing key's id (plaintext or an older key).
@@ -397,6 +545,7 @@ pub async fn reseal(pool: &Pool, keys: &KeyRing, what: Reseal) -> Result<u64> {
             key,
             owner,
             column,
+            rows,
         } = *sealed;
         // SQLite keeps file names and summaries from before encryption as TEXT; PostgreSQL
         // holds only BYTEA there.
@@ -409,7 +558,7 @@ pub async fn reseal(pool: &Pool, keys: &KeyRing, what: Reseal) -> Result<u64> {
         };
         let rows = sqlx::query(&format!(
             "SELECT {key_column} AS row_key, {owner} AS owner, {value} AS value FROM {table} \
-             WHERE {column} IS NOT NULL AND substr({value}, 1, {len}) IS DISTINCT FROM $1",
+             WHERE {rows} AND {column} IS NOT NULL AND substr({value}, 1, {len}) IS DISTINCT FROM $1",
             len = prefix.len()
         ))
         .bind(prefix.clone())
@@ -443,6 +592,42 @@ pub async fn reseal(pool: &Pool, keys: &KeyRing, what: Reseal) -> Result<u64> {
     if changed > 0 {
         erase_old_versions(pool, dialect).await?;
     }
+    if what == Reseal::OlderKeys {
+        changed += reseal_objects(pool, objects, keys, &prefix).await?;
+    }
+    Ok(changed)
+}
+
+/// Re-seals the images in the object store that do not start with `prefix`.
+async fn reseal_objects(
+    pool: &Pool,
+    objects: &Objects,
+    keys: &KeyRing,
+    prefix: &[u8],
+) -> Result<u64> {
+    let rows =
+        sqlx::query("SELECT id, object_prefix FROM analyses WHERE object_prefix IS NOT NULL")
+            .fetch_all(pool)
+            .await
+            .map_err(db_err)?;
+    let mut changed = 0;
+    for row in rows {
+        let id: String = row.try_get("id").map_err(db_err)?;
+        let object_prefix: String = row.try_get("object_prefix").map_err(db_err)?;
+        for column in IMAGE_COLUMNS {
+            let key = format!("{object_prefix}/{column}");
+            let Some(value) = objects.get(&key).await? else {
+                continue;
+            };
+            if value.starts_with(prefix) {
+                continue;
+            }
+            let context = format!("analyses/{id}/{column}");
+            let plain = keys.open(&context, &value)?;
+            objects.put(&key, keys.seal(&context, &plain)).await?;
+            changed += 1;
+        }
+    }
     Ok(changed)
 }
 
@@ -461,35 +646,59 @@ async fn erase_old_versions(pool: &Pool, dialect: Dialect) -> Result<()> {
     Ok(())
 }
 
-/// Deletes an analysis, its feedback and its images; `false` if there was none.
-pub async fn delete_analysis(pool: &Pool, id: &str) -> Result<bool> {
-    let done = sqlx::query("DELETE FROM analyses WHERE id = $1")
-        .bind(id)
-        .execute(pool)
-        .await
-        .map_err(db_err)?;
-    Ok(done.rows_affected() > 0)
+/// Deletes the objects of deleted rows (`object_prefix` of each).
+async fn delete_images_of(objects: &Objects, rows: &[crate::database::Row]) -> Result<()> {
+    for row in rows {
+        if let Some(prefix) = row
+            .try_get::<Option<String>, _>("object_prefix")
+            .map_err(db_err)?
+        {
+            delete_images(objects, &prefix).await;
+        }
+    }
+    Ok(())
 }
 
-/// Deletes a batch with all its slices' analyses; `false` if there was none.
-pub async fn delete_batch(pool: &Pool, id: &str) -> Result<bool> {
+/// Deletes an analysis, its feedback and its images; `false` if there was none.
+pub async fn delete_analysis(pool: &Pool, objects: &Objects, id: &str) -> Result<bool> {
+    let deleted = sqlx::query("DELETE FROM analyses WHERE id = $1 RETURNING object_prefix")
+        .bind(id)
+        .fetch_all(pool)
+        .await
+        .map_err(db_err)?;
+    delete_images_of(objects, &deleted).await?;
+    Ok(!deleted.is_empty())
+}
+
+/// Deletes a batch with all its slices' analyses and their images; `false` if there was none.
+pub async fn delete_batch(pool: &Pool, objects: &Objects, id: &str) -> Result<bool> {
+    let mut tx = pool.begin().await.map_err(db_err)?;
+    let slices = sqlx::query("DELETE FROM analyses WHERE batch_id = $1 RETURNING object_prefix")
+        .bind(id)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_err)?;
     let done = sqlx::query("DELETE FROM batches WHERE id = $1")
         .bind(id)
-        .execute(pool)
+        .execute(&mut *tx)
         .await
         .map_err(db_err)?;
+    tx.commit().await.map_err(db_err)?;
+    delete_images_of(objects, &slices).await?;
     Ok(done.rows_affected() > 0)
 }
 
-/// Deletes the analyses (and batches) made before `cutoff_unix`; returns how many analyses.
-pub async fn purge_older_than(pool: &Pool, cutoff_unix: i64) -> Result<u64> {
+/// Deletes the analyses (and batches) made before `cutoff_unix` with their images; returns how
+/// many analyses.
+pub async fn purge_older_than(pool: &Pool, objects: &Objects, cutoff_unix: i64) -> Result<u64> {
     let mut tx = pool.begin().await.map_err(db_err)?;
-    let analyses = sqlx::query("DELETE FROM analyses WHERE created_unix < $1")
-        .bind(cutoff_unix)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?
-        .rows_affected();
+    let deleted =
+        sqlx::query("DELETE FROM analyses WHERE created_unix < $1 RETURNING object_prefix")
+            .bind(cutoff_unix)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_err)?;
+    let analyses = deleted.len() as u64;
     sqlx::query(
         "DELETE FROM batches WHERE created_unix < $1 \
          AND NOT EXISTS (SELECT 1 FROM analyses WHERE analyses.batch_id = batches.id)",
@@ -499,5 +708,6 @@ pub async fn purge_older_than(pool: &Pool, cutoff_unix: i64) -> Result<u64> {
     .await
     .map_err(db_err)?;
     tx.commit().await.map_err(db_err)?;
+    delete_images_of(objects, &deleted).await?;
     Ok(analyses)
 }

@@ -15,6 +15,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::database::Pool;
+use crate::objects::Objects;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -173,6 +174,7 @@ impl ExportReport {
 /// `out` is replaced, any other non-empty folder refused.
 pub async fn export(
     db: &Pool,
+    objects: &Objects,
     keys: &KeyRing,
     out: &Path,
     classes: &[String],
@@ -238,7 +240,7 @@ pub async fn export(
             continue;
         }
         let Some((png, decoded)) =
-            store::feedback::training_image(db, keys, &f.analysis_id).await?
+            store::feedback::training_image(db, objects, keys, &f.analysis_id).await?
         else {
             continue; // deleted between the two queries
         };

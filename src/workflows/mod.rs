@@ -3,6 +3,7 @@
 //! evaluate uses audit), never in a circle.
 //!
 //! - [`audit`]: duplicates, near-duplicates, leakage and balance of a data set;
+//! - [`batch_jobs`]: batch inference over an archive shared by workers through the job queue;
 //! - [`train`]: the training loop, checkpoints, history and curves; fine-tuning on feedback;
 //! - [`feedback`]: clinicians' feedback exported as an image folder with a manifest;
 //! - [`registry`]: model versions, the promotion gate, rollback, and following the served
@@ -21,6 +22,7 @@
 //! - [`observe`]: a model run over a labelled folder (shared by calibrate and evaluate).
 
 pub mod audit;
+pub mod batch_jobs;
 pub mod calibrate;
 pub mod deidentify;
 pub mod evaluate;

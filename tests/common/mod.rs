@@ -103,6 +103,7 @@ pub fn start_server_with(config: oncolens::serve::ServeConfig) -> std::net::Sock
 }
 
 pub mod dicom;
+pub mod garage;
 pub mod non_mri;
 pub mod postgres;
 

@@ -42,7 +42,8 @@ fn server_bin() -> PathBuf {
     })
 }
 
-fn is_root() -> bool {
+/// Whether the test runs as root (then servers that refuse root run as another account).
+pub fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()

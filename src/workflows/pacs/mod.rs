@@ -28,7 +28,11 @@ use crate::inference::series::{SeriesSlice, summarise_series};
 use crate::inference::{Explainer, ModelSlot, Prediction};
 use crate::security::audit_log::{self, Event, Outcome};
 use crate::security::keys::KeyRing;
+use crate::store::jobs::{self, JobQueue};
 use dicomweb::{DicomWeb, PacsAuth, SeriesRef};
+
+/// The job queue of the watchers' series.
+pub const SERIES_QUEUE: &str = "pacs-series";
 use report::SliceResult;
 
 /// How to watch a PACS.
@@ -54,6 +58,12 @@ pub struct WatchOptions {
     /// Where each answered or failed series is recorded in the audit trail (the deployment's
     /// key signs its head); `None` records nothing.
     pub audit_keys: Option<Arc<KeyRing>>,
+    /// This watcher's name in the job queue, where watchers on several replicas claim each
+    /// series before working on it.
+    pub worker: String,
+    /// How long a claimed series stays this watcher's without a renewal (a watcher that dies
+    /// holds its series this long).
+    pub lease: Duration,
 }
 
 impl Default for WatchOptions {
@@ -69,6 +79,8 @@ impl Default for WatchOptions {
             request_timeout: Duration::from_secs(120),
             ca_certificates: None,
             audit_keys: None,
+            worker: crate::store::jobs::worker_name(),
+            lease: Duration::from_secs(120),
         }
     }
 }
@@ -86,14 +98,20 @@ pub struct PollReport {
     pub failed: usize,
     /// Of those, the ones now parked.
     pub parked: usize,
+    /// Series another watcher was working on (several replicas watch one PACS).
+    pub elsewhere: usize,
 }
 
 impl PollReport {
     pub fn describe(&self) -> String {
-        format!(
+        let mut text = format!(
             "{} MR series found: {} analysed, {} skipped (done, parked or waiting), {} failed ({} now parked)",
             self.found, self.analysed, self.skipped, self.failed, self.parked
-        )
+        );
+        if self.elsewhere > 0 {
+            text.push_str(&format!(", {} with another watcher", self.elsewhere));
+        }
+        text
     }
 }
 
@@ -166,17 +184,43 @@ pub async fn poll_once(
         found: series.len(),
         ..PollReport::default()
     };
+    let queue = JobQueue::new(db.clone(), SERIES_QUEUE, &opts.worker, opts.lease);
     for s in series {
         let key = state::series_key(client.base(), &s.study_instance_uid, &s.series_instance_uid);
         if state::due(db, &key, now_unix()).await? == state::Due::No {
             report.skipped += 1;
             continue;
         }
+        // Claimed before the work, so that watchers on other replicas leave it alone.
+        let job = match queue
+            .claim_key(&key, &serde_json::Value::Null, jobs::now_ms())
+            .await
+        {
+            Ok(Some(job)) => job,
+            Ok(None) => {
+                report.elsewhere += 1;
+                continue;
+            }
+            Err(e) => return Err(PacsError::State(Box::new(e))),
+        };
+        // Another watcher may have finished it between the two looks.
+        if state::due(db, &key, now_unix()).await? == state::Due::No {
+            let _ = queue.release(&job).await;
+            report.skipped += 1;
+            continue;
+        }
+        let lease = queue.keep_alive(&job);
         // The series is named in the audit trail by its key (a hash), never by its UIDs.
         let event = Event::new("pacs-watcher", "pacs.answer", &key[..16.min(key.len())]);
-        let event = match process_series(explainer, client, &s).await {
+        let processed = process_series(explainer, client, &s).await;
+        drop(lease);
+        let event = match processed {
             Ok((slices, finding)) => {
                 state::mark_done(db, &key, slices, &finding, now_unix()).await?;
+                let done = serde_json::json!({ "slices": slices });
+                if let Err(e) = queue.complete(&job, &done, jobs::now_ms()).await {
+                    tracing::warn!("closing a series' job: {}", e.sentence());
+                }
                 report.analysed += 1;
                 event.detail(format!(
                     "{slices} slices: {finding}; report stored in the study"
@@ -188,6 +232,10 @@ pub async fn poll_once(
                 report.failed += 1;
                 if state::mark_failed(db, &key, &reason, now_unix()).await? {
                     report.parked += 1;
+                }
+                // Back in the queue: its retry time (or parking) is the state's to say.
+                if let Err(e) = queue.release(&job).await {
+                    tracing::warn!("releasing a series' job: {}", e.sentence());
                 }
                 event.outcome(Outcome::Failed).detail(reason)
             }
