@@ -241,7 +241,7 @@ impl Objects {
             store: self.name.clone(),
             operation,
             key: key.to_string(),
-            source,
+            source: Box::new(source),
         })
     }
 

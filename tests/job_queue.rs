@@ -13,18 +13,30 @@ use common::postgres::Postgres;
 const FILES: usize = 40;
 const QUEUE: &str = "archive";
 
-fn worker(url: &str, name: &str, dir: &Path, out: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_oncolens"))
-        .args([
-            "predict", "--format", "json", "--jobs", url, "--queue", QUEUE,
-        ])
-        .args(["--worker", name, "--lease-s", "2", "--job-files", "4"])
-        .arg(dir)
-        .env_remove("ONCOLENS_MODEL")
-        .stdout(std::fs::File::create(out.join(format!("{name}.json"))).unwrap())
-        .stderr(std::fs::File::create(out.join(format!("{name}.log"))).unwrap())
-        .spawn()
-        .expect("oncolens predict starts")
+/// A worker process, killed if the test ends before it does.
+struct Worker(Child);
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn worker(url: &str, name: &str, dir: &Path, out: &Path) -> Worker {
+    Worker(
+        Command::new(env!("CARGO_BIN_EXE_oncolens"))
+            .args([
+                "predict", "--format", "json", "--jobs", url, "--queue", QUEUE,
+            ])
+            .args(["--worker", name, "--lease-s", "2", "--job-files", "4"])
+            .arg(dir)
+            .env_remove("ONCOLENS_MODEL")
+            .stdout(std::fs::File::create(out.join(format!("{name}.json"))).unwrap())
+            .stderr(std::fs::File::create(out.join(format!("{name}.log"))).unwrap())
+            .spawn()
+            .expect("oncolens predict starts"),
+    )
 }
 
 async fn jobs(pool: &oncolens::database::Pool) -> Vec<(String, String, i64, Option<String>)> {
@@ -67,8 +79,8 @@ fn a_killed_workers_job_is_taken_over_and_every_file_is_answered_once() {
             .iter()
             .find(|j| j.1 == "running" && j.3.as_deref() == Some("A"));
         if let (true, Some(job)) = (done >= 1, mine) {
-            a.kill().unwrap();
-            a.wait().unwrap();
+            a.0.kill().unwrap();
+            a.0.wait().unwrap();
             // The kill may have come between a completion and the next claim: only a job
             // still running under A's name is one it died holding.
             let after = rt.block_on(jobs(&pool));
@@ -82,12 +94,13 @@ fn a_killed_workers_job_is_taken_over_and_every_file_is_answered_once() {
     };
 
     // B and C take what is left, A's job once its lease has run out.
-    let mut rest: Vec<Child> = ["B", "C"]
+    drop(a);
+    let mut rest: Vec<Worker> = ["B", "C"]
         .iter()
         .map(|n| worker(&url, n, &archive, tmp.path()))
         .collect();
     for (name, child) in ["B", "C"].iter().zip(&mut rest) {
-        let status = child.wait().unwrap();
+        let status = child.0.wait().unwrap();
         let log = std::fs::read_to_string(tmp.path().join(format!("{name}.log"))).unwrap();
         assert!(status.success(), "worker {name}: {log}");
         eprintln!("{log}");

@@ -443,6 +443,20 @@ fn holds_an_image(haystack: &[u8]) -> Option<&'static str> {
         .map(|(name, _)| *name)
 }
 
+/// Every file under `dir`, recursively.
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
 #[test]
 fn stored_scans_are_encrypted_deleted_and_purged_with_an_audit_trail() {
     let tmp = tempfile::tempdir().unwrap();
@@ -466,10 +480,17 @@ fn stored_scans_are_encrypted_deleted_and_purged_with_an_audit_trail() {
     assert!(image.starts_with(b"\x89PNG"), "served decrypted");
     let _ = server.kill();
     let _ = server.wait();
-    // Nothing in the data folder shows an image: not the database, its log, or the key.
-    for entry in std::fs::read_dir(&data).unwrap() {
-        let path = entry.unwrap().path();
-        let bytes = std::fs::read(&path).unwrap();
+    // Nothing in the data folder shows an image: not the database, its log, the key, or the
+    // object store's files (three images for each of the two analyses).
+    let files = files_under(&data);
+    let objects = data.join("oncolens.db.objects");
+    assert_eq!(
+        files.iter().filter(|f| f.starts_with(&objects)).count(),
+        6,
+        "{files:?}"
+    );
+    for path in &files {
+        let bytes = std::fs::read(path).unwrap();
         assert_eq!(holds_an_image(&bytes), None, "{}", path.display());
     }
     #[cfg(unix)]
@@ -516,6 +537,10 @@ fn stored_scans_are_encrypted_deleted_and_purged_with_an_audit_trail() {
         .send()
         .unwrap();
     assert_eq!(gone.status(), StatusCode::NOT_FOUND);
+    assert!(
+        !objects.join("analyses").join(id).exists(),
+        "its images went with it"
+    );
     let _ = server.kill();
     let _ = server.wait();
 
@@ -527,6 +552,8 @@ fn stored_scans_are_encrypted_deleted_and_purged_with_an_audit_trail() {
         String::from_utf8_lossy(&purged.stderr)
     );
     assert!(String::from_utf8_lossy(&purged.stdout).starts_with("1 analyses"));
+    let left: Vec<_> = files_under(&objects);
+    assert!(left.is_empty(), "objects left after the purge: {left:?}");
 
     // The audit trail has each step, and verifies.
     let export = oncolens(&["audit-log", "export", "--database", &url]);

@@ -198,7 +198,17 @@ fn nothing_identifying_from_dicom_is_stored_or_answered() {
                 .unwrap(),
         );
     }
-    // Everything the database holds: the file, its write-ahead log and shared memory.
+    // Everything stored: the database file, its write-ahead log and shared memory, and the
+    // object store's files beside it.
+    fn read_all(path: &std::path::Path, into: &mut Vec<u8>) {
+        if path.is_dir() {
+            for entry in std::fs::read_dir(path).unwrap() {
+                read_all(&entry.unwrap().path(), into);
+            }
+        } else {
+            into.extend(std::fs::read(path).unwrap());
+        }
+    }
     let mut stored = Vec::new();
     for entry in std::fs::read_dir(dir.path()).unwrap() {
         let p = entry.unwrap().path();
@@ -207,7 +217,7 @@ fn nothing_identifying_from_dicom_is_stored_or_answered() {
             .to_string_lossy()
             .starts_with("db.sqlite")
         {
-            stored.extend(std::fs::read(p).unwrap());
+            read_all(&p, &mut stored);
         }
     }
     assert!(stored.len() > 10_000, "the database holds the analyses");

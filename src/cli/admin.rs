@@ -17,7 +17,6 @@ use oncolens::store;
 struct Opened {
     db: Pool,
     keys: KeyRing,
-    objects: Objects,
 }
 
 fn now() -> i64 {
@@ -39,11 +38,15 @@ async fn open(store: &StoreArgs) -> Result<Opened> {
         .await
         .with_context(|| format!("opening {}", store.database))?;
     let keys = KeyRing::load_or_create(&store.key.source(&store.database))?;
+    Ok(Opened { db, keys })
+}
+
+/// The object store of `store`'s database, for the commands that touch scans.
+async fn objects(store: &StoreArgs) -> Result<Objects> {
     let location = store.objects.location(&store.database)?;
-    let objects = Objects::open(&location)
+    Objects::open(&location)
         .await
-        .with_context(|| format!("opening the object store ({location})"))?;
-    Ok(Opened { db, keys, objects })
+        .with_context(|| format!("opening the object store ({location})"))
 }
 
 impl Opened {
@@ -276,12 +279,13 @@ pub fn key(command: KeyCommand) -> Result<()> {
     };
     block_on(async move {
         let mut o = open(&store).await?;
+        let objects = objects(&store).await?;
         let old = o.keys.primary_id();
         // The new key is added first, everything is re-sealed with it in one transaction, the
         // audit head is signed again, and only then is the old key dropped: a crash at any
         // point leaves every value readable.
         o.keys.begin_rotation()?;
-        let changed = store::reseal(&o.db, &o.objects, &o.keys, store::Reseal::OlderKeys).await?;
+        let changed = store::reseal(&o.db, &objects, &o.keys, store::Reseal::OlderKeys).await?;
         audit_log::resign_head(&o.db, &o.keys).await?;
         o.keys.finish_rotation()?;
         let new = o.keys.primary_id();
@@ -298,6 +302,7 @@ pub fn key(command: KeyCommand) -> Result<()> {
 pub fn purge(a: PurgeArgs) -> Result<()> {
     block_on(async move {
         let o = open(&a.store).await?;
+        let objects = objects(&a.store).await?;
         let cutoff = now() - (a.older_than_days * 86_400) as i64;
         // "0 days" means everything made until now, this second included.
         let cutoff = if a.older_than_days == 0 {
@@ -305,7 +310,7 @@ pub fn purge(a: PurgeArgs) -> Result<()> {
         } else {
             cutoff
         };
-        let n = store::purge_older_than(&o.db, &o.objects, cutoff).await?;
+        let n = store::purge_older_than(&o.db, &objects, cutoff).await?;
         o.audit(Event::new(actor(), "retention.purge", "").detail(format!(
             "{n} analyses older than {} days deleted",
             a.older_than_days

@@ -347,8 +347,9 @@ pub enum ObjectsError {
         store: String,
         operation: &'static str,
         key: String,
+        // Boxed: the crate's error is large, and every Result of the library carries this.
         #[source]
-        source: object_store::Error,
+        source: Box<object_store::Error>,
     },
     #[error("object store {store}: cannot open it")]
     Open {
