@@ -237,8 +237,15 @@ fn finetune_on_corrections_recovers_a_domain_shift_and_passes_the_gate() {
     rt.block_on(async {
         let eval = vec![b_test.clone(), export.clone(), a_test.clone()];
         let fallback = ModelSource::Directory(parent.clone());
-        let child_v = registry::register(&db, &models, &child, 1).await.unwrap();
-        let worse_v = registry::register(&db, &models, &worse, 2).await.unwrap();
+        let files = registry::ModelFiles {
+            objects: oncolens::objects::Objects::in_memory(),
+            keys: std::sync::Arc::new(
+                KeyRing::load_or_create(&oncolens::security::keys::KeySource::Ephemeral).unwrap(),
+            ),
+            folder: models.clone(),
+        };
+        let child_v = registry::register(&db, &files, &child, 1).await.unwrap();
+        let worse_v = registry::register(&db, &files, &worse, 2).await.unwrap();
         assert_eq!(child_v.parent.as_deref(), Some(p.version().as_str()));
         let promote = |version: &str| PromoteOptions {
             version: version.to_string(),
@@ -247,6 +254,7 @@ fn finetune_on_corrections_recovers_a_domain_shift_and_passes_the_gate() {
             by: "admin".into(),
             fallback: fallback.clone(),
             dry_run: false,
+            files: Some(files.clone()),
         };
         let accepted = registry::promote(&db, Some(&keys), &promote(&child_v.version), 3)
             .await

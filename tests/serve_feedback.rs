@@ -297,15 +297,31 @@ fn a_promoted_version_is_switched_in_under_load_without_losing_a_request() {
     assert_ne!(v1, v2);
     assert_eq!(get(&base, "/api/v1/model")["version"], v1.as_str());
 
+    // The second version is registered "on another machine": published to the deployment's
+    // object store (the server's folder beside the database) and then gone from that
+    // machine's models folder, so the server must unpack it from the store.
     let rt = tokio::runtime::Runtime::new().unwrap();
     let pool = rt.block_on(oncolens::database::open(&url)).unwrap();
-    rt.block_on(oncolens::workflows::registry::register(
-        &pool,
-        &tmp.path().join("models"),
-        &second,
-        1,
-    ))
+    let elsewhere = tmp.path().join("models-elsewhere");
+    rt.block_on(async {
+        let files = oncolens::workflows::registry::ModelFiles {
+            objects: oncolens::objects::Objects::open(
+                &oncolens::objects::ObjectsLocation::default_for(&url).unwrap(),
+            )
+            .await
+            .unwrap(),
+            keys: std::sync::Arc::new(
+                oncolens::security::keys::KeyRing::load_or_create(
+                    &oncolens::security::keys::KeySource::for_database(&url, None, None),
+                )
+                .unwrap(),
+            ),
+            folder: elsewhere.clone(),
+        };
+        oncolens::workflows::registry::register(&pool, &files, &second, 1).await
+    })
     .unwrap();
+    std::fs::remove_dir_all(&elsewhere).unwrap();
 
     // Four clients upload without pause while the second version is promoted.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -341,6 +357,14 @@ fn a_promoted_version_is_switched_in_under_load_without_losing_a_request() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // It was unpacked into the server's own models folder, beside its database.
+    assert!(
+        tmp.path()
+            .join("switch.db.models")
+            .join(&v2)
+            .join(oncolens::modelfile::MANIFEST_FILE)
+            .is_file()
+    );
     std::thread::sleep(Duration::from_secs(2));
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let acknowledged: Vec<(String, String)> = clients

@@ -522,6 +522,10 @@ pub struct ServeArgs {
     /// happens between requests; none is lost).
     #[arg(long, default_value_t = 5)]
     pub registry_poll_s: u64,
+    /// This machine's folder of the registry's model versions (default: beside the database,
+    /// `<file>.models`); versions registered elsewhere are unpacked into it from --objects.
+    #[arg(long)]
+    pub models_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -965,6 +969,8 @@ pub struct RegistryArgs {
     pub models_dir: Option<PathBuf>,
     #[command(flatten)]
     pub key: KeyArgs,
+    #[command(flatten)]
+    pub objects: ObjectsArgs,
 }
 
 impl RegistryArgs {
@@ -1196,6 +1202,7 @@ impl From<&ServeArgs> for ServeConfig {
             key: a.key.key.clone(),
             // Parsed, with the access key, by `ServeArgs::config`.
             objects: None,
+            models_dir: a.models_dir.clone(),
             sessions: oncolens::security::sessions::SessionPolicy {
                 idle: Duration::from_secs(a.session_idle_minutes.max(1) * 60),
                 absolute: Duration::from_secs(a.session_max_hours.max(1) * 3600),

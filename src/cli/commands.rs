@@ -142,7 +142,7 @@ pub fn predict(a: PredictArgs) -> Result<()> {
             .context("starting the async runtime")?
             .block_on(async {
                 let db = oncolens::database::open(database).await?;
-                oncolens::workflows::registry::served_source(&db, &source).await
+                oncolens::workflows::registry::served_source(&db, None, &source).await
             })?;
     }
     let predictor = Arc::new(
@@ -478,7 +478,7 @@ pub fn pacs_watch(a: PacsWatchArgs) -> Result<()> {
         let db = oncolens::database::open(&a.database).await?;
         // The registry's promoted version, and every later one, as the web app serves them.
         let fallback = model_source(&a.model);
-        let source = oncolens::workflows::registry::served_source(&db, &fallback).await?;
+        let source = oncolens::workflows::registry::served_source(&db, None, &fallback).await?;
         let slot = std::sync::Arc::new(oncolens::inference::ModelSlot::new(
             Explainer::open_source(&source)?,
         ));
@@ -492,6 +492,7 @@ pub fn pacs_watch(a: PacsWatchArgs) -> Result<()> {
                     int8: false,
                     interval: std::time::Duration::from_secs(30),
                     audit_keys: options.audit_keys.clone(),
+                    files: None,
                 },
             ));
         }

@@ -39,6 +39,19 @@ fn keys_of(r: &RegistryArgs) -> Result<KeyRing> {
     Ok(KeyRing::load_or_create(&r.key.source(&r.database))?)
 }
 
+/// The registry's files: this machine's models folder and the deployment's object store.
+async fn model_files(r: &RegistryArgs, keys: KeyRing) -> Result<registry::ModelFiles> {
+    let location = r.objects.location(&r.database)?;
+    let objects = oncolens::objects::Objects::open(&location)
+        .await
+        .with_context(|| format!("opening the object store ({location})"))?;
+    Ok(registry::ModelFiles {
+        objects,
+        keys: Arc::new(keys),
+        folder: r.models_dir(),
+    })
+}
+
 pub fn export(a: FeedbackExportArgs) -> Result<()> {
     if !(0.0..1.0).contains(&a.holdout) {
         bail!("--holdout must be at least 0 and below 1");
@@ -189,10 +202,11 @@ pub fn list(a: RegistryArgs) -> Result<()> {
 }
 
 pub fn register(a: RegisterArgs) -> Result<()> {
-    let models_dir = a.registry.models_dir();
+    let keys = keys_of(&a.registry)?;
     runtime()?.block_on(async {
         let db = open(&a.registry.database).await?;
-        let v = registry::register(&db, &models_dir, &a.model, now()).await?;
+        let files = model_files(&a.registry, keys).await?;
+        let v = registry::register(&db, &files, &a.model, now()).await?;
         println!(
             "registered {} ({}) in {}{}",
             v.version,
@@ -218,9 +232,14 @@ pub fn promote(a: PromoteArgs) -> Result<()> {
         by: format!("cli:{}", a.by),
         fallback: model_source(&a.baseline),
         dry_run: a.dry_run,
+        files: None,
     };
     runtime()?.block_on(async {
         let db = open(&a.registry.database).await?;
+        let opts = registry::PromoteOptions {
+            files: Some(model_files(&a.registry, keys_of(&a.registry)?).await?),
+            ..opts
+        };
         match registry::promote(&db, Some(&keys), &opts, now()).await {
             Ok(comparison) if a.dry_run => {
                 print!("{}", comparison.to_text());

@@ -366,6 +366,13 @@ pub enum ObjectsError {
 pub enum RegistryError {
     #[error("no model version {0:?} is registered (`oncolens model list` shows them)")]
     UnknownVersion(String),
+    #[error(
+        "model version {0} was registered on another machine ({1} is not here); give this \
+         command the deployment's object store (--objects) to unpack it from there"
+    )]
+    NotHere(String, String),
+    #[error("model version {0} is not in the object store (registered before the store was used?)")]
+    NotPublished(String),
     #[error("model version {0} is registered already")]
     AlreadyRegistered(String),
     #[error("model version {0} is the one served already")]

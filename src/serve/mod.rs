@@ -96,6 +96,8 @@ pub struct ServeConfig {
     pub key: Option<String>,
     /// The object store of scans and heat-maps (`--objects`; default: beside the database).
     pub objects: Option<ObjectsLocation>,
+    /// This machine's folder of registered model versions (default: beside the database).
+    pub models_dir: Option<std::path::PathBuf>,
     /// Session timeouts.
     pub sessions: SessionPolicy,
     /// Analyses older than this are deleted (checked at start and hourly); `None` keeps them.
@@ -128,6 +130,7 @@ impl Default for ServeConfig {
             key_file: None,
             key: None,
             objects: None,
+            models_dir: None,
             sessions: SessionPolicy::default(),
             retention: None,
             behind_tls: false,
@@ -156,6 +159,8 @@ pub struct AppState {
     keys: Arc<KeyRing>,
     /// Where the scans and heat-maps are (sealed).
     objects: Objects,
+    /// Where the registry's versions are, for a version promoted on another replica.
+    model_files: registry::ModelFiles,
     sessions: SessionPolicy,
     /// Cookies marked `Secure`.
     tls: bool,
@@ -177,8 +182,27 @@ pub struct Admission {
 impl AppState {
     pub async fn new(config: &ServeConfig) -> Result<Self> {
         let db = store::open(&config.database).await?;
+        let keys = Arc::new(KeyRing::load_or_create(&KeySource::for_database(
+            &config.database,
+            config.key_file.as_deref(),
+            config.key.as_deref(),
+        ))?);
+        let location = match &config.objects {
+            Some(given) => given.clone(),
+            None => ObjectsLocation::default_for(&config.database)?,
+        };
+        let objects = Objects::open(&location).await?;
+        tracing::info!("scans and heat-maps are kept in the {location}");
+        let model_files = registry::ModelFiles {
+            objects: objects.clone(),
+            keys: keys.clone(),
+            folder: config
+                .models_dir
+                .clone()
+                .unwrap_or_else(|| registry::default_models_dir(&config.database)),
+        };
         // The registry's promoted version, else the model the server is started with.
-        let model = registry::served_source(&db, &config.model).await?;
+        let model = registry::served_source(&db, Some(&model_files), &config.model).await?;
         if model != config.model {
             tracing::info!("the model registry serves {model:?}");
         }
@@ -188,17 +212,6 @@ impl AppState {
         })
         .await
         .map_err(|e| ServeError::ModelLoading(e.into()))??;
-        let keys = KeyRing::load_or_create(&KeySource::for_database(
-            &config.database,
-            config.key_file.as_deref(),
-            config.key.as_deref(),
-        ))?;
-        let location = match &config.objects {
-            Some(given) => given.clone(),
-            None => ObjectsLocation::default_for(&config.database)?,
-        };
-        let objects = Objects::open(&location).await?;
-        tracing::info!("scans and heat-maps are kept in the {location}");
         let sealed = store::reseal(&db, &objects, &keys, store::Reseal::Plaintext).await?;
         if sealed > 0 {
             tracing::info!("encrypted {sealed} values stored before encryption at rest");
@@ -217,8 +230,9 @@ impl AppState {
             limits: config.limits,
             hosts: security::AllowedHosts::new(config.bind, &config.allowed_hosts),
             pacs_url: config.pacs.as_ref().map(|p| p.url.clone()),
-            keys: Arc::new(keys),
+            keys,
             objects,
+            model_files,
             sessions: config.sessions,
             tls: config.behind_tls || config.tls.is_some(),
             open_csrf: crate::security::random_secret(),
@@ -495,6 +509,7 @@ pub fn spawn_background(state: &AppState, config: &ServeConfig) {
             int8: config.int8,
             interval: config.registry_poll,
             audit_keys: Some(state.keys.clone()),
+            files: Some(state.model_files.clone()),
         },
     ));
 }

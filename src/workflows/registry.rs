@@ -2,7 +2,12 @@
 //! by version), which one is served, and the safety gate in front of a promotion.
 //!
 //! - `register` copies a model file (with its split, calibration report and curves) into
-//!   `MODELS/<version>/` and records its parent, data and feedback fingerprints and metrics.
+//!   `MODELS/<version>/`, publishes it, sealed, to the deployment's object store
+//!   (`models/<version>/`, [`ModelFiles`]), and records its parent, data and feedback
+//!   fingerprints and metrics. A machine that does not hold a version's folder (another
+//!   replica registered it) unpacks it from the object store into its own models folder when
+//!   it first needs it; the seal (AES-GCM under the data key) also proves the files are the
+//!   ones registered.
 //! - `promote` evaluates the candidate and the version served now on the same held-out images
 //!   (labelled folders, and the held-out items of feedback exports, never trained on) and
 //!   refuses when the candidate's accuracy, or any class's recall, is lower by more than the
@@ -23,6 +28,7 @@ use crate::core::error::{Error, RegistryError, Result};
 use crate::data::ImageFolder;
 use crate::inference::{Explainer, ModelSlot, Predictor};
 use crate::modelfile::bundle::{self, MANIFEST_FILE, ModelSource};
+use crate::objects::Objects;
 use crate::security::audit_log::{self, Event};
 use crate::security::keys::KeyRing;
 use crate::store::registry::{self as rows, ModelVersion, Promotion};
@@ -43,6 +49,85 @@ pub fn default_models_dir(database_url: &str) -> PathBuf {
     }
 }
 
+/// Where the registered versions' files are: sealed in the deployment's object store, which
+/// every replica reads, and unpacked into this machine's models folder.
+#[derive(Debug, Clone)]
+pub struct ModelFiles {
+    pub objects: Objects,
+    pub keys: Arc<KeyRing>,
+    /// This machine's models folder (`<version>/` each).
+    pub folder: PathBuf,
+}
+
+impl ModelFiles {
+    fn key(version: &str, name: &str) -> String {
+        format!("models/{version}/{name}")
+    }
+
+    /// Seals and writes the files of `dir` (version `version`) into the object store.
+    async fn publish(&self, version: &str, dir: &Path) -> Result<()> {
+        for name in model_files() {
+            let path = dir.join(name);
+            if !path.is_file() {
+                continue;
+            }
+            let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+            let key = Self::key(version, name);
+            self.objects.put(&key, self.keys.seal(&key, &bytes)).await?;
+        }
+        Ok(())
+    }
+
+    /// The folder of `version` on this machine, unpacked from the object store when it is not
+    /// here yet (written beside, then moved into place).
+    async fn fetch(&self, version: &str) -> Result<PathBuf> {
+        let target = self.folder.join(version);
+        if target.join(MANIFEST_FILE).is_file() {
+            return Ok(target);
+        }
+        let staging = self.folder.join(format!(".{version}.partial"));
+        if staging.exists() {
+            std::fs::remove_dir_all(&staging).map_err(|e| Error::write(&staging, e))?;
+        }
+        std::fs::create_dir_all(&staging).map_err(|e| Error::write(&staging, e))?;
+        let mut found = 0;
+        for name in model_files() {
+            let key = Self::key(version, name);
+            let Some(sealed) = self.objects.get(&key).await? else {
+                continue;
+            };
+            let bytes = self.keys.open(&key, &sealed)?;
+            let path = staging.join(name);
+            std::fs::write(&path, bytes).map_err(|e| Error::write(&path, e))?;
+            found += 1;
+        }
+        if found == 0 || !staging.join(MANIFEST_FILE).is_file() {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(RegistryError::NotPublished(version.to_string()).into());
+        }
+        match std::fs::rename(&staging, &target) {
+            Ok(()) => {}
+            // Another process of this machine unpacked it meanwhile.
+            Err(_) if target.join(MANIFEST_FILE).is_file() => {
+                let _ = std::fs::remove_dir_all(&staging);
+            }
+            Err(e) => return Err(Error::write(&target, e)),
+        }
+        tracing::info!(
+            "model registry: unpacked version {version} from the {}",
+            self.objects.name()
+        );
+        Ok(target)
+    }
+}
+
+/// The files of a registered version: the model file and its companions.
+fn model_files() -> impl Iterator<Item = &'static str> {
+    [MANIFEST_FILE, bundle::WEIGHTS_FILE]
+        .into_iter()
+        .chain(COMPANION_FILES)
+}
+
 /// Files of a model folder copied into the registry besides the model file itself.
 const COMPANION_FILES: [&str; 6] = [
     "split.json",
@@ -53,13 +138,15 @@ const COMPANION_FILES: [&str; 6] = [
     "loss.png",
 ];
 
-/// Registers the model in `model_dir`: copies it into `models_dir/<version>/` and records it.
+/// Registers the model in `model_dir`: copies it into this machine's models folder
+/// (`<version>/`), publishes it to the object store, and records it.
 pub async fn register(
     db: &Pool,
-    models_dir: &Path,
+    files: &ModelFiles,
     model_dir: &Path,
     now: i64,
 ) -> Result<ModelVersion> {
+    let models_dir = files.folder.as_path();
     let dir = bundle::model_dir(model_dir);
     // Loading checks manifest and weights belong together.
     let (manifest, _) = bundle::load(&dir, &burn::tensor::Device::flex())?;
@@ -70,15 +157,13 @@ pub async fn register(
     let target = models_dir.join(&version);
     std::fs::create_dir_all(&target).map_err(|e| Error::write(&target, e))?;
     let target = target.canonicalize().map_err(|e| Error::io(&target, e))?;
-    for name in [MANIFEST_FILE, bundle::WEIGHTS_FILE]
-        .into_iter()
-        .chain(COMPANION_FILES)
-    {
+    for name in model_files() {
         let from = dir.join(name);
         if from.is_file() {
             std::fs::copy(&from, target.join(name)).map_err(|e| Error::write(&target, e))?;
         }
     }
+    files.publish(&version, &target).await?;
     let entry = ModelVersion {
         version,
         name: manifest.name.clone(),
@@ -97,18 +182,36 @@ pub async fn register(
 }
 
 /// The model the registry serves, or `fallback` (the server's own model) when none is promoted.
-pub async fn served_source(db: &Pool, fallback: &ModelSource) -> Result<ModelSource> {
+/// With `files`, a version registered on another machine is unpacked from the object store.
+pub async fn served_source(
+    db: &Pool,
+    files: Option<&ModelFiles>,
+    fallback: &ModelSource,
+) -> Result<ModelSource> {
     match rows::served(db).await? {
-        Some(p) => Ok(ModelSource::Directory(version_dir(db, &p.version).await?)),
+        Some(p) => Ok(ModelSource::Directory(
+            version_dir(db, files, &p.version).await?,
+        )),
         None => Ok(fallback.clone()),
     }
 }
 
-async fn version_dir(db: &Pool, version: &str) -> Result<PathBuf> {
-    rows::get(db, version)
+/// The folder of a registered version: where it was registered, when this machine has it, else
+/// unpacked from the object store.
+async fn version_dir(db: &Pool, files: Option<&ModelFiles>, version: &str) -> Result<PathBuf> {
+    let registered = rows::get(db, version)
         .await?
         .map(|v| PathBuf::from(v.directory))
-        .ok_or_else(|| RegistryError::UnknownVersion(version.to_string()).into())
+        .ok_or_else(|| Error::from(RegistryError::UnknownVersion(version.to_string())))?;
+    if registered.join(MANIFEST_FILE).is_file() {
+        return Ok(registered);
+    }
+    match files {
+        Some(files) => files.fetch(version).await,
+        None => Err(
+            RegistryError::NotHere(version.to_string(), registered.display().to_string()).into(),
+        ),
+    }
 }
 
 /// Labelled images to compare models on, with their class indices in the model's order.
@@ -317,6 +420,8 @@ pub struct PromoteOptions {
     pub fallback: ModelSource,
     /// Only compare: nothing is recorded, whatever the outcome.
     pub dry_run: bool,
+    /// The registry's files, for versions registered on another machine.
+    pub files: Option<ModelFiles>,
 }
 
 /// Compares the registered candidate with the served model on the held-out images and promotes
@@ -328,14 +433,14 @@ pub async fn promote(
     opts: &PromoteOptions,
     now: i64,
 ) -> Result<Comparison> {
-    let candidate_dir = version_dir(db, &opts.version).await?;
+    let candidate_dir = version_dir(db, opts.files.as_ref(), &opts.version).await?;
     if rows::served(db)
         .await?
         .is_some_and(|p| p.version == opts.version)
     {
         return Err(RegistryError::AlreadyServed(opts.version.clone()).into());
     }
-    let served = served_source(db, &opts.fallback).await?;
+    let served = served_source(db, opts.files.as_ref(), &opts.fallback).await?;
     let candidate = ModelSource::Directory(candidate_dir);
     let (evaluation, margin) = (opts.evaluation.clone(), opts.margin);
     let comparison = tokio::task::spawn_blocking(move || -> Result<Comparison> {
@@ -443,6 +548,8 @@ pub struct FollowOptions {
     pub interval: Duration,
     /// Records each switch in the audit trail.
     pub audit_keys: Option<Arc<KeyRing>>,
+    /// The registry's files, for versions registered on another machine.
+    pub files: Option<ModelFiles>,
 }
 
 /// Keeps `slot` on the registry's served version: reads the registry every interval and, when
@@ -481,7 +588,7 @@ pub async fn follow_once(
     if wanted == slot.version() || failed.as_deref() == Some(wanted.as_str()) {
         return Ok(false);
     }
-    let source = served_source(db, &opts.fallback).await?;
+    let source = served_source(db, opts.files.as_ref(), &opts.fallback).await?;
     let (tta, int8) = (opts.tta, opts.int8);
     let load = source.clone();
     let loaded = tokio::task::spawn_blocking(move || {
