@@ -472,11 +472,19 @@ async fn pending_on_page(c: &fantoccini::Client) -> u64 {
         .unwrap_or_else(|| panic!("no count in {text:?}"))
 }
 
+/// The count on the review page now; `None` while the page is reloading (the element found
+/// may be gone before its text is read).
+async fn pending_now(c: &fantoccini::Client) -> Option<u64> {
+    let count = c.find(Locator::Css("#queue-count")).await.ok()?;
+    let text = count.text().await.ok()?;
+    text.split_whitespace().next()?.parse().ok()
+}
+
 /// Waits until the review page shows `n` pending analyses (after a key sent the form).
 async fn wait_for_pending(c: &fantoccini::Client, n: u64) {
     let started = Instant::now();
     loop {
-        if c.find(Locator::Css("#queue-count")).await.is_ok() && pending_on_page(c).await == n {
+        if pending_now(c).await == Some(n) {
             return;
         }
         assert!(

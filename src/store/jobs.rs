@@ -258,16 +258,28 @@ impl JobQueue {
     /// Extends this worker's lease on `job`; `false` if the lease was lost (it ran out and
     /// another worker took the job).
     pub async fn renew(&self, job: &Job, now_ms: i64) -> Result<bool> {
-        let done = sqlx::query(
+        let update = sqlx::query(
             "UPDATE jobs SET lease_until_ms = $1 \
              WHERE id = $2 AND state = 'running' AND lease_owner = $3",
         )
-        .bind(self.lease_until(now_ms))
-        .bind(job.id)
-        .bind(&self.worker)
-        .execute(&self.pool)
-        .await
-        .map_err(db_err)?;
+        .bind(self.lease_until(now_ms));
+        self.if_held(job, update).await
+    }
+
+    /// Runs `update`, whose last two placeholders are the job's id and this worker's name
+    /// (`WHERE id = .. AND state = 'running' AND lease_owner = ..`); whether this worker still
+    /// held the job, and so whether anything changed.
+    async fn if_held<'q>(
+        &'q self,
+        job: &Job,
+        update: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    ) -> Result<bool> {
+        let done = update
+            .bind(job.id)
+            .bind(&self.worker)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -285,16 +297,11 @@ impl JobQueue {
 
     /// Gives `job` back as pending (to be tried again, by any worker).
     pub async fn release(&self, job: &Job) -> Result<bool> {
-        let done = sqlx::query(
+        let update = sqlx::query(
             "UPDATE jobs SET state = 'pending', lease_owner = NULL, lease_until_ms = NULL \
              WHERE id = $1 AND state = 'running' AND lease_owner = $2",
-        )
-        .bind(job.id)
-        .bind(&self.worker)
-        .execute(&self.pool)
-        .await
-        .map_err(db_err)?;
-        Ok(done.rows_affected() == 1)
+        );
+        self.if_held(job, update).await
     }
 
     /// Fails `job` for good with `error`.
@@ -310,20 +317,15 @@ impl JobQueue {
         error: Option<&str>,
         now_ms: i64,
     ) -> Result<bool> {
-        let done = sqlx::query(
+        let update = sqlx::query(
             "UPDATE jobs SET state = $1, result = $2, error = $3, finished_ms = $4, \
              lease_until_ms = NULL WHERE id = $5 AND state = 'running' AND lease_owner = $6",
         )
         .bind(state)
         .bind(result)
         .bind(error)
-        .bind(now_ms)
-        .bind(job.id)
-        .bind(&self.worker)
-        .execute(&self.pool)
-        .await
-        .map_err(db_err)?;
-        Ok(done.rows_affected() == 1)
+        .bind(now_ms);
+        self.if_held(job, update).await
     }
 
     /// The queue's jobs by state.

@@ -468,27 +468,9 @@ const IMAGES_IN_ROW: &str = "object_prefix IS NULL";
 
 const SEALED: &[SealedColumn] = &[
     sealed("analyses", RowKey::Text("id"), "id", "filename", "1 = 1"),
-    sealed(
-        "analyses",
-        RowKey::Text("id"),
-        "id",
-        "image_png",
-        IMAGES_IN_ROW,
-    ),
-    sealed(
-        "analyses",
-        RowKey::Text("id"),
-        "id",
-        "heatmap_png",
-        IMAGES_IN_ROW,
-    ),
-    sealed(
-        "analyses",
-        RowKey::Text("id"),
-        "id",
-        "source_png",
-        IMAGES_IN_ROW,
-    ),
+    image_column("image_png"),
+    image_column("heatmap_png"),
+    image_column("source_png"),
     sealed("batches", RowKey::Text("id"), "id", "series", "1 = 1"),
     sealed("batches", RowKey::Text("id"), "id", "errors", "1 = 1"),
     sealed(
@@ -499,6 +481,11 @@ const SEALED: &[SealedColumn] = &[
         "1 = 1",
     ),
 ];
+
+/// An image column of `analyses` (holding a value only in rows from before the object store).
+const fn image_column(column: &'static str) -> SealedColumn {
+    sealed("analyses", RowKey::Text("id"), "id", column, IMAGES_IN_ROW)
+}
 
 const fn sealed(
     table: &'static str,
