@@ -147,7 +147,17 @@ impl KeyRing {
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     let key = Key::generate();
-                    write_key_file(path, std::slice::from_ref(&key), true)?;
+                    match write_key_file(path, std::slice::from_ref(&key), true) {
+                        Ok(()) => {}
+                        // Another process (a second watcher or server on the same database)
+                        // made it first: its key is the one.
+                        Err(KeyError::Write(_, e))
+                            if e.kind() == std::io::ErrorKind::AlreadyExists =>
+                        {
+                            return Self::load_or_create(source);
+                        }
+                        Err(e) => return Err(e),
+                    }
                     tracing::info!("created the key file {} (mode 0600)", path.display());
                     vec![key]
                 }
@@ -365,32 +375,38 @@ fn write_key_file(path: &Path, keys: &[Key], create_new: bool) -> Result<(), Key
         text.push('\n');
     }
     let err = |e| KeyError::Write(path.to_path_buf(), e);
-    let target = if create_new {
-        path.to_path_buf()
-    } else {
-        let mut tmp = path.as_os_str().to_owned();
-        tmp.push(".tmp");
-        PathBuf::from(tmp)
-    };
+    // Written whole beside the file, then moved into place, so that no reader ever sees half
+    // a key file. A new file is hard-linked into place, which fails if one exists: two
+    // processes creating it at once cannot both win, and the loser reads the winner's.
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(
+        ".tmp-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let tmp = PathBuf::from(tmp);
     let mut options = std::fs::OpenOptions::new();
-    options.write(true);
-    if create_new {
-        options.create_new(true);
-    } else {
-        options.create(true).truncate(true);
-    }
+    options.write(true).create_new(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    let mut file = options.open(&target).map_err(err)?;
-    file.write_all(text.as_bytes()).map_err(err)?;
-    file.sync_all().map_err(err)?;
-    if !create_new {
-        std::fs::rename(&target, path).map_err(err)?;
+    let written = (|| {
+        let mut file = options.open(&tmp)?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+        if create_new {
+            std::fs::hard_link(&tmp, path)?;
+            std::fs::remove_file(&tmp)
+        } else {
+            std::fs::rename(&tmp, path)
+        }
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
-    Ok(())
+    written.map_err(err)
 }
 
 #[cfg(test)]
@@ -451,6 +467,26 @@ mod tests {
     }
 
     #[cfg(unix)]
+    #[test]
+    fn processes_creating_the_key_file_at_once_all_end_with_the_same_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("race.key");
+        let source = KeySource::File(path.clone());
+        let ids: Vec<String> = std::thread::scope(|s| {
+            let racers: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| KeyRing::load_or_create(&source).unwrap().primary_id()))
+                .collect();
+            racers.into_iter().map(|r| r.join().unwrap()).collect()
+        });
+        assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+        assert_eq!(
+            KeyRing::load_or_create(&source).unwrap().primary_id(),
+            ids[0]
+        );
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "no temporary file is left");
+    }
+
     #[test]
     fn a_key_file_others_can_read_is_refused() {
         use std::os::unix::fs::PermissionsExt;

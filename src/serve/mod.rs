@@ -29,6 +29,7 @@ mod metrics;
 mod pages;
 pub mod security;
 mod signin;
+mod threads;
 pub use crate::store;
 mod view;
 
@@ -147,6 +148,8 @@ pub struct AppState {
     model: Arc<ModelSlot>,
     db: Pool,
     workers: Arc<Semaphore>,
+    /// The threads analyses run on (as many as workers).
+    analysis_threads: Arc<threads::AnalysisThreads>,
     admitted: Arc<Semaphore>,
     metrics: Arc<Metrics>,
     templates: Arc<minijinja::Environment<'static>>,
@@ -223,6 +226,7 @@ impl AppState {
             model: Arc::new(ModelSlot::new(explainer)),
             db,
             workers: Arc::new(Semaphore::new(plan.workers)),
+            analysis_threads: Arc::new(threads::AnalysisThreads::new(plan.workers)),
             admitted: Arc::new(Semaphore::new(plan.workers + plan.queue)),
             metrics: Arc::new(Metrics::default()),
             templates: Arc::new(view::templates()),
@@ -300,19 +304,21 @@ impl AppState {
         // A zip may unpack to at most the upload limit (the memory budget counts it).
         let max_unpacked = self.max_body_bytes;
         let started = Instant::now();
-        let result = tokio::task::spawn_blocking(move || {
-            let outcome = engine::analyse_upload(&explainer, files, max_unpacked, single_only);
-            drop((worker, admission.permit));
-            outcome
-        })
-        .await
-        .unwrap_or_else(|e| {
-            Ok(vec![engine::SliceOutcome {
-                name: "upload".into(),
-                dicom: None,
-                result: Err(Rejected(format!("The analysis failed unexpectedly ({e})."))),
-            }])
-        });
+        let result = self
+            .analysis_threads
+            .run(move || {
+                let outcome = engine::analyse_upload(&explainer, files, max_unpacked, single_only);
+                drop((worker, admission.permit));
+                outcome
+            })
+            .await
+            .unwrap_or_else(|threads::Lost| {
+                Ok(vec![engine::SliceOutcome {
+                    name: "upload".into(),
+                    dicom: None,
+                    result: Err(Rejected("The analysis failed unexpectedly.".into())),
+                }])
+            });
         self.metrics
             .observe_inference(started.elapsed().as_secs_f64());
         Ok((used, result))
