@@ -6,7 +6,7 @@
 # switch that crate provides for documentation builds). That is enough for a check, which links
 # nothing; a real CUDA build needs a machine that can fetch it. wgpu needs no such step.
 #
-#   scripts/check-gpu-features.sh     # about 5 min on 2 cores after a test build, 8 from scratch
+#   scripts/check-gpu-features.sh     # about 11 min from scratch on 2 cores (.ci/run ends with it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo check --locked --features wgpu --lib --bins
