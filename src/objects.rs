@@ -109,17 +109,9 @@ impl ObjectsLocation {
         Ok(Self::Folder(PathBuf::from(text)))
     }
 
-    /// The store of the database at `database_url`: `given` when there is one, else a folder
-    /// beside a SQLite file, memory beside an in-memory database; a database server has no
-    /// default (a folder of one machine would hide the scans from the other replicas).
-    pub fn for_database(database_url: &str, given: Option<&str>) -> Result<Self> {
-        if let Some(text) = given.filter(|t| !t.trim().is_empty()) {
-            return Self::parse(text.trim());
-        }
-        Self::default_for(database_url)
-    }
-
-    /// The store of the database at `database_url` when none is given.
+    /// The store of the database at `database_url` when none is given: a folder beside a
+    /// SQLite file, memory beside an in-memory database; a database server has no default (a
+    /// folder of one machine would hide the scans from the other replicas).
     pub fn default_for(database_url: &str) -> Result<Self> {
         if let Some(file) = crate::database::sqlite_file(database_url) {
             let mut name = file.into_os_string();
@@ -359,18 +351,14 @@ mod tests {
     #[test]
     fn a_database_server_has_no_default_store() {
         assert_eq!(
-            ObjectsLocation::for_database("sqlite://data/o.db?mode=rwc", None).unwrap(),
+            ObjectsLocation::default_for("sqlite://data/o.db?mode=rwc").unwrap(),
             ObjectsLocation::Folder("data/o.db.objects".into())
         );
         assert_eq!(
-            ObjectsLocation::for_database("sqlite::memory:", None).unwrap(),
+            ObjectsLocation::default_for("sqlite::memory:").unwrap(),
             ObjectsLocation::Memory
         );
-        assert_eq!(
-            ObjectsLocation::for_database("postgres://o@db/o", Some("/shared/o")).unwrap(),
-            ObjectsLocation::Folder("/shared/o".into())
-        );
-        let e = ObjectsLocation::for_database("postgres://o@db/o", None).unwrap_err();
+        let e = ObjectsLocation::default_for("postgres://o@db/o").unwrap_err();
         assert!(e.sentence().contains("--objects"), "{e}");
     }
 

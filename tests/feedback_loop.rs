@@ -170,7 +170,7 @@ fn finetune_on_corrections_recovers_a_domain_shift_and_passes_the_gate() {
         ))
         .unwrap();
         let objects = oncolens::objects::Objects::open(
-            &oncolens::objects::ObjectsLocation::for_database(&url, None).unwrap(),
+            &oncolens::objects::ObjectsLocation::default_for(&url).unwrap(),
         )
         .await
         .unwrap();

@@ -481,7 +481,7 @@ async fn the_store_tells_the_same_story_on_postgresql_as_on_sqlite() {
     let sqlite = format!("sqlite://{}", tmp.path().join("story.db").display());
     let postgres = pg.database("story");
     // The embedded set-up (SQLite, a folder) against the scaled one (PostgreSQL, S3).
-    let folder = ObjectsLocation::for_database(&sqlite, None).unwrap();
+    let folder = ObjectsLocation::default_for(&sqlite).unwrap();
     let on_sqlite = scenario(&sqlite, &tmp.path().join("sqlite.key"), &folder).await;
     let on_postgres = scenario(
         &postgres,

@@ -6,7 +6,6 @@ use std::io::BufRead;
 
 use anyhow::{Context, Result, bail};
 use oncolens::database::Pool;
-use oncolens::objects::Objects;
 
 use super::args::{AuditLogCommand, KeyCommand, PurgeArgs, StoreArgs, TokenCommand, UserCommand};
 use oncolens::security::audit_log::{self, Event, Filter};
@@ -39,14 +38,6 @@ async fn open(store: &StoreArgs) -> Result<Opened> {
         .with_context(|| format!("opening {}", store.database))?;
     let keys = KeyRing::load_or_create(&store.key.source(&store.database))?;
     Ok(Opened { db, keys })
-}
-
-/// The object store of `store`'s database, for the commands that touch scans.
-async fn objects(store: &StoreArgs) -> Result<Objects> {
-    let location = store.objects.location(&store.database)?;
-    Objects::open(&location)
-        .await
-        .with_context(|| format!("opening the object store ({location})"))
 }
 
 impl Opened {
@@ -279,7 +270,7 @@ pub fn key(command: KeyCommand) -> Result<()> {
     };
     block_on(async move {
         let mut o = open(&store).await?;
-        let objects = objects(&store).await?;
+        let objects = store.objects.open(&store.database).await?;
         let old = o.keys.primary_id();
         // The new key is added first, everything is re-sealed with it in one transaction, the
         // audit head is signed again, and only then is the old key dropped: a crash at any
@@ -302,7 +293,7 @@ pub fn key(command: KeyCommand) -> Result<()> {
 pub fn purge(a: PurgeArgs) -> Result<()> {
     block_on(async move {
         let o = open(&a.store).await?;
-        let objects = objects(&a.store).await?;
+        let objects = a.store.objects.open(&a.store.database).await?;
         let cutoff = now() - (a.older_than_days * 86_400) as i64;
         // "0 days" means everything made until now, this second included.
         let cutoff = if a.older_than_days == 0 {

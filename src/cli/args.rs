@@ -180,6 +180,15 @@ impl ObjectsArgs {
             None => oncolens::objects::ObjectsLocation::default_for(url),
         }
     }
+
+    /// Opens the store of the database at `url` (checking that it takes writes).
+    pub async fn open(&self, url: &str) -> anyhow::Result<oncolens::objects::Objects> {
+        use anyhow::Context as _;
+        let location = self.location(url)?;
+        oncolens::objects::Objects::open(&location)
+            .await
+            .with_context(|| format!("opening the object store ({location})"))
+    }
 }
 
 /// The database, its key and its object store, as the administrative commands take them.

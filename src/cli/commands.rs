@@ -22,7 +22,6 @@ use oncolens::workflows::evaluate::{self, EvalOptions};
 use oncolens::workflows::train::{TrainOptions, train};
 use oncolens::workflows::{deidentify, export, gate_crossval, gate_train, import, quantize};
 use oncolens::{backend, core::files::write_json_atomic};
-use sha2::Digest as _;
 
 use super::args::*;
 use super::output;
@@ -181,21 +180,16 @@ fn predict_shared(
         .iter()
         .map(|f| std::path::absolute(f).unwrap_or_else(|_| f.clone()))
         .collect();
-    let queue_name = a.queue.clone().unwrap_or_else(|| {
-        let jobs = batch_jobs::jobs_of(&files, a.job_files);
-        let mut digest = sha2::Sha256::new();
-        digest.update(predictor.manifest.version().as_bytes());
-        for (key, _) in &jobs {
-            digest.update(key.as_bytes());
-        }
-        format!("predict-{}", &hex::encode(digest.finalize())[..16])
-    });
+    let jobs = batch_jobs::jobs_of(&files, a.job_files);
+    let queue_name = a
+        .queue
+        .clone()
+        .unwrap_or_else(|| batch_jobs::default_queue(&predictor.manifest.version(), &jobs));
     let worker = a
         .worker
         .clone()
         .unwrap_or_else(oncolens::store::jobs::worker_name);
     let options = WorkerOptions {
-        files_per_job: a.job_files.max(1),
         lease: std::time::Duration::from_secs(a.lease_s.max(1)),
         ..WorkerOptions::default()
     };
@@ -206,7 +200,7 @@ fn predict_shared(
             .await
             .with_context(|| format!("opening the job queue's database {database}"))?;
         let queue = JobQueue::new(db, &queue_name, &worker, options.lease);
-        let report = batch_jobs::work(&queue, predictor, &files, &options).await?;
+        let report = batch_jobs::work(&queue, predictor, &jobs, &options).await?;
         let (answers, failed) = batch_jobs::results(&queue).await?;
         let progress = queue.progress().await?;
         eprintln!(

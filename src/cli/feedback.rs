@@ -40,14 +40,10 @@ fn keys_of(r: &RegistryArgs) -> Result<KeyRing> {
 }
 
 /// The registry's files: this machine's models folder and the deployment's object store.
-async fn model_files(r: &RegistryArgs, keys: KeyRing) -> Result<registry::ModelFiles> {
-    let location = r.objects.location(&r.database)?;
-    let objects = oncolens::objects::Objects::open(&location)
-        .await
-        .with_context(|| format!("opening the object store ({location})"))?;
+async fn model_files(r: &RegistryArgs, keys: Arc<KeyRing>) -> Result<registry::ModelFiles> {
     Ok(registry::ModelFiles {
-        objects,
-        keys: Arc::new(keys),
+        objects: r.objects.open(&r.database).await?,
+        keys,
         folder: r.models_dir(),
     })
 }
@@ -60,7 +56,7 @@ pub fn export(a: FeedbackExportArgs) -> Result<()> {
     let keys = KeyRing::load_or_create(&a.key.source(&a.database))?;
     let report = runtime()?.block_on(async {
         let db = open(&a.database).await?;
-        let objects = oncolens::objects::Objects::open(&a.objects.location(&a.database)?).await?;
+        let objects = a.objects.open(&a.database).await?;
         let report =
             feedback::export(&db, &objects, &keys, &a.out, &classes, a.holdout, now()).await?;
         let event = oncolens::security::audit_log::Event::new(
@@ -205,7 +201,7 @@ pub fn register(a: RegisterArgs) -> Result<()> {
     let keys = keys_of(&a.registry)?;
     runtime()?.block_on(async {
         let db = open(&a.registry.database).await?;
-        let files = model_files(&a.registry, keys).await?;
+        let files = model_files(&a.registry, Arc::new(keys)).await?;
         let v = registry::register(&db, &files, &a.model, now()).await?;
         println!(
             "registered {} ({}) in {}{}",
@@ -224,21 +220,17 @@ pub fn promote(a: PromoteArgs) -> Result<()> {
     if !(0.0..=100.0).contains(&a.margin_points) {
         bail!("--margin-points must be between 0 and 100");
     }
-    let keys = keys_of(&a.registry)?;
-    let opts = registry::PromoteOptions {
-        version: a.version.clone(),
-        evaluation: a.eval.clone(),
-        margin: a.margin_points / 100.0,
-        by: format!("cli:{}", a.by),
-        fallback: model_source(&a.baseline),
-        dry_run: a.dry_run,
-        files: None,
-    };
+    let keys = Arc::new(keys_of(&a.registry)?);
     runtime()?.block_on(async {
         let db = open(&a.registry.database).await?;
         let opts = registry::PromoteOptions {
-            files: Some(model_files(&a.registry, keys_of(&a.registry)?).await?),
-            ..opts
+            version: a.version.clone(),
+            evaluation: a.eval.clone(),
+            margin: a.margin_points / 100.0,
+            by: format!("cli:{}", a.by),
+            fallback: model_source(&a.baseline),
+            dry_run: a.dry_run,
+            files: Some(model_files(&a.registry, keys.clone()).await?),
         };
         match registry::promote(&db, Some(&keys), &opts, now()).await {
             Ok(comparison) if a.dry_run => {

@@ -152,11 +152,15 @@ async fn or_delete_images<T>(
 ) -> Result<T> {
     let written = write.await;
     if written.is_err() {
-        for prefix in prefixes {
-            delete_images(objects, prefix).await;
-        }
+        delete_all_images(objects, prefixes).await;
     }
     written
+}
+
+async fn delete_all_images(objects: &Objects, prefixes: &[String]) {
+    for prefix in prefixes {
+        delete_images(objects, prefix).await;
+    }
 }
 
 pub async fn insert_analysis(
@@ -246,9 +250,7 @@ pub async fn insert_batch(
         match put_images(objects, keys, &a.id, *images).await {
             Ok(prefix) => prefixes.push(prefix),
             Err(e) => {
-                for prefix in &prefixes {
-                    delete_images(objects, prefix).await;
-                }
+                delete_all_images(objects, &prefixes).await;
                 return Err(e);
             }
         }

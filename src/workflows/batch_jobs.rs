@@ -28,7 +28,6 @@ pub type FileAnswers = (PathBuf, std::result::Result<Vec<SliceAnswer>, String>);
 /// How a worker takes part.
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
-    pub files_per_job: usize,
     /// How long a claimed job stays this worker's without a renewal.
     pub lease: Duration,
     /// How long to wait before asking again while other workers hold the last jobs.
@@ -38,7 +37,6 @@ pub struct WorkerOptions {
 impl Default for WorkerOptions {
     fn default() -> Self {
         Self {
-            files_per_job: DEFAULT_FILES_PER_JOB,
             lease: Duration::from_secs(30),
             poll: Duration::from_millis(500),
         }
@@ -93,20 +91,29 @@ pub fn jobs_of(files: &[PathBuf], files_per_job: usize) -> Vec<(String, serde_js
         .collect()
 }
 
+/// The queue of an archive when none is named: one per model version and list of jobs, so that
+/// the same command on every machine meets in one queue, and a rerun resumes it.
+pub fn default_queue(model_version: &str, jobs: &[(String, serde_json::Value)]) -> String {
+    let mut digest = Sha256::new();
+    digest.update(model_version.as_bytes());
+    for (key, _) in jobs {
+        digest.update(key.as_bytes());
+    }
+    format!("predict-{}", &hex::encode(digest.finalize())[..16])
+}
+
 fn malformed(what: &str) -> Error {
     Error::Store(StoreError::Corrupt(format!("job queue: {what}")))
 }
 
-/// Queues `files` and works on the queue until it is drained.
+/// Queues `jobs` (from [`jobs_of`]) and works on the queue until it is drained.
 pub async fn work(
     queue: &JobQueue,
     predictor: Arc<Predictor>,
-    files: &[PathBuf],
+    jobs: &[(String, serde_json::Value)],
     options: &WorkerOptions,
 ) -> Result<WorkerReport> {
-    queue
-        .enqueue(&jobs_of(files, options.files_per_job), jobs::now_ms())
-        .await?;
+    queue.enqueue(jobs, jobs::now_ms()).await?;
     let mut report = WorkerReport::default();
     loop {
         let job = match queue.claim(jobs::now_ms()).await? {
