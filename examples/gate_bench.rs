@@ -5,11 +5,15 @@
 //!
 //! ```sh
 //! cargo build --release --example gate_bench
-//! target/release/examples/gate_bench ../shared/data/brain-tumor-mri/Testing/glioma_tumor 200
+//! target/release/examples/gate_bench ../shared/data/brain-tumor-mri/Testing/glioma_tumor 200 [KERNEL]
 //! ```
+//!
+//! `KERNEL` (`portable`, `avx2` or `vnni`) picks the int8 engine's matrix-product kernel; by
+//! default the CPU's best. The JSON names the kernel that ran.
 
 use std::time::Instant;
 
+use oncolens::backend::int8::gemm::{self, Kernel};
 use oncolens::imaging::gate_view::gate_view;
 use oncolens::imaging::{PreparedScan, Scan};
 use oncolens::inference::Predictor;
@@ -26,6 +30,13 @@ fn main() -> anyhow::Result<()> {
         .next()
         .ok_or_else(|| anyhow::anyhow!("usage: gate_bench DIR [N]"))?;
     let n: usize = args.next().map_or(Ok(200), |s| s.parse())?;
+    let kernel = match args.next().as_deref() {
+        None => gemm::kernel(),
+        Some("portable") => gemm::prefer(Kernel::Portable),
+        Some("avx2") => gemm::prefer(Kernel::Avx2),
+        Some("vnni") => gemm::prefer(Kernel::Vnni),
+        Some(other) => anyhow::bail!("unknown kernel {other:?}: portable, avx2 or vnni"),
+    };
     let predictor = Predictor::load_default()?;
     let gate = predictor
         .gate()
@@ -64,6 +75,7 @@ fn main() -> anyhow::Result<()> {
         serde_json::json!({
             "images": scans.len(),
             "threads": rayon::current_num_threads(),
+            "int8_kernel": format!("{kernel:?}"),
             "gate_ms_median": gate_median,
             "gate_ms_p95": quantile(&mut gate_ms, 0.95),
             "classifier_ms_median": classifier_median,

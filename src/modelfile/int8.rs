@@ -25,6 +25,7 @@ impl QParams {
 
     /// [`Self::quantize`] with `1 / scale` computed once. Round half up after clamping (all
     /// values are then non-negative): no libm call.
+    #[inline(always)]
     pub fn quantize_with(&self, inv_scale: f32, x: f32) -> u8 {
         ((x * inv_scale + f32::from(self.zero_point)).clamp(0.0, 255.0) + 0.5) as u8
     }

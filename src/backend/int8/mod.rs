@@ -145,6 +145,100 @@ pub struct Int8Engine {
     taps: Vec<usize>,
     quantised_layers: usize,
     activations: Vec<QParams>,
+    /// Per value: the last step that reads it (`usize::MAX`: read by none, or kept to the end
+    /// as the output, the features or a tap). Its buffer goes back to the pool after that step.
+    last_reader: Vec<usize>,
+    pool: BufferPool<f32>,
+    bytes: BufferPool<u8>,
+}
+
+/// Activation buffers kept between layers and runs. A fresh multi-megabyte buffer per layer
+/// comes from the kernel as new zeroed pages, and at 224 px that page faulting cost more than
+/// the gate's matrix products; a buffer from the pool is only overwritten.
+#[derive(Debug)]
+struct BufferPool<T>(std::sync::Mutex<Vec<Vec<T>>>);
+
+impl<T> Default for BufferPool<T> {
+    fn default() -> Self {
+        Self(std::sync::Mutex::new(Vec::new()))
+    }
+}
+
+/// Buffers the pool keeps (enough for the live values of a few runs at once).
+const POOL_BUFFERS: usize = 48;
+
+impl<T> Clone for BufferPool<T> {
+    /// A clone starts with an empty pool of its own.
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl<T: Copy + Default> BufferPool<T> {
+    /// A buffer of `len` values to be overwritten whole: the smallest kept buffer that holds
+    /// them, its old values left in place (clearing megabytes that the caller overwrites anyway
+    /// cost a tenth of the gate's time), else a new zeroed one.
+    fn reuse(&self, len: usize) -> Vec<T> {
+        let found = self.0.lock().ok().and_then(|mut kept| {
+            let best = kept
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| b.capacity() >= len)
+                .min_by_key(|(_, b)| b.capacity())
+                .map(|(i, _)| i)?;
+            Some(kept.swap_remove(best))
+        });
+        match found {
+            Some(mut b) => {
+                if b.len() >= len {
+                    b.truncate(len);
+                } else {
+                    b.resize(len, T::default());
+                }
+                b
+            }
+            None => vec![T::default(); len],
+        }
+    }
+
+    /// Keeps `buffer` for a later layer (or drops the smallest when the pool is full).
+    fn put(&self, buffer: Vec<T>) {
+        if buffer.capacity() == 0 {
+            return;
+        }
+        if let Ok(mut kept) = self.0.lock() {
+            kept.push(buffer);
+            if kept.len() > POOL_BUFFERS {
+                if let Some(i) = (0..kept.len()).min_by_key(|&i| kept[i].capacity()) {
+                    kept.swap_remove(i);
+                }
+            }
+        }
+    }
+}
+
+impl BufferPool<f32> {
+    fn put_all(&self, values: Vec<Option<Act>>) {
+        for a in values.into_iter().flatten() {
+            self.put(a.data);
+        }
+    }
+}
+
+/// The values a step reads.
+fn step_inputs(step: &Step) -> [Option<usize>; 2] {
+    match step {
+        Step::Conv(l) | Step::Linear(l) => [Some(l.input), None],
+        Step::Depthwise { input, .. } => [Some(*input), None],
+        Step::Add(a, b) => [Some(*a), Some(*b)],
+        Step::Relu(j)
+        | Step::Relu6(j)
+        | Step::Fused(j)
+        | Step::GlobalAverage(j)
+        | Step::MaxPool(j, _)
+        | Step::Flatten(j)
+        | Step::Repeat(j, _) => [Some(*j), None],
+    }
 }
 
 impl Int8Engine {
@@ -276,6 +370,15 @@ impl Int8Engine {
         let mut kept = vec![output, features];
         kept.extend(&taps);
         fuse_activations(&mut steps, &kept);
+        let mut last_reader = vec![usize::MAX; steps.len() + 1];
+        for (i, step) in steps.iter().enumerate() {
+            for v in step_inputs(step).into_iter().flatten() {
+                last_reader[v] = i;
+            }
+        }
+        for &v in &kept {
+            last_reader[v] = usize::MAX;
+        }
         Ok(Self {
             output,
             features,
@@ -283,6 +386,9 @@ impl Int8Engine {
             steps,
             quantised_layers: slots,
             activations: Vec::new(),
+            last_reader,
+            pool: BufferPool::default(),
+            bytes: BufferPool::default(),
         })
     }
 
@@ -405,6 +511,7 @@ impl Int8Engine {
                 out.extend(channel_mean_std(a));
             }
         }
+        self.pool.put_all(values);
         Ok(out)
     }
 
@@ -424,6 +531,7 @@ impl Int8Engine {
             .as_ref()
             .map(global_average)
             .unwrap_or_default();
+        self.pool.put_all(values);
         (logits, pooled)
     }
 
@@ -436,11 +544,13 @@ impl Int8Engine {
         mut observe: Option<&mut Vec<(f32, f32)>>,
     ) -> Vec<Option<Act>> {
         let mut values: Vec<Option<Act>> = vec![None; self.steps.len() + 1];
+        let mut first = self.pool.reuse(input.len());
+        first.copy_from_slice(input);
         values[0] = Some(Act {
             h: size,
             w: size,
             c: 1,
-            data: input.to_vec(),
+            data: first,
         });
         let empty = Act {
             h: 0,
@@ -468,8 +578,10 @@ impl Int8Engine {
                         r[l.slot] = (r[l.slot].0.min(lo), r[l.slot].1.max(hi));
                     }
                     match precision {
-                        Precision::F32 => conv_f32(l, x),
-                        Precision::Int8 => conv_int8(l, x, self.activations[l.slot]),
+                        Precision::F32 => conv_f32(l, x, &self.pool),
+                        Precision::Int8 => {
+                            conv_int8(l, x, self.activations[l.slot], (&self.pool, &self.bytes))
+                        }
                     }
                 }
                 Step::Depthwise {
@@ -483,23 +595,27 @@ impl Int8Engine {
                     post,
                 } => depthwise(
                     get(*input),
-                    *c,
-                    *kernel,
-                    *stride,
-                    *pads,
-                    weight,
-                    bias,
-                    *post,
+                    DepthwiseLayer {
+                        c: *c,
+                        kernel: *kernel,
+                        stride: *stride,
+                        pads: *pads,
+                        weight,
+                        bias,
+                        post: *post,
+                    },
+                    &self.pool,
                 ),
                 Step::Fused(_) => unreachable!("handled above"),
-                Step::Relu(j) => map(get(*j), |v| v.max(0.0)),
-                Step::Relu6(j) => map(get(*j), |v| v.clamp(0.0, 6.0)),
+                Step::Relu(j) => map(get(*j), |v| v.max(0.0), &self.pool),
+                Step::Relu6(j) => map(get(*j), |v| v.clamp(0.0, 6.0), &self.pool),
                 Step::Add(a, b) => {
                     let (a, b) = (get(*a), get(*b));
-                    Act {
-                        data: a.data.iter().zip(&b.data).map(|(x, y)| x + y).collect(),
-                        ..*a
+                    let mut data = self.pool.reuse(a.data.len());
+                    for ((d, x), y) in data.iter_mut().zip(&a.data).zip(&b.data) {
+                        *d = x + y;
                     }
+                    Act { data, ..*a }
                 }
                 Step::GlobalAverage(j) => {
                     let x = get(*j);
@@ -540,6 +656,13 @@ impl Int8Engine {
                 }
             };
             values[i + 1] = Some(out);
+            for v in step_inputs(step).into_iter().flatten() {
+                if v != 0 && self.last_reader[v] == i {
+                    if let Some(done) = values[v].take() {
+                        self.pool.put(done.data);
+                    }
+                }
+            }
         }
         values
     }
@@ -610,11 +733,12 @@ fn fuse_activations(steps: &mut [Step], kept: &[usize]) {
     }
 }
 
-fn map(x: &Act, f: impl Fn(f32) -> f32) -> Act {
-    Act {
-        data: x.data.iter().map(|&v| f(v)).collect(),
-        ..*x
+fn map(x: &Act, f: impl Fn(f32) -> f32, pool: &BufferPool<f32>) -> Act {
+    let mut data = pool.reuse(x.data.len());
+    for (d, &v) in data.iter_mut().zip(&x.data) {
+        *d = f(v);
     }
+    Act { data, ..*x }
 }
 
 fn global_average(x: &Act) -> Vec<f32> {
@@ -682,13 +806,13 @@ fn patch<T: Copy>(
     }
 }
 
-fn conv_f32(l: &ConvLayer, x: &Act) -> Act {
+fn conv_f32(l: &ConvLayer, x: &Act, pool: &BufferPool<f32>) -> Act {
     let (oh, ow) = (
         out_side(x.h, l.kernel[0], l.stride[0], l.pads[0], l.pads[2]),
         out_side(x.w, l.kernel[1], l.stride[1], l.pads[1], l.pads[3]),
     );
     let k = l.kernel[0] * l.kernel[1] * l.c_in;
-    let mut data = vec![0f32; oh * ow * l.n];
+    let mut data = pool.reuse(oh * ow * l.n);
     data.par_chunks_mut(l.n).enumerate().for_each_init(
         || vec![0f32; k],
         |col, (p, out)| {
@@ -709,7 +833,12 @@ fn conv_f32(l: &ConvLayer, x: &Act) -> Act {
     }
 }
 
-fn conv_int8(l: &ConvLayer, x: &Act, q: QParams) -> Act {
+fn conv_int8(
+    l: &ConvLayer,
+    x: &Act,
+    q: QParams,
+    (pool, bytes): (&BufferPool<f32>, &BufferPool<u8>),
+) -> Act {
     let (oh, ow) = (
         out_side(x.h, l.kernel[0], l.stride[0], l.pads[0], l.pads[2]),
         out_side(x.w, l.kernel[1], l.stride[1], l.pads[1], l.pads[3]),
@@ -717,59 +846,186 @@ fn conv_int8(l: &ConvLayer, x: &Act, q: QParams) -> Act {
     let k = l.kernel[0] * l.kernel[1] * l.c_in;
     let kp = l.quant.packed.k;
     let inv = 1.0 / q.scale;
-    let mut quantised = vec![0u8; x.data.len()];
+    let mut quantised = bytes.reuse(x.data.len());
     quantised
         .par_chunks_mut(QUANTISE_CHUNK)
         .zip(x.data.par_chunks(QUANTISE_CHUNK))
-        .for_each(|(d, s)| {
-            d.iter_mut()
-                .zip(s)
-                .for_each(|(d, &v)| *d = q.quantize_with(inv, v));
-        });
+        .for_each(|(d, s)| quantise(q, inv, s, d));
     let rows = oh * ow;
     let width = l.n.div_ceil(gemm::LANES) * gemm::LANES;
     let zp = i32::from(q.zero_point);
     let scales: Vec<f32> = l.quant.scales.iter().map(|s| s * q.scale).collect();
-    let mut data = vec![0f32; rows * l.n];
+    let mut data = pool.reuse(rows * l.n);
     // One parallel pass per layer: each task gathers its rows' patches, multiplies and runs the
     // epilogue (fewer thread hand-offs than one pass per stage, which matters at batch 1).
     let rows_per_task = rows.div_ceil(TASKS_PER_LAYER).clamp(8, 256);
+    // A pointwise layer whose depth needs no padding reads its rows straight from the
+    // quantised activation: each pixel is already a row of the product.
+    let pointwise =
+        l.kernel == [1, 1] && l.stride == [1, 1] && l.pads == [0; 4] && x.c == kp && kp == k;
+    let geometry = (x.h, x.w, x.c, ow);
     data.par_chunks_mut(rows_per_task * l.n)
         .enumerate()
         .for_each(|(task, out)| {
             let first = task * rows_per_task;
             let n_rows = out.len() / l.n;
-            let mut a = vec![0u8; n_rows * kp];
-            for r in 0..n_rows {
-                let p = first + r;
-                patch(
-                    &quantised,
-                    (x.h, x.w, x.c),
-                    l,
-                    p / ow,
-                    p % ow,
-                    q.zero_point,
-                    &mut a[r * kp..r * kp + k],
-                );
-            }
-            let mut acc = vec![0i32; n_rows * width];
-            gemm::matmul(&a, n_rows, &l.quant.packed, &mut acc);
-            let sums = &l.quant.packed.sums;
-            match l.post {
-                Post::None => epilogue(out, &acc, width, zp, sums, &scales, &l.bias, |v| v),
-                Post::Relu => {
-                    epilogue(out, &acc, width, zp, sums, &scales, &l.bias, |v| v.max(0.0))
-                }
-                Post::Relu6 => epilogue(out, &acc, width, zp, sums, &scales, &l.bias, |v| {
-                    v.clamp(0.0, 6.0)
-                }),
+            // Rows a few dozen at a time: the patches and the products stay in the cache.
+            let chunk = n_rows.min(CHUNK_ROWS);
+            let mut gathered = if pointwise {
+                Vec::new()
+            } else {
+                vec![0u8; chunk * kp]
+            };
+            let mut acc = vec![0i32; chunk * width];
+            for (c, out) in out.chunks_mut(chunk * l.n).enumerate() {
+                let first = first + c * chunk;
+                let rows = out.len() / l.n;
+                let a: &[u8] = if pointwise {
+                    &quantised[first * kp..(first + rows) * kp]
+                } else {
+                    gather(
+                        &quantised,
+                        geometry,
+                        l,
+                        q.zero_point,
+                        first,
+                        rows,
+                        &mut gathered,
+                    );
+                    &gathered
+                };
+                gemm::matmul(a, rows, &l.quant.packed, &mut acc);
+                finish(l, out, &acc, width, zp, &scales);
             }
         });
+    bytes.put(quantised);
     Act {
         h: oh,
         w: ow,
         c: l.n,
         data,
+    }
+}
+
+/// Whether the element-wise loops take their AVX2 versions: where the CPU has AVX2 and the
+/// matrix products do not run on the portable kernel (so that [`gemm::prefer`] with the
+/// portable kernel makes the whole engine portable, for comparisons).
+#[cfg(target_arch = "x86_64")]
+fn avx2() -> bool {
+    gemm::kernel() != gemm::Kernel::Portable && std::arch::is_x86_feature_detected!("avx2")
+}
+
+/// `dst = quantised src`; compiled for AVX2 too.
+fn quantise(q: QParams, inv: f32, src: &[f32], dst: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2() {
+        // SAFETY: the CPU has AVX2 (detected).
+        unsafe { quantise_avx2(q, inv, src, dst) };
+        return;
+    }
+    quantise_any(q, inv, src, dst);
+}
+
+/// [`quantise_any`] eight values at a time: the same arithmetic (scale, shift, clamp, add a
+/// half, truncate), so the same bytes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn quantise_avx2(q: QParams, inv: f32, src: &[f32], dst: &mut [u8]) {
+    use std::arch::x86_64::*;
+    let n = src.len().min(dst.len());
+    let whole = n / 8 * 8;
+    // SAFETY: `i + 8 <= whole <= n` for every load and store.
+    unsafe {
+        let (scale, shift) = (_mm256_set1_ps(inv), _mm256_set1_ps(f32::from(q.zero_point)));
+        let (lo, hi, half) = (
+            _mm256_setzero_ps(),
+            _mm256_set1_ps(255.0),
+            _mm256_set1_ps(0.5),
+        );
+        let mut i = 0;
+        while i < whole {
+            let v = _mm256_loadu_ps(src.as_ptr().add(i));
+            let v = _mm256_add_ps(_mm256_mul_ps(v, scale), shift);
+            let v = _mm256_add_ps(_mm256_min_ps(_mm256_max_ps(v, lo), hi), half);
+            let v = _mm256_cvttps_epi32(v);
+            let words = _mm_packus_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+            let bytes = _mm_packus_epi16(words, words);
+            _mm_storel_epi64(dst.as_mut_ptr().add(i) as *mut __m128i, bytes);
+            i += 8;
+        }
+    }
+    quantise_any(q, inv, &src[whole..n], &mut dst[whole..n]);
+}
+
+#[inline(always)]
+fn quantise_any(q: QParams, inv: f32, src: &[f32], dst: &mut [u8]) {
+    for (d, &v) in dst.iter_mut().zip(src) {
+        *d = q.quantize_with(inv, v);
+    }
+}
+
+/// Rows of a layer's product computed together inside a task.
+const CHUNK_ROWS: usize = 48;
+
+/// The patches of output pixels `first..first + rows` into `dst`, one row of `kp` bytes each.
+fn gather(
+    quantised: &[u8],
+    (h, w, c, ow): (usize, usize, usize, usize),
+    l: &ConvLayer,
+    zero_point: u8,
+    first: usize,
+    rows: usize,
+    dst: &mut [u8],
+) {
+    let kp = l.quant.packed.k;
+    let k = l.kernel[0] * l.kernel[1] * l.c_in;
+    for r in 0..rows {
+        let p = first + r;
+        patch(
+            quantised,
+            (h, w, c),
+            l,
+            p / ow,
+            p % ow,
+            zero_point,
+            &mut dst[r * kp..r * kp + k],
+        );
+    }
+}
+
+/// The epilogue of `rows` products, with the layer's activation; compiled for AVX2 too.
+fn finish(l: &ConvLayer, out: &mut [f32], acc: &[i32], width: usize, zp: i32, scales: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2() {
+        // SAFETY: the CPU has AVX2 (detected).
+        unsafe { finish_avx2(l, out, acc, width, zp, scales) };
+        return;
+    }
+    finish_any(l, out, acc, width, zp, scales);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn finish_avx2(
+    l: &ConvLayer,
+    out: &mut [f32],
+    acc: &[i32],
+    width: usize,
+    zp: i32,
+    scales: &[f32],
+) {
+    finish_any(l, out, acc, width, zp, scales);
+}
+
+#[inline(always)]
+fn finish_any(l: &ConvLayer, out: &mut [f32], acc: &[i32], width: usize, zp: i32, scales: &[f32]) {
+    let sums = &l.quant.packed.sums;
+    match l.post {
+        Post::None => epilogue(out, acc, width, zp, sums, scales, &l.bias, |v| v),
+        Post::Relu => epilogue(out, acc, width, zp, sums, scales, &l.bias, |v| v.max(0.0)),
+        Post::Relu6 => epilogue(out, acc, width, zp, sums, scales, &l.bias, |v| {
+            v.clamp(0.0, 6.0)
+        }),
     }
 }
 
@@ -795,56 +1051,175 @@ fn epilogue(
     }
 }
 
-/// Depthwise convolution, NHWC, weights `[kh][kw][c]`: the inner loop runs over the channels
-/// of a pixel and a kernel tap, both contiguous, so it vectorises; one task per output row.
-#[allow(clippy::too_many_arguments)]
-fn depthwise(
-    x: &Act,
+/// A depthwise layer's shape and weights (`[kh][kw][c]`), borrowed for one run.
+#[derive(Clone, Copy)]
+struct DepthwiseLayer<'a> {
     c: usize,
-    [kh, kw]: [usize; 2],
+    kernel: [usize; 2],
     stride: [usize; 2],
     pads: [usize; 4],
-    weight: &[f32],
-    bias: &[f32],
+    weight: &'a [f32],
+    bias: &'a [f32],
     post: Post,
-) -> Act {
-    let oh = out_side(x.h, kh, stride[0], pads[0], pads[2]);
-    let ow = out_side(x.w, kw, stride[1], pads[1], pads[3]);
-    let mut data = vec![0f32; oh * ow * c];
-    data.par_chunks_mut((ow * c).max(1))
+}
+
+/// Depthwise convolution, NHWC, weights `[kh][kw][c]`: the inner loop runs over the channels
+/// of a pixel and a kernel tap, both contiguous, so it vectorises; one task per output row,
+/// compiled for AVX2 too, which doubles the lanes where the CPU has it.
+fn depthwise(x: &Act, l: DepthwiseLayer, pool: &BufferPool<f32>) -> Act {
+    let [kh, kw] = l.kernel;
+    let oh = out_side(x.h, kh, l.stride[0], l.pads[0], l.pads[2]);
+    let ow = out_side(x.w, kw, l.stride[1], l.pads[1], l.pads[3]);
+    let mut data = pool.reuse(oh * ow * l.c);
+    #[cfg(target_arch = "x86_64")]
+    let avx2 = avx2();
+    data.par_chunks_mut((ow * l.c).max(1))
         .enumerate()
         .for_each(|(oy, row)| {
-            for (ox, out) in row.chunks_mut(c).enumerate() {
-                out.copy_from_slice(bias);
-                for ky in 0..kh {
-                    let iy = (oy * stride[0] + ky) as isize - pads[0] as isize;
-                    if iy < 0 || iy >= x.h as isize {
-                        continue;
-                    }
-                    for kx in 0..kw {
-                        let ix = (ox * stride[1] + kx) as isize - pads[1] as isize;
-                        if ix < 0 || ix >= x.w as isize {
-                            continue;
-                        }
-                        let src = &x.data[(iy as usize * x.w + ix as usize) * c..][..c];
-                        let w = &weight[(ky * kw + kx) * c..][..c];
-                        for ((o, s), w) in out.iter_mut().zip(src).zip(w) {
-                            *o += s * w;
-                        }
-                    }
-                }
-                match post {
-                    Post::None => {}
-                    Post::Relu => out.iter_mut().for_each(|v| *v = v.max(0.0)),
-                    Post::Relu6 => out.iter_mut().for_each(|v| *v = v.clamp(0.0, 6.0)),
-                }
+            #[cfg(target_arch = "x86_64")]
+            if avx2 {
+                // SAFETY: the CPU has AVX2 (detected above).
+                unsafe { depthwise_row_avx2(x, &l, oy, row) };
+                return;
             }
+            depthwise_row(x, &l, oy, row);
         });
     Act {
         h: oh,
         w: ow,
-        c,
+        c: l.c,
         data,
+    }
+}
+
+/// The kernel taps of output pixel (oy, ox) that fall inside the frame, as (offset in the
+/// input, offset in the weights).
+#[inline(always)]
+fn taps_inside(x: &Act, l: &DepthwiseLayer, oy: usize, ox: usize, taps: &mut Vec<(usize, usize)>) {
+    let (c, [kh, kw], stride, pads) = (l.c, l.kernel, l.stride, l.pads);
+    taps.clear();
+    for ky in 0..kh {
+        let iy = (oy * stride[0] + ky) as isize - pads[0] as isize;
+        if iy < 0 || iy >= x.h as isize {
+            continue;
+        }
+        for kx in 0..kw {
+            let ix = (ox * stride[1] + kx) as isize - pads[1] as isize;
+            if ix < 0 || ix >= x.w as isize {
+                continue;
+            }
+            taps.push(((iy as usize * x.w + ix as usize) * c, (ky * kw + kx) * c));
+        }
+    }
+}
+
+/// Output row `oy` of a depthwise convolution, tap by tap over each pixel's channels.
+fn depthwise_row(x: &Act, l: &DepthwiseLayer, oy: usize, row: &mut [f32]) {
+    let c = l.c;
+    let mut taps = Vec::with_capacity(l.kernel[0] * l.kernel[1]);
+    for (ox, out) in row.chunks_mut(c).enumerate() {
+        taps_inside(x, l, oy, ox, &mut taps);
+        out.copy_from_slice(l.bias);
+        for &(si, wi) in &taps {
+            let (s, w) = (&x.data[si..si + c], &l.weight[wi..wi + c]);
+            for ((o, s), w) in out.iter_mut().zip(s).zip(w) {
+                *o += s * w;
+            }
+        }
+        apply_post(l.post, out);
+    }
+}
+
+fn apply_post(post: Post, out: &mut [f32]) {
+    match post {
+        Post::None => {}
+        Post::Relu => out.iter_mut().for_each(|v| *v = v.max(0.0)),
+        Post::Relu6 => out.iter_mut().for_each(|v| *v = v.clamp(0.0, 6.0)),
+    }
+}
+
+/// [`depthwise_row`] with the channels in blocks of 32, 16 or 8, each block's sums kept in AVX
+/// registers over all taps and stored once: the same products added in the same order, so the
+/// same results. Four registers at a time keep the adder busy while each sum waits on the last.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn depthwise_row_avx2(x: &Act, l: &DepthwiseLayer, oy: usize, row: &mut [f32]) {
+    let c = l.c;
+    let mut taps = Vec::with_capacity(l.kernel[0] * l.kernel[1]);
+    for (ox, out) in row.chunks_mut(c).enumerate() {
+        taps_inside(x, l, oy, ox, &mut taps);
+        let mut o = 0;
+        // SAFETY: every tap offset plus `c` lies inside `x.data` and `l.weight` (the taps are
+        // inside the frame), and each block ends at or before `c`, inside `out` and `l.bias`.
+        unsafe {
+            while o + 32 <= c {
+                depthwise_block::<4>(x, l, &taps, o, out);
+                o += 32;
+            }
+            if o + 16 <= c {
+                depthwise_block::<2>(x, l, &taps, o, out);
+                o += 16;
+            }
+            if o + 8 <= c {
+                depthwise_block::<1>(x, l, &taps, o, out);
+                o += 8;
+            }
+        }
+        if o < c {
+            let out = &mut out[o..];
+            out.copy_from_slice(&l.bias[o..]);
+            for &(si, wi) in &taps {
+                let (s, w) = (&x.data[si + o..si + c], &l.weight[wi + o..wi + c]);
+                for ((out, s), w) in out.iter_mut().zip(s).zip(w) {
+                    *out += s * w;
+                }
+            }
+            apply_post(l.post, out);
+        }
+    }
+}
+
+/// Channels `o..o + 8 * V` of one output pixel.
+///
+/// # Safety
+/// The CPU has AVX2; `o + 8 * V <= l.c`; the taps lie inside the frame.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn depthwise_block<const V: usize>(
+    x: &Act,
+    l: &DepthwiseLayer,
+    taps: &[(usize, usize)],
+    o: usize,
+    out: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller's contract.
+    unsafe {
+        let (xs, ws) = (x.data.as_ptr(), l.weight.as_ptr());
+        let mut acc = [_mm256_setzero_ps(); V];
+        for (v, a) in acc.iter_mut().enumerate() {
+            *a = _mm256_loadu_ps(l.bias.as_ptr().add(o + 8 * v));
+        }
+        for &(si, wi) in taps {
+            let (sp, wp) = (xs.add(si + o), ws.add(wi + o));
+            for (v, a) in acc.iter_mut().enumerate() {
+                let p = _mm256_mul_ps(
+                    _mm256_loadu_ps(sp.add(8 * v)),
+                    _mm256_loadu_ps(wp.add(8 * v)),
+                );
+                *a = _mm256_add_ps(*a, p);
+            }
+        }
+        let (zero, six) = (_mm256_setzero_ps(), _mm256_set1_ps(6.0));
+        for (v, a) in acc.iter().enumerate() {
+            let r = match l.post {
+                Post::None => *a,
+                Post::Relu => _mm256_max_ps(*a, zero),
+                Post::Relu6 => _mm256_min_ps(_mm256_max_ps(*a, zero), six),
+            };
+            _mm256_storeu_ps(out.as_mut_ptr().add(o + 8 * v), r);
+        }
     }
 }
 
@@ -950,6 +1325,81 @@ mod tests {
             assert!(engine.clone().with_calibration(&wrong).is_err());
             assert!(engine.clone().with_calibration(&report).is_ok());
         }
+    }
+
+    /// The AVX2 versions of the element-wise steps give the portable versions' values exactly.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_steps_equal_the_portable_ones() {
+        if !std::arch::is_x86_feature_detected!("avx2") {
+            eprintln!("no AVX2 on this CPU: only the portable steps run, nothing to compare");
+            return;
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        // Channel counts that take every block size and the scalar rest.
+        for (c, kernel, stride, post) in [
+            (56, [3, 3], [1, 1], Post::Relu6),
+            (44, [5, 5], [2, 2], Post::Relu),
+            (5, [3, 3], [2, 2], Post::None),
+        ] {
+            let (h, w) = (9, 7);
+            let x = Act {
+                h,
+                w,
+                c,
+                data: (0..h * w * c)
+                    .map(|_| rng.random_range(-3.0..3.0f32))
+                    .collect(),
+            };
+            let weight: Vec<f32> = (0..kernel[0] * kernel[1] * c)
+                .map(|_| rng.random_range(-1.0..1.0f32))
+                .collect();
+            let bias: Vec<f32> = (0..c).map(|_| rng.random_range(-1.0..1.0f32)).collect();
+            let pad = kernel[0] / 2;
+            let l = DepthwiseLayer {
+                c,
+                kernel,
+                stride,
+                pads: [pad; 4],
+                weight: &weight,
+                bias: &bias,
+                post,
+            };
+            let ow = out_side(w, kernel[1], stride[1], pad, pad);
+            let oh = out_side(h, kernel[0], stride[0], pad, pad);
+            for oy in 0..oh {
+                let (mut a, mut b) = (vec![0f32; ow * c], vec![1f32; ow * c]);
+                depthwise_row(&x, &l, oy, &mut a);
+                // SAFETY: AVX2 is present (checked above).
+                unsafe { depthwise_row_avx2(&x, &l, oy, &mut b) };
+                assert_eq!(a, b, "c {c} kernel {kernel:?} row {oy}");
+            }
+        }
+        let q = QParams::from_range(-2.5, 7.0);
+        let src: Vec<f32> = (0..1003).map(|i| (i as f32 * 0.37).sin() * 9.0).collect();
+        let (mut a, mut b) = (vec![0u8; src.len()], vec![0u8; src.len()]);
+        quantise_any(q, 1.0 / q.scale, &src, &mut a);
+        // SAFETY: AVX2 is present.
+        unsafe { quantise_avx2(q, 1.0 / q.scale, &src, &mut b) };
+        assert_eq!(a, b);
+        assert!(a.contains(&0) && a.contains(&255), "both clamps exercised");
+    }
+
+    #[test]
+    fn the_pool_hands_back_a_buffer_of_the_asked_length() {
+        let pool = BufferPool::<f32>::default();
+        pool.put(vec![7.0; 100]);
+        let b = pool.reuse(40);
+        assert_eq!(b.len(), 40);
+        assert!(b.capacity() >= 100, "the kept buffer was reused");
+        pool.put(b);
+        let b = pool.reuse(150);
+        assert_eq!(b.len(), 150);
+        assert!(b[40..].iter().all(|&v| v == 0.0), "grown part zeroed");
+        for _ in 0..POOL_BUFFERS + 5 {
+            pool.put(vec![0.0; 4]);
+        }
+        assert!(pool.0.lock().map(|k| k.len()).unwrap_or(0) <= POOL_BUFFERS);
     }
 
     #[test]
