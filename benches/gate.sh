@@ -4,8 +4,8 @@
 #
 #   benches/gate.sh [N]      # N slices of Testing/glioma_tumor, batch 1 (default 200)
 #
-# Two lines of JSON: with the int8 kernel this CPU runs best, then with the portable kernel
-# (the one CPUs without AVX2 get), so that the kernels' ratio comes from the same run.
+# A JSON array of two runs: with the int8 kernel this CPU runs best, then with the portable
+# kernel (the one CPUs without AVX2 get), so that the kernels' ratio comes from the same run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${ONCOLENS_DATA:-../shared/data}
@@ -13,5 +13,8 @@ DIR="$DATA/brain-tumor-mri/Testing/glioma_tumor"
 [ -d "$DIR" ] || { echo "$DIR is missing: the benchmark needs the shared data set" >&2; exit 1; }
 cargo build --release --quiet --example gate_bench
 export RAYON_NUM_THREADS=${RAYON_NUM_THREADS:-2}
+echo "["
 target/release/examples/gate_bench "$DIR" "${1:-200}"
+echo ","
 target/release/examples/gate_bench "$DIR" "${1:-200}" portable
+echo "]"

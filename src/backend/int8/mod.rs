@@ -7,8 +7,11 @@
 //! - Activations: asymmetric uint8 per tensor, the range calibrated on held-out images (the
 //!   model's validation split; `oncolens quantize`), stored in `model.json` (`int8`).
 //! - Convolutions run as im2col + `u8 x i8 -> i32` matrix products ([`gemm`], AVX-512 VNNI
-//!   where the CPU has it); bias, residual additions, activations and pooling run in f32, so
-//!   only the products are approximated. Depthwise convolutions (EfficientNet) stay f32.
+//!   or AVX2 where the CPU has them); bias, residual additions, activations and pooling run in
+//!   f32, so only the products are approximated. Depthwise convolutions (EfficientNet) stay
+//!   f32. The element-wise loops (depthwise, quantisation, epilogue) have AVX2 versions that
+//!   give the portable ones' values bit for bit.
+//! - Activation buffers are pooled between layers and runs (`BufferPool`).
 //! - Layout NHWC, one image at a time; the products use all cores.
 //!
 //! Grad-CAM still uses the f32 model: it needs gradients.
