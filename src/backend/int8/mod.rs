@@ -211,10 +211,10 @@ impl<T: Copy + Default> BufferPool<T> {
         }
         if let Ok(mut kept) = self.0.lock() {
             kept.push(buffer);
-            if kept.len() > POOL_BUFFERS {
-                if let Some(i) = (0..kept.len()).min_by_key(|&i| kept[i].capacity()) {
-                    kept.swap_remove(i);
-                }
+            if kept.len() > POOL_BUFFERS
+                && let Some(i) = (0..kept.len()).min_by_key(|&i| kept[i].capacity())
+            {
+                kept.swap_remove(i);
             }
         }
     }
@@ -660,10 +660,11 @@ impl Int8Engine {
             };
             values[i + 1] = Some(out);
             for v in step_inputs(step).into_iter().flatten() {
-                if v != 0 && self.last_reader[v] == i {
-                    if let Some(done) = values[v].take() {
-                        self.pool.put(done.data);
-                    }
+                if v != 0
+                    && self.last_reader[v] == i
+                    && let Some(done) = values[v].take()
+                {
+                    self.pool.put(done.data);
                 }
             }
         }
