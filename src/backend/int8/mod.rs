@@ -702,20 +702,8 @@ const QUANTISE_CHUNK: usize = 16 * 1024;
 fn fuse_activations(steps: &mut [Step], kept: &[usize]) {
     let mut readers = vec![0usize; steps.len() + 1];
     for s in steps.iter() {
-        match s {
-            Step::Conv(l) | Step::Linear(l) => readers[l.input] += 1,
-            Step::Depthwise { input, .. } => readers[*input] += 1,
-            Step::Add(a, b) => {
-                readers[*a] += 1;
-                readers[*b] += 1;
-            }
-            Step::Relu(j)
-            | Step::Relu6(j)
-            | Step::Fused(j)
-            | Step::GlobalAverage(j)
-            | Step::MaxPool(j, _)
-            | Step::Flatten(j)
-            | Step::Repeat(j, _) => readers[*j] += 1,
+        for v in step_inputs(s).into_iter().flatten() {
+            readers[v] += 1;
         }
     }
     for i in 0..steps.len() {
