@@ -254,51 +254,62 @@ const AVX2_ROWS: usize = 6;
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn avx2_kernel(a: &[i16], rows: usize, w: &PackedWeights, out: &mut [i32]) {
-    use std::arch::x86_64::*;
     // SAFETY: see `matmul`: the pointers stay inside `a`, `w.wide` and `out`.
     unsafe {
         let width = w.blocks() * LANES;
-        let k2s = w.k / 2;
         let mut r = 0;
         while r < rows {
             let n = (rows - r).min(AVX2_ROWS);
             let a0 = a.as_ptr().add(r * w.k);
             for b in 0..w.blocks() {
-                let block = w.wide.as_ptr().add(b * w.k * LANES);
-                let mut lo = [_mm256_setzero_si256(); AVX2_ROWS];
-                let mut hi = [_mm256_setzero_si256(); AVX2_ROWS];
+                let o = out.as_mut_ptr().add(r * width + b * LANES);
+                // The full tile with its row count a constant, so that the accumulators stay
+                // in registers; the last rows with theirs.
                 if n == AVX2_ROWS {
-                    // The full tile, with the row count known, so that the accumulators
-                    // stay in registers.
-                    for k2 in 0..k2s {
-                        let wl = _mm256_loadu_si256(block.add(k2 * LANES * 2) as *const _);
-                        let wh = _mm256_loadu_si256(block.add(k2 * LANES * 2 + 16) as *const _);
-                        for i in 0..AVX2_ROWS {
-                            let x = (a0.add(i * w.k + k2 * 2) as *const i32).read_unaligned();
-                            let x = _mm256_set1_epi32(x);
-                            lo[i] = _mm256_add_epi32(lo[i], _mm256_madd_epi16(wl, x));
-                            hi[i] = _mm256_add_epi32(hi[i], _mm256_madd_epi16(wh, x));
-                        }
-                    }
+                    avx2_tile(a0, w, b, AVX2_ROWS, o, width);
                 } else {
-                    for k2 in 0..k2s {
-                        let wl = _mm256_loadu_si256(block.add(k2 * LANES * 2) as *const _);
-                        let wh = _mm256_loadu_si256(block.add(k2 * LANES * 2 + 16) as *const _);
-                        for i in 0..n {
-                            let x = (a0.add(i * w.k + k2 * 2) as *const i32).read_unaligned();
-                            let x = _mm256_set1_epi32(x);
-                            lo[i] = _mm256_add_epi32(lo[i], _mm256_madd_epi16(wl, x));
-                            hi[i] = _mm256_add_epi32(hi[i], _mm256_madd_epi16(wh, x));
-                        }
-                    }
-                }
-                for i in 0..n {
-                    let o = out.as_mut_ptr().add((r + i) * width + b * LANES);
-                    _mm256_storeu_si256(o as *mut _, lo[i]);
-                    _mm256_storeu_si256(o.add(8) as *mut _, hi[i]);
+                    avx2_tile(a0, w, b, n, o, width);
                 }
             }
             r += n;
+        }
+    }
+}
+
+/// Rows `a0..a0 + n` (each `w.k` values) times block `b` of `w.wide`, stored at `o` (rows
+/// `width` apart). Inlined into [`avx2_kernel`], whose AVX2 the intrinsics then use.
+///
+/// # Safety
+/// The CPU has AVX2; `n <= AVX2_ROWS`; the rows, the block and the outputs are in bounds.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn avx2_tile(
+    a0: *const i16,
+    w: &PackedWeights,
+    b: usize,
+    n: usize,
+    o: *mut i32,
+    width: usize,
+) {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller's contract.
+    unsafe {
+        let block = w.wide.as_ptr().add(b * w.k * LANES);
+        let mut lo = [_mm256_setzero_si256(); AVX2_ROWS];
+        let mut hi = [_mm256_setzero_si256(); AVX2_ROWS];
+        for k2 in 0..w.k / 2 {
+            let wl = _mm256_loadu_si256(block.add(k2 * LANES * 2) as *const _);
+            let wh = _mm256_loadu_si256(block.add(k2 * LANES * 2 + 16) as *const _);
+            for i in 0..n {
+                let x = (a0.add(i * w.k + k2 * 2) as *const i32).read_unaligned();
+                let x = _mm256_set1_epi32(x);
+                lo[i] = _mm256_add_epi32(lo[i], _mm256_madd_epi16(wl, x));
+                hi[i] = _mm256_add_epi32(hi[i], _mm256_madd_epi16(wh, x));
+            }
+        }
+        for i in 0..n {
+            _mm256_storeu_si256(o.add(i * width) as *mut _, lo[i]);
+            _mm256_storeu_si256(o.add(i * width + 8) as *mut _, hi[i]);
         }
     }
 }
