@@ -55,8 +55,24 @@ fn free_port() -> u16 {
 }
 
 impl Garage {
-    /// Starts a one-node Garage and makes the bucket and key of [`Garage::location`].
+    /// Starts a one-node Garage and makes the bucket and key of [`Garage::location`]. The ports
+    /// are free when chosen but another process may take one before Garage binds it; Garage then
+    /// exits, and the start is tried again on fresh ports (three tries in all).
     pub fn start() -> Self {
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            match Self::try_start() {
+                Ok(garage) => return garage,
+                Err(e) => failures.push(e),
+            }
+        }
+        panic!(
+            "garage did not start in three tries:\n{}",
+            failures.join("\n---\n")
+        )
+    }
+
+    fn try_start() -> Result<Self, String> {
         let dir = tempfile::tempdir().unwrap();
         let (rpc, s3, admin) = (free_port(), free_port(), free_port());
         let config = dir.path().join("garage.toml");
@@ -90,18 +106,30 @@ impl Garage {
             .stderr(log)
             .spawn()
             .expect("starting garage");
-        let garage = Self {
+        let mut garage = Self {
             child,
             config,
             s3_port: s3,
             dir,
         };
-        // The node answers its command line once its RPC is up.
-        let node = garage.retry("node id -q", |g| g.cli(&["node", "id", "-q"]));
-        let node = node.split('@').next().unwrap().trim().to_string();
-        garage.cli_ok(&["layout", "assign", "-z", "dc1", "-c", "1G", &node]);
-        garage.cli_ok(&["layout", "apply", "--version", "1"]);
-        garage.retry("bucket create", |g| g.cli(&["bucket", "create", BUCKET]));
+        // `node id` reads the node's key from its metadata folder, so it can answer before the
+        // server listens for RPC; `status` goes through RPC, so the layout waits for it. (CI once
+        // failed here with "Connection refused" when the layout was assigned straight away.)
+        let node = garage.retry("node id -q", |g| g.cli(&["node", "id", "-q"]))?;
+        let node = node
+            .split('@')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        garage.retry("status", |g| g.cli(&["status"]))?;
+        garage.retry("layout assign", |g| {
+            g.cli(&["layout", "assign", "-z", "dc1", "-c", "1G", &node])
+        })?;
+        garage.retry("layout apply", |g| {
+            g.cli(&["layout", "apply", "--version", "1"])
+        })?;
+        garage.retry("bucket create", |g| g.cli(&["bucket", "create", BUCKET]))?;
         garage.cli_ok(&[
             "key",
             "import",
@@ -114,7 +142,7 @@ impl Garage {
         garage.cli_ok(&[
             "bucket", "allow", "--read", "--write", "--owner", BUCKET, "--key", "oncolens",
         ]);
-        garage
+        Ok(garage)
     }
 
     fn cli(&self, args: &[&str]) -> Result<String, String> {
@@ -140,13 +168,25 @@ impl Garage {
             .unwrap_or_else(|e| panic!("garage {}: {e}\n{}", args.join(" "), self.log()))
     }
 
-    fn retry(&self, what: &str, f: impl Fn(&Self) -> Result<String, String>) -> String {
+    /// Runs `f` until it succeeds; an error at once (with Garage's log) if the server has
+    /// exited, and after 30 s of failures.
+    fn retry(
+        &mut self,
+        what: &str,
+        f: impl Fn(&Self) -> Result<String, String>,
+    ) -> Result<String, String> {
         let start = Instant::now();
         loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!(
+                    "garage exited ({status}) before {what}:\n{}",
+                    self.log()
+                ));
+            }
             match f(self) {
-                Ok(out) => return out,
+                Ok(out) => return Ok(out),
                 Err(e) if start.elapsed() > Duration::from_secs(30) => {
-                    panic!("garage {what} kept failing: {e}\n{}", self.log())
+                    return Err(format!("garage {what} kept failing: {e}\n{}", self.log()));
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(200)),
             }
