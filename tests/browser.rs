@@ -150,6 +150,7 @@ async fn upload_read_toggle_feedback_history_in_chromium() {
             "No tumour",
             "Pituitary",
             "Uncertain",
+            "Tumour not ruled out",
         ]
         .contains(&label.as_str()),
         "{label}"

@@ -102,6 +102,7 @@ async fn store_feedback(
             verdict: "answer".into(),
             input_reasons: vec![],
             gate: None,
+            presence: p.presence.clone(),
             probabilities: p.probabilities.clone(),
             width: 64,
             height: 64,

@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use common::garage::Garage;
 use common::postgres::Postgres;
 use oncolens::database::{self, Dialect, Pool};
+use oncolens::modelfile::PresenceFinding;
 use oncolens::objects::{Objects, ObjectsLocation};
 use oncolens::security::audit_log::{self, Event, Filter};
 use oncolens::security::keys::{KeyRing, KeySource};
@@ -43,6 +44,12 @@ fn record(id: &str, created: i64, class: &str, probabilities: Vec<f32>) -> Analy
         },
         input_reasons: vec![],
         gate: None,
+        // One class carries the presence rule's finding, so that its column round-trips too.
+        presence: (class == "glioma").then_some(PresenceFinding {
+            tumour_probability: 0.4,
+            min_no_tumour_probability: 0.8,
+            no_tumour_withheld: true,
+        }),
         probabilities,
         width: 64,
         height: 48,

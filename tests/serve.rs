@@ -97,6 +97,9 @@ fn api_round_trip_and_error_paths() {
     let label = a["label"].as_str().unwrap();
     // The label follows the verdict (a synthetic slice may fail the input check).
     match a["verdict"].as_str().unwrap() {
+        _ if a["presence"]["no_tumour_withheld"] == true => {
+            assert_eq!(label, "Tumour not ruled out")
+        }
         "answer" => assert_eq!(label, a["class_name"].as_str().unwrap()),
         "uncertain" => assert_eq!(label, "Uncertain"),
         "not_brain_mri" => {
@@ -506,6 +509,69 @@ fn an_image_that_is_not_a_brain_mri_gets_no_tumour_type() {
     assert!(page.contains("id=\"no-heatmap\""), "{page}");
 }
 
+/// A glioma the bundled model finds most like "No tumour" (68 %), but below the 80 % its
+/// presence rule asks: the API and the page say "Tumour not ruled out", with the rule in words,
+/// and never "No tumour"; a confident tumour-free slice states the rule instead.
+#[test]
+fn a_doubtful_no_tumour_is_shown_as_tumour_not_ruled_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = format!(
+        "http://{}",
+        start(&tmp.path().join("db.sqlite"), 1, 4, 8 * 1024 * 1024)
+    );
+    let client = Client::new();
+    let bytes = std::fs::read(common::real_slice("glioma_tumor", 15)).unwrap();
+    let r = upload(&client, &base, "/api/v1/analyses", "glioma.jpg", bytes);
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let a: serde_json::Value = r.json().unwrap();
+    assert_eq!(a["label"], "Tumour not ruled out", "{a}");
+    assert_ne!(a["class_id"], "no_tumor", "{a}");
+    let presence = &a["presence"];
+    assert_eq!(presence["no_tumour_withheld"], true, "{a}");
+    let needed = presence["min_no_tumour_probability"].as_f64().unwrap();
+    let p_no = a["probabilities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["class_id"] == "no_tumor")
+        .unwrap()["probability"]
+        .as_f64()
+        .unwrap();
+    assert!(p_no < needed, "{a}");
+    assert!((1.0 - presence["tumour_probability"].as_f64().unwrap() - p_no).abs() < 1e-4);
+    let page = client
+        .get(format!("{base}/analyses/{}", a["id"].as_str().unwrap()))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(page.contains(">Tumour not ruled out</h1>"), "{page}");
+    assert!(
+        page.contains("before it calls a slice tumour-free"),
+        "{page}"
+    );
+
+    // A tumour-free slice the model is sure of is called "No tumour", with the rule stated.
+    let bytes = std::fs::read(common::real_slice("no_tumor", 10)).unwrap();
+    let a: serde_json::Value = upload(&client, &base, "/api/v1/analyses", "healthy.jpg", bytes)
+        .json()
+        .unwrap();
+    assert_eq!(a["label"], "No tumour", "{a}");
+    assert_eq!(a["presence"]["no_tumour_withheld"], false, "{a}");
+    let page = client
+        .get(format!("{base}/analyses/{}", a["id"].as_str().unwrap()))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(page.contains("id=\"presence-rule\""), "{page}");
+    assert!(
+        page.contains("only when &quot;No tumour&quot; reaches 80 %")
+            || page.contains("only when \"No tumour\" reaches 80 %"),
+        "{page}"
+    );
+}
+
 #[test]
 fn the_model_page_shows_the_model_card_and_the_trust_settings() {
     let tmp = tempfile::tempdir().unwrap();
@@ -531,6 +597,17 @@ fn the_model_page_shows_the_model_card_and_the_trust_settings() {
         .json()
         .unwrap();
     assert!(api["calibration"]["temperature"].as_f64().unwrap() > 0.0);
+    // The rule for saying "No tumour" is on the page and in the API, with validation figures.
+    assert!(page.contains("id=\"presence-rule\""), "{page}");
+    let rule = &api["presence_rule"];
+    assert!(
+        (rule["min_no_tumour_probability"].as_f64().unwrap() - 0.8).abs() < 1e-6,
+        "{rule}"
+    );
+    assert!(
+        rule["validation"]["tumours"].as_u64().unwrap() > 0,
+        "{rule}"
+    );
     assert_eq!(api["precision"], "f32");
     assert!(
         api["int8_calibration"]["top1_agreement_with_f32"]

@@ -1,6 +1,7 @@
-//! Calibration, "uncertain" and the input check, end to end: training fits them and stores them
-//! in the model file; prediction refuses images that are not brain MRI slices, with reasons,
-//! and keeps answering real (or, without the shared data, synthetic) slices.
+//! Calibration, "uncertain", the presence rule and the input check, end to end: training fits
+//! them and stores them in the model file; prediction refuses images that are not brain MRI
+//! slices, with reasons, says "No tumour" only when the rule allows, and keeps answering real
+//! (or, without the shared data, synthetic) slices.
 
 mod common;
 
@@ -45,7 +46,8 @@ fn assert_non_mri_refused(predictor: &Predictor) -> usize {
 fn training_fits_calibration_and_an_input_check_that_refuses_non_mri() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    common::write_folder(&data, 36, 64, 21);
+    // The third class (no blob) is named as the tumour-free class, so a presence rule is fitted.
+    common::write_folder_named(&data, &["bright blob", "dark blob", "no_tumor"], 36, 64, 21);
     let config = TrainConfig {
         architecture: Architecture::ResnetMini,
         input_size: 64,
@@ -91,6 +93,83 @@ fn training_fits_calibration_and_an_input_check_that_refuses_non_mri() {
         refused * 10 <= n,
         "{refused} of {n} in-distribution slices refused"
     );
+
+    // The presence rule: fitted with the default weight of a missed tumour, and obeyed.
+    let rule = trust.presence.clone().expect("no presence rule fitted");
+    assert_eq!(rule.no_tumour_class, 2);
+    assert!((rule.min_no_tumour_probability - 0.8).abs() < 1e-6);
+    let v = &rule.validation;
+    assert_eq!(v.tumours + v.tumour_free, trust.fitted_on_validation);
+    assert!(v.tumours_called_no_tumour <= rule.validation_most_probable.tumours_called_no_tumour);
+    let doubtful = |p: &[f32]| p[2] < 0.8 && p[2] > p[0] && p[2] > p[1];
+    let mut saw_no_tumour = false;
+    for i in 0..n {
+        let img = DynamicImage::ImageLuma8(common::slice(i % 3, 64, &mut rng));
+        let scan = Scan::decode(&encoded(&img, ImageFormat::Png)).unwrap();
+        let p = predictor
+            .predict_scans(std::slice::from_ref(&scan))
+            .remove(0);
+        let finding = p.presence.clone().expect("no presence finding");
+        if p.class_index == 2 {
+            saw_no_tumour = true;
+            assert!(p.probabilities[2] >= 0.8, "{:?}", p.probabilities);
+        }
+        assert_eq!(finding.no_tumour_withheld, doubtful(&p.probabilities));
+        assert_eq!(p.no_tumour_withheld(), p.presence_note().is_some());
+        if finding.no_tumour_withheld {
+            assert!(
+                p.label().starts_with("tumour not ruled out"),
+                "{}",
+                p.label()
+            );
+        }
+    }
+    assert!(
+        saw_no_tumour,
+        "no slice without a blob was called tumour-free"
+    );
+
+    // `calibrate --miss-cost` refits the rule: 1 answers the most probable class; a weight
+    // below 1 is refused with the reason, and the model file stays as it was.
+    let calibrate = |cost: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_oncolens"))
+            .args(["calibrate", "--quiet", "--miss-cost", cost, "--model"])
+            .arg(&out)
+            .arg("--data")
+            .arg(&data)
+            .output()
+            .unwrap()
+    };
+    let manifest = || std::fs::read_to_string(out.join("model.json")).unwrap();
+    let before = manifest();
+    let refused = calibrate("0.5");
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--miss-cost"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert_eq!(manifest(), before);
+    let done = calibrate("1");
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    assert!(String::from_utf8_lossy(&done.stdout).contains(
+        "presence rule: \"No tumour\" only at a calibrated probability of at least 0.50"
+    ));
+    let refitted = Predictor::load(&out).unwrap().with_gate(None);
+    let rule = refitted
+        .manifest
+        .trust
+        .as_ref()
+        .unwrap()
+        .presence
+        .clone()
+        .unwrap();
+    assert!((rule.min_no_tumour_probability - 0.5).abs() < 1e-6);
+    assert_eq!(rule.validation, rule.validation_most_probable);
 }
 
 /// The bundled model on the shared data (when present): real test slices pass the input check,

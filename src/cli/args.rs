@@ -597,6 +597,10 @@ pub struct CalibrateArgs {
     /// validation features are most likely.
     #[arg(long)]
     pub shrinkage: Option<f32>,
+    /// How many false alarms one missed tumour weighs: "No tumour" is said only at a calibrated
+    /// probability of at least C / (1 + C); 1 answers the most probable class.
+    #[arg(long, default_value_t = oncolens::workflows::calibrate::DEFAULT_MISS_COST)]
+    pub miss_cost: f32,
     #[arg(long)]
     pub quiet: bool,
 }
@@ -1161,6 +1165,7 @@ impl From<&CalibrateArgs> for FitOptions {
             coverage: a.coverage,
             feature_quantile: a.feature_quantile,
             shrinkage: a.shrinkage,
+            miss_cost: a.miss_cost,
         }
     }
 }

@@ -107,6 +107,8 @@ fn csv(manifest: &Manifest, results: &[Answer]) -> Result<()> {
     header.push("gate_brain_mri_score".into());
     header.push("error".into());
     header.extend(["series_instance_uid", "sop_instance_uid", "frame"].map(String::from));
+    // Last, so that readers of the earlier columns by position keep working.
+    header.push("no_tumour_withheld".into());
     w.write_record(&header)?;
     for (f, r) in slices(results) {
         let mut row = vec![f];
@@ -131,6 +133,11 @@ fn csv(manifest: &Manifest, results: &[Answer]) -> Result<()> {
                     ]),
                     None => row.extend([String::new(), String::new(), String::new()]),
                 }
+                row.push(
+                    p.presence
+                        .as_ref()
+                        .map_or_else(String::new, |f| f.no_tumour_withheld.to_string()),
+                );
             }
             Err(e) => {
                 row.extend(std::iter::repeat_n(
@@ -138,7 +145,7 @@ fn csv(manifest: &Manifest, results: &[Answer]) -> Result<()> {
                     4 + manifest.classes.len() + 2,
                 ));
                 row.push(e);
-                row.extend([String::new(), String::new(), String::new()]);
+                row.extend([String::new(), String::new(), String::new(), String::new()]);
             }
         }
         w.write_record(&row)?;

@@ -17,6 +17,7 @@ use crate::imaging::dicom::DicomSource;
 use crate::imaging::{Geometry, GreyImage, ImageStats, PreparedScan, Scan};
 use crate::modelfile::{
     GateFinding, GateManifest, InputCheck, Manifest, Mode, ModelSource, OUT_OF_DISTRIBUTION,
+    PresenceFinding,
 };
 use crate::runtime::{INFERENCE_BATCH, LoadedGate, LoadedModel, forward_rows};
 
@@ -36,11 +37,12 @@ pub enum Verdict {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Prediction {
     pub verdict: Verdict,
-    /// Index of the most probable class.
+    /// Index of the class answered: the most probable one, except that a "No tumour" below the
+    /// model's presence rule gives way to the most probable tumour type (see `presence`).
     pub class_index: usize,
     pub class_id: String,
     pub class_name: String,
-    /// Calibrated probability of the most probable class.
+    /// Calibrated probability of the class answered.
     pub confidence: f32,
     /// True when `confidence` is below the model's uncertainty threshold: show "uncertain", not
     /// a bare class name.
@@ -49,6 +51,9 @@ pub struct Prediction {
     pub probabilities: Vec<f32>,
     /// The input check (`None` when the model has no fitted check).
     pub input_check: Option<InputCheck>,
+    /// What the model's rule for saying "No tumour" found (`None` when it has no such rule).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence: Option<PresenceFinding>,
 }
 
 impl Prediction {
@@ -56,10 +61,27 @@ impl Prediction {
     /// slice".
     pub fn label(&self) -> String {
         match self.verdict {
+            Verdict::NotBrainMri => "not a brain MRI slice".to_string(),
+            _ if self.no_tumour_withheld() => {
+                format!("tumour not ruled out (most likely {})", self.class_name)
+            }
             Verdict::Answer => self.class_name.clone(),
             Verdict::Uncertain => format!("uncertain (most likely {})", self.class_name),
-            Verdict::NotBrainMri => "not a brain MRI slice".to_string(),
         }
+    }
+
+    /// True when "No tumour" was the most probable class but below the probability the
+    /// model's presence rule asks for, so the answer is a tumour type.
+    pub fn no_tumour_withheld(&self) -> bool {
+        self.presence.as_ref().is_some_and(|p| p.no_tumour_withheld)
+    }
+
+    /// Why "No tumour" was not said, in words (`None` when it was not withheld).
+    pub fn presence_note(&self) -> Option<String> {
+        self.presence
+            .as_ref()
+            .filter(|p| p.no_tumour_withheld)
+            .map(PresenceFinding::explanation)
     }
 
     /// Why the input check refused the image (empty when it did not).
@@ -265,7 +287,15 @@ pub fn prediction_from(
     gate: Option<(&GateManifest, &GateFinding)>,
 ) -> Prediction {
     let probabilities = softmax_with_temperature(logits, manifest.temperature());
-    let class_index = argmax(&probabilities).min(manifest.classes.len().saturating_sub(1));
+    let rule = manifest.trust.as_ref().and_then(|t| t.presence.as_ref());
+    let (class_index, presence) = match rule {
+        Some(rule) => {
+            let (class, finding) = rule.decide(&probabilities);
+            (class, Some(finding))
+        }
+        None => (argmax(&probabilities), None),
+    };
+    let class_index = class_index.min(manifest.classes.len().saturating_sub(1));
     let confidence = probabilities.get(class_index).copied().unwrap_or(0.0);
     let class = &manifest.classes[class_index];
     let mut input_check = match (&manifest.trust, observed) {
@@ -306,5 +336,6 @@ pub fn prediction_from(
         uncertain,
         probabilities,
         input_check,
+        presence,
     }
 }

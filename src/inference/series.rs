@@ -257,6 +257,7 @@ mod tests {
             uncertain: verdict == Verdict::Uncertain,
             probabilities,
             input_check: None,
+            presence: None,
         }
     }
 

@@ -155,6 +155,17 @@ impl Manifest {
             if !(t.temperature.is_finite() && t.temperature > 0.0) {
                 return Err(Error::model(path, ModelFileProblem::BadTemperature));
             }
+            if let Some(rule) = &t.presence
+                && (rule.no_tumour_class >= self.classes.len()
+                    || !(0.0..=1.0).contains(&rule.min_no_tumour_probability))
+            {
+                return Err(Error::model(
+                    path,
+                    ModelFileProblem::Inconsistent(
+                        "the presence rule names no class of the model or a threshold outside [0, 1]",
+                    ),
+                ));
+            }
         }
         Ok(())
     }

@@ -3,7 +3,8 @@
 //!
 //! - [`manifest`]: `model.json`, what a model is ([`Manifest`]);
 //! - [`training`]: the training settings it records ([`TrainConfig`]);
-//! - [`trust`]: temperature, calibration figures and the input check ([`TrustProfile`]);
+//! - [`trust`]: temperature, calibration figures, the input check and the rule for saying
+//!   "No tumour" ([`TrustProfile`], [`PresenceRule`]);
 //! - [`input_check`]: the stored image bounds and feature density the input check evaluates;
 //! - [`gate`]: the input gate's own files and the finding it gives ([`GateManifest`]);
 //! - [`int8`]: activation ranges for the int8 engine ([`Int8Calibration`]);
@@ -26,4 +27,7 @@ pub use manifest::{
     ClassInfo, DataProvenance, FeedbackProvenance, Manifest, ParentModel, ValidationSummary,
 };
 pub use training::{Balance, Schedule, TrainConfig};
-pub use trust::{CalibrationSummary, InputCheck, OUT_OF_DISTRIBUTION, TrustProfile};
+pub use trust::{
+    CalibrationSummary, InputCheck, OUT_OF_DISTRIBUTION, PresenceFinding, PresenceRule,
+    TrustProfile,
+};

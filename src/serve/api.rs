@@ -89,13 +89,28 @@ pub struct GateJson {
     pub looks_most_like_probability: f32,
 }
 
+/// What the model's rule for saying "No tumour" found.
+#[derive(Serialize)]
+pub struct PresenceJson {
+    /// Calibrated probability of a tumour of any type (1 - p(no tumour)).
+    pub tumour_probability: f32,
+    /// The probability "No tumour" needs before this model says it.
+    pub min_no_tumour_probability: f32,
+    /// "No tumour" was the most probable class but below that probability: the answer is the
+    /// most probable tumour type.
+    pub no_tumour_withheld: bool,
+    /// The rule and what it did, in words.
+    pub explanation: String,
+}
+
 #[derive(Serialize)]
 pub struct AnalysisJson {
     pub id: String,
     pub created: String,
     pub filename: String,
-    /// What to show: the class name, "Uncertain" below the model's confidence threshold, or
-    /// "Not a brain MRI slice" when the input check refused the image.
+    /// What to show: the class name, "Uncertain" below the model's confidence threshold,
+    /// "Tumour not ruled out" when "No tumour" was likeliest but not likely enough, or "Not a
+    /// brain MRI slice" when the input check refused the image.
     pub label: String,
     /// `answer`, `uncertain` or `not_brain_mri`.
     pub verdict: String,
@@ -104,6 +119,8 @@ pub struct AnalysisJson {
     /// The input gate's second opinion: its probability that the image is a brain MRI slice,
     /// the threshold below which it refuses, and the other kind the image looks most like.
     pub gate: Option<GateJson>,
+    /// The rule for saying "No tumour" (`None` for analyses made without one).
+    pub presence: Option<PresenceJson>,
     pub class_id: String,
     pub class_name: String,
     pub confidence: f64,
@@ -125,6 +142,9 @@ pub fn to_json(state: &AppState, a: &AnalysisRecord) -> AnalysisJson {
         filename: a.filename.clone(),
         label: match a.verdict.as_str() {
             "not_brain_mri" => "Not a brain MRI slice".into(),
+            _ if a.presence.as_ref().is_some_and(|p| p.no_tumour_withheld) => {
+                "Tumour not ruled out".into()
+            }
             "uncertain" => "Uncertain".into(),
             _ => a.class_name.clone(),
         },
@@ -137,6 +157,12 @@ pub fn to_json(state: &AppState, a: &AnalysisRecord) -> AnalysisJson {
             looks_most_like: g.looks_like.clone(),
             looks_most_like_name: crate::modelfile::gate::kind_display(&g.looks_like),
             looks_most_like_probability: g.looks_like_probability,
+        }),
+        presence: a.presence.as_ref().map(|p| PresenceJson {
+            tumour_probability: p.tumour_probability,
+            min_no_tumour_probability: p.min_no_tumour_probability,
+            no_tumour_withheld: p.no_tumour_withheld,
+            explanation: p.explanation(),
         }),
         class_id: a.class_id.clone(),
         class_name: a.class_name.clone(),
@@ -343,6 +369,7 @@ fn record_of(manifest: &Manifest, name: &str, outcome: &Outcome) -> AnalysisReco
         .into(),
         input_reasons: p.rejection_reasons().to_vec(),
         gate: p.input_check.as_ref().and_then(|c| c.gate.clone()),
+        presence: p.presence.clone(),
         probabilities: p.probabilities.clone(),
         width: outcome.width,
         height: outcome.height,
@@ -847,6 +874,8 @@ pub async fn model(State(state): State<AppState>) -> Response {
             "validation": t.calibration,
             "uncertainty_rule": t.uncertainty_rule,
         })),
+        // When the model says "No tumour", with its validation figures.
+        "presence_rule": m.trust.as_ref().and_then(|t| t.presence.as_ref()),
         "input_check": m.trust.as_ref().map(|t| json!({
             "image_bounds": t.image_bounds,
             "feature_distance_threshold": t.features.threshold,

@@ -32,7 +32,7 @@ pub use feedback::{
 };
 
 use crate::core::error::{Error, Result, StoreError};
-use crate::modelfile::GateFinding;
+use crate::modelfile::{GateFinding, PresenceFinding};
 use crate::security::keys::KeyRing;
 
 fn seal_text(keys: &KeyRing, context: &str, text: &str) -> Vec<u8> {
@@ -63,6 +63,9 @@ pub struct AnalysisRecord {
     pub input_reasons: Vec<String>,
     /// The input gate's finding (`None` in analyses made before the gate).
     pub gate: Option<GateFinding>,
+    /// What the model's rule for saying "No tumour" found (`None` in analyses made before the
+    /// rule, or by a model without it).
+    pub presence: Option<PresenceFinding>,
     pub probabilities: Vec<f32>,
     pub width: u32,
     pub height: u32,
@@ -193,11 +196,15 @@ async fn insert_analysis_in(
         Some(g) => Some(serde_json::to_string(g).map_err(db_err)?),
         None => None,
     };
+    let presence = match &a.presence {
+        Some(p) => Some(serde_json::to_string(p).map_err(db_err)?),
+        None => None,
+    };
     sqlx::query(
         "INSERT INTO analyses (id, created_unix, filename, model_name, model_version, class_id, class_name, \
          confidence, uncertain, verdict, input_reasons, gate, probabilities, width, height, image_png, heatmap_png, \
-         batch_id, slice_index, entropy, object_prefix) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)",
+         batch_id, slice_index, entropy, object_prefix, presence) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)",
     )
     .bind(&a.id)
     .bind(a.created_unix)
@@ -221,6 +228,7 @@ async fn insert_analysis_in(
     .bind(slice.map(|(_, i)| i))
     .bind(entropy_bits(&a.probabilities))
     .bind(prefix)
+    .bind(presence)
     .execute(&mut **tx)
     .await
     .map_err(db_err)?;
@@ -339,7 +347,7 @@ pub async fn get_batch(
 }
 
 const COLUMNS: &str = "id, created_unix, filename, model_name, model_version, class_id, class_name, confidence, \
-                       uncertain, verdict, input_reasons, gate, probabilities, width, height";
+                       uncertain, verdict, input_reasons, gate, presence, probabilities, width, height";
 
 fn to_record(keys: &KeyRing, row: &crate::database::Row) -> Result<AnalysisRecord> {
     let id: String = row.try_get("id").map_err(db_err)?;
@@ -351,6 +359,7 @@ fn to_record(keys: &KeyRing, row: &crate::database::Row) -> Result<AnalysisRecor
     let probabilities: String = row.try_get("probabilities").map_err(db_err)?;
     let input_reasons: String = row.try_get("input_reasons").map_err(db_err)?;
     let gate: Option<String> = row.try_get("gate").map_err(db_err)?;
+    let presence: Option<String> = row.try_get("presence").map_err(db_err)?;
     Ok(AnalysisRecord {
         id,
         created_unix: row.try_get("created_unix").map_err(db_err)?,
@@ -365,6 +374,10 @@ fn to_record(keys: &KeyRing, row: &crate::database::Row) -> Result<AnalysisRecor
         input_reasons: serde_json::from_str(&input_reasons).map_err(db_err)?,
         gate: match gate {
             Some(g) => Some(serde_json::from_str(&g).map_err(db_err)?),
+            None => None,
+        },
+        presence: match presence {
+            Some(p) => Some(serde_json::from_str(&p).map_err(db_err)?),
             None => None,
         },
         probabilities: serde_json::from_str(&probabilities).map_err(db_err)?,

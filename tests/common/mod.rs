@@ -44,9 +44,21 @@ pub fn slice(class: usize, size: u32, rng: &mut ChaCha8Rng) -> GrayImage {
 /// Writes `per_class` slices per class under `root/<class>/`, PNG and JPEG mixed, with spaces and
 /// brackets in the file names. Returns the files written.
 pub fn write_folder(root: &Path, per_class: usize, size: u32, seed: u64) -> Vec<PathBuf> {
+    write_folder_named(root, &CLASSES, per_class, size, seed)
+}
+
+/// [`write_folder`] with other folder names for the three classes (say `no_tumor` for the
+/// third, whose slices hold no blob, so that the model gets a "No tumour" class).
+pub fn write_folder_named(
+    root: &Path,
+    names: &[&str; 3],
+    per_class: usize,
+    size: u32,
+    seed: u64,
+) -> Vec<PathBuf> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut files = Vec::new();
-    for (label, class) in CLASSES.iter().enumerate() {
+    for (label, class) in names.iter().enumerate() {
         let dir = root.join(class);
         std::fs::create_dir_all(&dir).unwrap();
         for i in 0..per_class {

@@ -4,7 +4,9 @@
 //! - the temperature (temperature scaling on the validation split, so a probability of 0.8
 //!   means right about 8 times in 10 on held-out slices) and the "uncertain" threshold;
 //! - the input check: bounds on image statistics and the feature density
-//!   ([`input_check_fit`]).
+//!   ([`input_check_fit`]);
+//! - the presence rule: the calibrated probability "No tumour" needs, from the weight given to a
+//!   missed tumour ([`PresenceRule`]), with its sensitivity and specificity on validation.
 //!
 //! [`fit`] works on observations; [`calibrate_saved`] is the whole workflow for a saved model
 //! (run at the end of `train`, or by `oncolens calibrate`), so `predict`, `evaluate`, the web
@@ -23,9 +25,10 @@ use crate::core::numeric::{quantile, softmax_with_temperature};
 use crate::data::ImageFolder;
 use crate::imaging::ImageStats;
 use crate::metrics::calibration::{self, CalibrationReport};
+use crate::metrics::presence::{self, PresenceFigures};
 use crate::modelfile::bundle::{self, Mode, ModelSource};
 use crate::modelfile::input_check::ImageBounds;
-use crate::modelfile::{CalibrationSummary, TrustProfile};
+use crate::modelfile::{CalibrationSummary, PresenceRule, TrustProfile};
 use crate::runtime::LoadedModel;
 use input_check_fit::{
     SHRINKAGE_CANDIDATES, ShrinkageScore, fit_features, fit_features_choosing_shrinkage,
@@ -42,7 +45,17 @@ pub struct FitOptions {
     /// Shrinkage of the feature covariance towards a scaled identity; `None`: the candidate
     /// under which the validation features are most likely.
     pub shrinkage: Option<f32>,
+    /// How many false alarms a missed tumour is weighed as: "No tumour" is said only at a
+    /// calibrated probability of at least `miss_cost / (1 + miss_cost)`; 1 answers the most
+    /// probable class.
+    pub miss_cost: f32,
 }
+
+/// The default [`FitOptions::miss_cost`].
+pub const DEFAULT_MISS_COST: f32 = 4.0;
+
+/// Thresholds on p(no tumour) whose validation figures the calibration report lists.
+pub const PRESENCE_SWEEP: [f32; 9] = [0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.98];
 
 impl FitOptions {
     /// Refuses shares outside 0.5-1 and a shrinkage outside (0, 1].
@@ -62,6 +75,12 @@ impl FitOptions {
                 "--shrinkage must be in (0, 1]",
             ));
         }
+        if !(1.0..=1000.0).contains(&self.miss_cost) {
+            return Err(SettingError::new(
+                "calibration setting",
+                "--miss-cost must be between 1 (no extra weight) and 1000",
+            ));
+        }
         Ok(())
     }
 }
@@ -72,6 +91,7 @@ impl Default for FitOptions {
             coverage: 0.95,
             feature_quantile: 0.995,
             shrinkage: None,
+            miss_cost: DEFAULT_MISS_COST,
         }
     }
 }
@@ -92,14 +112,52 @@ pub struct FitReport {
     pub shrinkage: f32,
     /// Validation log-likelihood per shrinkage tried (empty when it was fixed).
     pub shrinkage_scores: Vec<ShrinkageScore>,
+    /// The presence rule fitted (`None` for a model without a "No tumour" class).
+    pub presence: Option<PresenceRule>,
+    /// Validation figures at other thresholds on p(no tumour), to show what the rule trades.
+    pub presence_sweep: Vec<(f32, PresenceFigures)>,
+}
+
+/// The presence rule for `miss_cost`, with its validation figures and the sweep around it.
+fn fit_presence(
+    probabilities: &[Vec<f32>],
+    labels: &[usize],
+    no_tumour: usize,
+    miss_cost: f32,
+) -> (PresenceRule, Vec<(f32, PresenceFigures)>) {
+    let threshold = presence::threshold_for_miss_cost(miss_cost);
+    let figures_at = |t: f32| {
+        let decided: Vec<usize> = probabilities
+            .iter()
+            .map(|p| presence::decide(p, no_tumour, t))
+            .collect();
+        PresenceFigures::compute(labels, &decided, no_tumour)
+    };
+    let rule = PresenceRule {
+        no_tumour_class: no_tumour,
+        miss_cost,
+        min_no_tumour_probability: threshold,
+        rule: format!(
+            "\"No tumour\" only at a calibrated probability of at least {threshold:.2}: a missed \
+             tumour weighs as {miss_cost} false alarms; below it the most probable tumour type is \
+             answered"
+        ),
+        validation: figures_at(threshold),
+        validation_most_probable: figures_at(0.0),
+    };
+    let sweep = presence::sweep(probabilities, labels, no_tumour, &PRESENCE_SWEEP);
+    (rule, sweep)
 }
 
 /// Fits temperature, uncertainty threshold, image bounds and feature density: features and
 /// image bounds on `train`, everything else on the held-out `validation` images.
+///
+/// `no_tumour` is the index of the "No tumour" class, for the presence rule.
 pub fn fit(
     train: &[Observation],
     validation: &[Observation],
     classes: usize,
+    no_tumour: Option<usize>,
     options: FitOptions,
 ) -> Result<(TrustProfile, f32, FitReport)> {
     if train.is_empty() || validation.is_empty() {
@@ -113,6 +171,13 @@ pub fn fit(
         .map(|l| softmax_with_temperature(l, report.temperature))
         .collect();
     let threshold = calibration::threshold_for_coverage(&val_probs, options.coverage);
+    let (presence, presence_sweep) = match no_tumour {
+        Some(no) => {
+            let (rule, sweep) = fit_presence(&val_probs, &val_labels, no, options.miss_cost);
+            (Some(rule), sweep)
+        }
+        None => (None, Vec::new()),
+    };
 
     let stats: Vec<ImageStats> = train.iter().map(|o| o.stats).collect();
     let image_bounds: ImageBounds = fit_image_bounds(&stats);
@@ -170,6 +235,7 @@ pub fn fit(
         features,
         fitted_on_train: train.len(),
         fitted_on_validation: validation.len(),
+        presence: presence.clone(),
     };
     Ok((
         profile,
@@ -183,6 +249,8 @@ pub fn fit(
             validation_rejected_by_image_checks: rejected_by_images,
             shrinkage: profile_shrinkage,
             shrinkage_scores,
+            presence,
+            presence_sweep,
         },
     ))
 }
@@ -203,11 +271,27 @@ impl FitReport {
                     .join(", ")
             )
         };
+        let presence = match &self.presence {
+            Some(rule) => {
+                let mut s = format!(
+                    "presence rule: {}\n  validation under the rule:      {}\n  validation, most probable class: {}\n  other thresholds on p(no tumour):\n",
+                    rule.rule,
+                    rule.validation.to_text(),
+                    rule.validation_most_probable.to_text()
+                );
+                for (t, f) in &self.presence_sweep {
+                    s.push_str(&format!("    {t:.2}: {}\n", f.to_text()));
+                }
+                s
+            }
+            None => "presence rule: none (the model has no \"No tumour\" class)\n".into(),
+        };
         format!(
             "calibrated {} on {} validation images ({} training images for the input check)\n\
              temperature {:.3}: NLL {:.4} -> {:.4}, ECE {:.4} -> {:.4}\n\
              \"uncertain\" below a calibrated probability of {:.3}\n\
              input check: feature-distance threshold {:.2} (covariance shrinkage {}{scores}); {} validation images outside the image bounds\n\
+             {presence}\
              wrote {} and {}",
             dir.display(),
             c.images,
@@ -255,7 +339,13 @@ pub fn calibrate_saved(
     let (val_obs, _) = observe(loaded.compute(), pre, folder, validation, Some(&bar), false);
     bar.finish_and_clear();
     let mut manifest = loaded.manifest.clone();
-    let (profile, threshold, report) = fit(&train_obs, &val_obs, manifest.classes.len(), options)?;
+    let (profile, threshold, report) = fit(
+        &train_obs,
+        &val_obs,
+        manifest.classes.len(),
+        manifest.no_tumour_index(),
+        options,
+    )?;
     manifest.trust = Some(profile);
     manifest.uncertainty_threshold = threshold;
     bundle::rewrite_manifest(&dir, &manifest)?;

@@ -15,6 +15,7 @@ use crate::imaging::GreyImage;
 use crate::inference::{Prediction, Predictor, Verdict, prediction_from};
 use crate::metrics::calibration::{self, CoveragePoint};
 use crate::metrics::classification::{self as metrics, Metrics};
+use crate::metrics::presence::{self, PresenceFigures};
 use crate::modelfile::ClassInfo;
 
 pub use crate::core::DISCLAIMER;
@@ -71,6 +72,9 @@ pub struct EvaluationReport {
     pub leak_free_trust: TrustFigures,
     /// The same with only byte-identical copies removed.
     pub exact_copies_removed_trust: TrustFigures,
+    /// The same on every readable test image, with `--include-leaks`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub with_leaks_trust: Option<TrustFigures>,
     pub note: String,
 }
 
@@ -90,8 +94,85 @@ pub struct TrustFigures {
     /// Real MRI slices the input check called "not a brain MRI slice" (wrongly), and which.
     pub input_check_rejected: Option<usize>,
     pub input_check_rejected_files: Vec<String>,
+    /// Tumour or not, under the model's presence rule and under the most probable class
+    /// (`None` for a model without a "No tumour" class).
+    pub presence: Option<PresenceEvaluation>,
     /// The whole risk-coverage curve, most confident first.
     pub risk_coverage: Vec<CoveragePoint>,
+}
+
+/// The binary question "tumour or not" on a test set.
+#[derive(Debug, Clone, Serialize)]
+pub struct PresenceEvaluation {
+    /// The probability the model's rule needs to say "No tumour" (`None`: the model has no
+    /// rule, and answers the most probable class).
+    pub min_no_tumour_probability: Option<f32>,
+    /// Under the answers given (the rule applied).
+    pub answered: PresenceFigures,
+    /// Under the most probable class.
+    pub most_probable: PresenceFigures,
+    /// Gliomas, and how many were called "No tumour" (answered / most probable class).
+    pub gliomas: usize,
+    pub gliomas_called_no_tumour: usize,
+    pub gliomas_called_no_tumour_most_probable: usize,
+    /// Four-class accuracy of the answers given (the tables above use the most probable class).
+    pub answered_accuracy: f64,
+}
+
+impl PresenceEvaluation {
+    fn compute(
+        labels: &[usize],
+        predictions: &[&Prediction],
+        no_tumour: usize,
+        glioma: Option<usize>,
+    ) -> Self {
+        let answered: Vec<usize> = predictions.iter().map(|p| p.class_index).collect();
+        let most_probable: Vec<usize> = predictions
+            .iter()
+            .map(|p| presence::decide(&p.probabilities, no_tumour, 0.0))
+            .collect();
+        let gliomas_called = |decided: &[usize]| {
+            labels
+                .iter()
+                .zip(decided)
+                .filter(|(y, d)| Some(**y) == glioma && **d == no_tumour)
+                .count()
+        };
+        let right = labels.iter().zip(&answered).filter(|(y, d)| y == d).count();
+        Self {
+            min_no_tumour_probability: predictions
+                .iter()
+                .find_map(|p| p.presence.as_ref())
+                .map(|p| p.min_no_tumour_probability),
+            answered: PresenceFigures::compute(labels, &answered, no_tumour),
+            most_probable: PresenceFigures::compute(labels, &most_probable, no_tumour),
+            gliomas: labels.iter().filter(|y| Some(**y) == glioma).count(),
+            gliomas_called_no_tumour: gliomas_called(&answered),
+            gliomas_called_no_tumour_most_probable: gliomas_called(&most_probable),
+            answered_accuracy: right as f64 / labels.len().max(1) as f64,
+        }
+    }
+
+    fn to_text(&self) -> String {
+        let rule = match self.min_no_tumour_probability {
+            Some(t) => format!(
+                "\"No tumour\" only at p >= {t:.2} (the model's presence rule); four-class accuracy of these answers {:.1} %",
+                self.answered_accuracy * 100.0
+            ),
+            None => "no presence rule: the most probable class is answered".into(),
+        };
+        let pct = |k: usize, n: usize| 100.0 * k as f64 / n.max(1) as f64;
+        format!(
+            "tumour or not, {rule}\n  answered:      {}\n  most probable: {}\n  gliomas called \"No tumour\": {} of {} ({:.1} %) answered, {} ({:.1} %) most probable\n",
+            self.answered.to_text(),
+            self.most_probable.to_text(),
+            self.gliomas_called_no_tumour,
+            self.gliomas,
+            pct(self.gliomas_called_no_tumour, self.gliomas),
+            self.gliomas_called_no_tumour_most_probable,
+            pct(self.gliomas_called_no_tumour_most_probable, self.gliomas),
+        )
+    }
 }
 
 impl TrustFigures {
@@ -99,9 +180,11 @@ impl TrustFigures {
         labels: &[usize],
         predictions: &[&Prediction],
         files: &[String],
-        threshold: f32,
-        checked: bool,
+        manifest: &crate::modelfile::Manifest,
     ) -> Self {
+        let threshold = manifest.uncertainty_threshold;
+        let checked = manifest.trust.is_some();
+        let glioma = manifest.classes.iter().position(|c| c.id == "glioma_tumor");
         let probs: Vec<Vec<f32>> = predictions
             .iter()
             .map(|p| p.probabilities.clone())
@@ -132,6 +215,9 @@ impl TrustFigures {
                 .then(|| correct_answered as f64 / n_answered as f64),
             input_check_rejected: checked.then_some(rejected.len()),
             input_check_rejected_files: rejected,
+            presence: manifest
+                .no_tumour_index()
+                .map(|no| PresenceEvaluation::compute(labels, predictions, no, glioma)),
             risk_coverage: curve,
         }
     }
@@ -158,6 +244,9 @@ selective prediction: accuracy {} at 90 % coverage, {} at 95 %; at the model's t
                 100.0 * n as f64 / self.images.max(1) as f64
             )),
             None => s.push_str("input check: not fitted for this model\n"),
+        }
+        if let Some(p) = &self.presence {
+            s.push_str(&p.to_text());
         }
         s
     }
@@ -316,12 +405,17 @@ pub fn evaluate(predictor: &Predictor, opts: &EvalOptions) -> Result<EvaluationR
             ex_files.push(folder.relative_path(idx));
         }
     }
-    let checked = manifest.trust.is_some();
-    let threshold = manifest.uncertainty_threshold;
-    let leak_free_trust =
-        TrustFigures::compute(&lf_labels, &lf_preds, &lf_files, threshold, checked);
+    let leak_free_trust = TrustFigures::compute(&lf_labels, &lf_preds, &lf_files, manifest);
     let exact_copies_removed_trust =
-        TrustFigures::compute(&ex_labels, &ex_preds, &ex_files, threshold, checked);
+        TrustFigures::compute(&ex_labels, &ex_preds, &ex_files, manifest);
+    let with_leaks_trust = opts.include_leaks.then(|| {
+        let files: Vec<String> = observed
+            .iter()
+            .map(|o| folder.relative_path(o.index))
+            .collect();
+        let all: Vec<&Prediction> = predictions.iter().collect();
+        TrustFigures::compute(&labels, &all, &files, manifest)
+    });
     let exact_copies_removed = metrics::compute(&ex_labels, &ex_probs, &model_ids);
     let leak_free = metrics::compute(&lf_labels, &lf_probs, &model_ids);
     let with_leaks = opts
@@ -350,6 +444,7 @@ pub fn evaluate(predictor: &Predictor, opts: &EvalOptions) -> Result<EvaluationR
         with_leaks,
         leak_free_trust,
         exact_copies_removed_trust,
+        with_leaks_trust,
         note: DISCLAIMER.into(),
     })
 }
@@ -395,6 +490,9 @@ impl EvaluationReport {
         if let Some(m) = &self.with_leaks {
             s.push_str("\n== with leaked copies included (inflated) ==\n");
             s.push_str(&m.to_table(&names));
+            if let Some(t) = &self.with_leaks_trust {
+                s.push_str(&t.to_text());
+            }
         }
         s.push_str(&format!("\n{}\n", self.note));
         s

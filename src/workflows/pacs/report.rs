@@ -244,9 +244,12 @@ fn reference(s: &DicomSource) -> InMemDicomObject {
 
 fn verdict_words(p: &Prediction) -> &'static str {
     match p.verdict {
+        Verdict::NotBrainMri => "not a brain MRI slice",
+        // "No tumour" was likeliest but below the model's presence rule: the class is the most
+        // probable tumour type, and the reader must not take the slice as tumour-free.
+        _ if p.no_tumour_withheld() => "tumour not ruled out",
         Verdict::Answer => "answer",
         Verdict::Uncertain => "uncertain",
-        Verdict::NotBrainMri => "not a brain MRI slice",
     }
 }
 
@@ -393,7 +396,7 @@ pub fn structured_report(
             ),
             text_item(
                 "CONTAINS",
-                code("CLASS", SCHEME, "Most probable class"),
+                code("CLASS", SCHEME, "Class answered"),
                 &p.class_name,
             ),
         ];

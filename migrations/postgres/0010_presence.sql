@@ -1,0 +1,2 @@
+-- PostgreSQL twin of migrations/sqlite/0010_presence.sql.
+ALTER TABLE analyses ADD COLUMN presence TEXT;
