@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use oncolens::imaging::augment::Augmentation;
 use oncolens::model::{Architecture, ModelSpec};
 use oncolens::modelfile::{Balance, ModelSource, Schedule, TrainConfig};
 use oncolens::serve::{HttpLimits, ServeConfig};
@@ -644,6 +645,10 @@ pub struct TrainArgs {
     /// Train without augmentation.
     #[arg(long)]
     pub no_augment: bool,
+    /// Add what differs between MRI collections to the augmentation: a smooth bias field, blur,
+    /// noise and JPEG re-compression (stored in the model file with the other settings).
+    #[arg(long, conflicts_with = "no_augment")]
+    pub collection_shift: bool,
     #[arg(long)]
     pub clahe: bool,
     #[arg(long)]
@@ -1122,7 +1127,13 @@ impl From<&TrainArgs> for TrainConfig {
             validation_fraction: a.val_fraction,
             seed: a.seed,
             balance: a.balance,
-            augmentation: (!a.no_augment).then(Default::default),
+            augmentation: (!a.no_augment).then(|| {
+                if a.collection_shift {
+                    Augmentation::collection_shift()
+                } else {
+                    Augmentation::default()
+                }
+            }),
             grad_clip_norm: Some(5.0),
             dropout: a.dropout,
             clahe: a.clahe,

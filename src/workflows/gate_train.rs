@@ -656,6 +656,7 @@ fn gate_augmentation() -> Augmentation {
         contrast: 0.25,
         gamma: 0.35,
         erase_probability: 0.0,
+        ..Augmentation::default()
     }
 }
 
