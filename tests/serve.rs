@@ -35,6 +35,16 @@ fn upload(
         .unwrap()
 }
 
+/// The HTML result page of the analysis `a` (its API answer).
+fn result_page(client: &Client, base: &str, a: &serde_json::Value) -> String {
+    client
+        .get(format!("{base}/analyses/{}", a["id"].as_str().unwrap()))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap()
+}
+
 fn no_redirects() -> Client {
     Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -486,12 +496,7 @@ fn an_image_that_is_not_a_brain_mri_gets_no_tumour_type() {
             .any(|r| r.as_str().unwrap().contains("colour picture")),
         "{reasons:?}"
     );
-    let page = client
-        .get(format!("{base}/analyses/{}", a["id"].as_str().unwrap()))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let page = result_page(&client, &base, &a);
     assert!(page.contains("Not a brain MRI slice"), "{page}");
     assert!(page.contains("MRI slices are greyscale"));
     // The input gate's second opinion is in the JSON and on the page.
@@ -539,12 +544,7 @@ fn a_doubtful_no_tumour_is_shown_as_tumour_not_ruled_out() {
         .unwrap();
     assert!(p_no < needed, "{a}");
     assert!((1.0 - presence["tumour_probability"].as_f64().unwrap() - p_no).abs() < 1e-4);
-    let page = client
-        .get(format!("{base}/analyses/{}", a["id"].as_str().unwrap()))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let page = result_page(&client, &base, &a);
     assert!(page.contains(">Tumour not ruled out</h1>"), "{page}");
     assert!(
         page.contains("before it calls a slice tumour-free"),
@@ -558,12 +558,7 @@ fn a_doubtful_no_tumour_is_shown_as_tumour_not_ruled_out() {
         .unwrap();
     assert_eq!(a["label"], "No tumour", "{a}");
     assert_eq!(a["presence"]["no_tumour_withheld"], false, "{a}");
-    let page = client
-        .get(format!("{base}/analyses/{}", a["id"].as_str().unwrap()))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let page = result_page(&client, &base, &a);
     assert!(page.contains("id=\"presence-rule\""), "{page}");
     assert!(
         page.contains("only when &quot;No tumour&quot; reaches 80 %")

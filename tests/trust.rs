@@ -76,14 +76,16 @@ fn training_fits_calibration_and_an_input_check_that_refuses_non_mri() {
 
     // Fresh slices from the training distribution are answered (or uncertain), not refused.
     let mut rng = ChaCha8Rng::seed_from_u64(1234);
-    let mut refused = 0;
     let n = 30;
-    for i in 0..n {
-        let img = DynamicImage::ImageLuma8(common::slice(i % 3, 64, &mut rng));
-        let scan = Scan::decode(&encoded(&img, ImageFormat::Png)).unwrap();
-        let p = predictor
-            .predict_scans(std::slice::from_ref(&scan))
-            .remove(0);
+    let scans: Vec<Scan> = (0..n)
+        .map(|i| {
+            let img = DynamicImage::ImageLuma8(common::slice(i % 3, 64, &mut rng));
+            Scan::decode(&encoded(&img, ImageFormat::Png)).unwrap()
+        })
+        .collect();
+    let predictions = predictor.predict_scans(&scans);
+    let mut refused = 0;
+    for p in &predictions {
         refused += usize::from(p.verdict == Verdict::NotBrainMri);
         assert_eq!(p.uncertain, p.confidence < threshold);
         let sum: f32 = p.probabilities.iter().sum();
@@ -103,12 +105,7 @@ fn training_fits_calibration_and_an_input_check_that_refuses_non_mri() {
     assert!(v.tumours_called_no_tumour <= rule.validation_most_probable.tumours_called_no_tumour);
     let doubtful = |p: &[f32]| p[2] < 0.8 && p[2] > p[0] && p[2] > p[1];
     let mut saw_no_tumour = false;
-    for i in 0..n {
-        let img = DynamicImage::ImageLuma8(common::slice(i % 3, 64, &mut rng));
-        let scan = Scan::decode(&encoded(&img, ImageFormat::Png)).unwrap();
-        let p = predictor
-            .predict_scans(std::slice::from_ref(&scan))
-            .remove(0);
+    for p in &predictions {
         let finding = p.presence.clone().expect("no presence finding");
         if p.class_index == 2 {
             saw_no_tumour = true;

@@ -74,12 +74,8 @@ impl Default for Augmentation {
             contrast: 0.15,
             gamma: 0.25,
             erase_probability: 0.25,
-            bias_field: 0.0,
-            blur_probability: 0.0,
-            blur_sigma: 0.0,
-            noise: 0.0,
-            jpeg_probability: 0.0,
-            jpeg_quality: default_jpeg_quality(),
+            // The collection-shift steps stay off by default (`collection_shift` turns them on).
+            ..Self::none()
         }
     }
 }
@@ -95,6 +91,27 @@ pub fn sample_rng(seed: u64, epoch: usize, index: usize) -> ChaCha8Rng {
 }
 
 impl Augmentation {
+    /// Every step off: `apply` returns the image as it was (bar the warp's black last row and
+    /// column).
+    pub fn none() -> Self {
+        Self {
+            rotation_degrees: 0.0,
+            scale_range: [1.0, 1.0],
+            shift_fraction: 0.0,
+            horizontal_flip: false,
+            brightness: 0.0,
+            contrast: 0.0,
+            gamma: 0.0,
+            erase_probability: 0.0,
+            bias_field: 0.0,
+            blur_probability: 0.0,
+            blur_sigma: 0.0,
+            noise: 0.0,
+            jpeg_probability: 0.0,
+            jpeg_quality: default_jpeg_quality(),
+        }
+    }
+
     /// The default augmentation plus what differs between MRI collections: a bias field of up
     /// to +-0.3 in log intensity, blur (sigma up to 1.2 pixels) on a third of the images, noise
     /// up to 0.03 of the range, and JPEG re-compression (quality 30-90) on a third.
@@ -242,23 +259,7 @@ mod tests {
 
     #[test]
     fn zero_augmentation_is_identity() {
-        let aug = Augmentation {
-            rotation_degrees: 0.0,
-            scale_range: [1.0, 1.0],
-            shift_fraction: 0.0,
-            horizontal_flip: false,
-            brightness: 0.0,
-            contrast: 0.0,
-            gamma: 0.0,
-            erase_probability: 0.0,
-            bias_field: 0.0,
-            blur_probability: 0.0,
-            blur_sigma: 0.0,
-            noise: 0.0,
-            jpeg_probability: 0.0,
-            jpeg_quality: [30, 90],
-        };
-        let out = aug.apply(&img(), &mut sample_rng(3, 0, 0));
+        let out = Augmentation::none().apply(&img(), &mut sample_rng(3, 0, 0));
         let src = img();
         // The last row and column fall outside the bilinear footprint and are filled black,
         // like everything a rotation brings into view.
@@ -270,18 +271,16 @@ mod tests {
         }
     }
 
-    /// Only the collection-shift steps, each always on, on a flat image.
+    /// Only the collection-shift steps, at their `collection_shift` strengths.
     fn shift_only() -> Augmentation {
+        let shift = Augmentation::collection_shift();
         Augmentation {
-            rotation_degrees: 0.0,
-            scale_range: [1.0, 1.0],
-            shift_fraction: 0.0,
-            horizontal_flip: false,
-            brightness: 0.0,
-            contrast: 0.0,
-            gamma: 0.0,
-            erase_probability: 0.0,
-            ..Augmentation::collection_shift()
+            bias_field: shift.bias_field,
+            blur_probability: shift.blur_probability,
+            blur_sigma: shift.blur_sigma,
+            noise: shift.noise,
+            jpeg_probability: shift.jpeg_probability,
+            ..Augmentation::none()
         }
     }
 
@@ -333,17 +332,20 @@ mod tests {
             let min = v.iter().cloned().fold(f32::MAX, f32::min);
             max - min
         };
+        // The strongest of 20 draws of `aug` on the flat image.
+        let strongest = |aug: Augmentation| {
+            (0..20)
+                .map(|s| aug.apply(&flat, &mut sample_rng(s, 0, 0)))
+                .max_by(|a, b| spread(a).total_cmp(&spread(b)))
+                .unwrap()
+        };
         // Bias field alone: a smooth ramp, no neighbouring pixels far apart.
-        let bias = Augmentation {
+        let field = strongest(Augmentation {
             blur_probability: 0.0,
             noise: 0.0,
             jpeg_probability: 0.0,
             ..shift_only()
-        };
-        let field = (0..20)
-            .map(|s| bias.apply(&flat, &mut sample_rng(s, 0, 0)))
-            .max_by(|a, b| spread(a).total_cmp(&spread(b)))
-            .unwrap();
+        });
         assert!(spread(&field) > 0.01, "no field: spread {}", spread(&field));
         assert!(spread(&field) <= 0.5 * ((0.3f32).exp() - (-0.3f32).exp()) + 1e-4);
         let steps =
@@ -351,16 +353,12 @@ mod tests {
         let step = steps.fold(0.0, f32::max);
         assert!(step < 0.02, "the field is not smooth: step {step}");
         // Noise alone: a flat image gets grain around its level.
-        let noise = Augmentation {
+        let grainy = strongest(Augmentation {
             bias_field: 0.0,
             blur_probability: 0.0,
             jpeg_probability: 0.0,
             ..shift_only()
-        };
-        let grainy = (0..20)
-            .map(|s| noise.apply(&flat, &mut sample_rng(s, 0, 0)))
-            .max_by(|a, b| spread(a).total_cmp(&spread(b)))
-            .unwrap();
+        });
         assert!(spread(&grainy) > 0.02);
         let mean = grainy
             .enumerate_pixels()
